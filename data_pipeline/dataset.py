@@ -1,0 +1,226 @@
+"""Builds training/evaluation input pipelines: trajectories first, frames last (Octo / dlimp).
+
+  per dataset: RLDS -> standardize -> [label joins] -> [action chunks] -> [frame pairs | windows]
+               -> repeat -> flatten to frames
+  then:        weighted interleave -> frame-level shuffle (bounded buffer, still encoded: a
+               10,000-frame buffer of 256x256 JPEGs costs ~150 MB instead of ~2 GB decoded)
+               -> decode / resize / augment -> fixed-shape batches -> prefetch
+
+Keys of the batches: the common schema (`schema.py`) minus `episode_source`, plus `episode_id`
+and `frame_index`; `next_observation/*` with frame pairs; `pad_mask` with windows (every key then
+has a [size] time axis); `action_pad_mask` with action chunks; `<label>` and `<label>_mask` for
+each joined label. Images are uint8 [..., H, W, 3]; strings stay bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Mapping, Sequence
+
+import tensorflow as tf
+
+from data_pipeline import frame_transforms
+from data_pipeline import reader
+from data_pipeline import schema
+from data_pipeline import traj_transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """One dataset split in a mixture."""
+  dataset_dir: str
+  name: str | None = None          # registry name; default: the name stored in the dataset
+  split: str = "train"
+  weight: float = 1.0              # sampling weight in the mixture (frames, not episodes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformConfig:
+  """Trajectory and frame transforms; None disables each one."""
+  frame_pair_k: int | None = None          # emit (t, t+k) pairs
+  window_size: int | None = None           # emit fixed-length windows ...
+  window_shift: int | None = None          # ... starting every shift steps (default: size)
+  action_horizon: int | None = None        # action chunks of this length
+  resize: tuple[int, int] | None = None    # decode to this (H, W)
+  augment: frame_transforms.AugmentConfig | None = None
+  keys: tuple[str, ...] | None = None      # keep only these flat keys (e.g. to mix datasets)
+
+
+@dataclasses.dataclass
+class Pipeline:
+  """A batched tf.data pipeline and what it reads."""
+  dataset: tf.data.Dataset
+  sources: list[reader.TrajectorySource]
+  num_skipped_records: int
+
+  def as_numpy_iterator(self) -> Iterator[dict]:
+    """Yields numpy batches; a corrupted record raises CorruptedRecordError naming the file."""
+    iterator = self.dataset.as_numpy_iterator()
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except tf.errors.DataLossError:
+        for source in self.sources:
+          reader.raise_for_corruption(source.files, source.shard_lengths)
+        raise
+      yield batch
+
+
+def _as_spec(spec: DatasetSpec | Mapping[str, Any]) -> DatasetSpec:
+  return spec if isinstance(spec, DatasetSpec) else DatasetSpec(**spec)
+
+
+def trajectory_dataset(
+    spec: DatasetSpec,
+    transforms: TransformConfig,
+    *,
+    labels: Mapping[str, traj_transforms.EpisodeLabels] | None = None,
+    drop_unlabeled: bool = False,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    skip_corrupted: bool = False,
+    deterministic: bool = True,
+) -> tuple[tf.data.Dataset, reader.TrajectorySource, int]:
+  """One dataset's transformed trajectories (not repeated, not flattened)."""
+  source = reader.get_source(spec.dataset_dir, spec.name, spec.split)
+  ds = reader.read_trajectories(
+      spec.dataset_dir, source=source, shuffle_seed=seed, process_index=process_index,
+      process_count=process_count, skip_corrupted=skip_corrupted, deterministic=deterministic)
+  num_skipped = ds.num_skipped_records
+  for key, table in (labels or {}).items():
+    if drop_unlabeled:
+      ds = ds.filter(table.contains)
+    ds = ds.map(lambda t, table=table, key=key: table.join(t, key),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if transforms.action_horizon:
+    ds = ds.map(lambda t: traj_transforms.action_chunks(t, transforms.action_horizon),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if transforms.frame_pair_k and transforms.window_size:
+    raise ValueError("choose frame pairs or windows, not both")
+  if transforms.frame_pair_k:
+    ds = ds.map(lambda t: traj_transforms.frame_pairs(t, transforms.frame_pair_k),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if transforms.window_size:
+    ds = ds.map(lambda t: traj_transforms.windows(t, transforms.window_size,
+                                                  transforms.window_shift),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if transforms.keys is not None:
+    ds = ds.map(lambda t: _select_keys(t, transforms.keys, source.name))
+  return ds, source, num_skipped
+
+
+def _select_keys(traj: Mapping[str, Any], keys: Sequence[str], name: str) -> dict:
+  flat = schema.flatten_keys(traj)
+  missing = [k for k in keys if k not in flat]
+  if missing:
+    raise schema.MissingKeyError(
+        f"dataset {name!r}: requested keys {missing} are missing; it has {sorted(flat)}")
+  return frame_transforms.unflatten_keys({k: flat[k] for k in keys})
+
+
+def _flatten(ds: tf.data.Dataset) -> tf.data.Dataset:
+  return ds.flat_map(tf.data.Dataset.from_tensor_slices)
+
+
+def make_dataset(
+    datasets: Sequence[DatasetSpec | Mapping[str, Any]],
+    *,
+    batch_size: int,
+    transforms: TransformConfig = TransformConfig(),
+    shuffle_buffer: int = 10_000,
+    seed: int = 0,
+    repeat: bool = True,
+    deterministic: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    skip_corrupted: bool = False,
+    labels: Mapping[str, traj_transforms.EpisodeLabels] | None = None,
+    drop_unlabeled: bool = False,
+    drop_remainder: bool = True,
+    prefetch: int = 2,
+) -> Pipeline:
+  """A batched frame pipeline over a weighted mixture of datasets.
+
+  Args:
+    datasets: DatasetSpecs (or dicts with their fields); weights are normalised.
+    batch_size: per-process batch size.
+    transforms: trajectory and frame transforms.
+    shuffle_buffer: frame-level shuffle buffer (0 disables shuffling).
+    seed: one seed for file order, mixture sampling, shuffling and augmentation. With
+      `deterministic=True` the batches are a function of the seed only.
+    repeat: loop over each dataset forever (training); False makes one pass (evaluation,
+      labeling): a mixture then ends when every dataset is exhausted.
+    process_index, process_count: this process's disjoint share of every dataset.
+    skip_corrupted: skip (and count) unreadable records instead of failing.
+    labels: {key: EpisodeLabels} joined onto trajectories by episode id.
+    drop_unlabeled: drop episodes without labels instead of failing on them.
+    drop_remainder: drop the last partial batch (keeps batch shapes fixed).
+    prefetch: batches prefetched.
+  """
+  specs = [_as_spec(s) for s in datasets]
+  if not specs:
+    raise ValueError("make_dataset needs at least one dataset")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  frames, sources, num_skipped = [], [], 0
+  for i, spec in enumerate(specs):
+    ds, source, skipped = trajectory_dataset(
+        spec, transforms, labels=labels, drop_unlabeled=drop_unlabeled, seed=seed + i,
+        process_index=process_index, process_count=process_count,
+        skip_corrupted=skip_corrupted, deterministic=deterministic)
+    if repeat:
+      ds = ds.repeat()
+    frames.append(_flatten(ds))
+    sources.append(source)
+    num_skipped += skipped
+
+  if len(frames) == 1:
+    ds = frames[0]
+  else:
+    _check_same_structure(frames, specs)
+    weights = [s.weight for s in specs]
+    if min(weights) < 0 or sum(weights) <= 0:
+      raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {weights}")
+    weights = [w / sum(weights) for w in weights]
+    ds = tf.data.Dataset.sample_from_datasets(frames, weights, seed=seed,
+                                              stop_on_empty_dataset=False)
+  if shuffle_buffer:
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+  augment_config = transforms.augment
+  if augment_config is not None:
+    # One stateless seed [2] per element, drawn from a seeded stream: deterministic, and
+    # different for the same frame in different epochs.
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed).batch(2))
+    ds = ds.map(lambda x, s: frame_transforms.apply_frame_transforms(
+        x, transforms.resize, augment_config, s),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  else:
+    ds = ds.map(lambda x: frame_transforms.apply_frame_transforms(x, transforms.resize),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  ds = ds.with_options(options).prefetch(prefetch)
+  return Pipeline(ds, sources, num_skipped)
+
+
+def _check_same_structure(frames: list[tf.data.Dataset], specs: list[DatasetSpec]) -> None:
+  """A mixture needs identical keys and compatible shapes; say which dataset differs."""
+  def describe(ds):
+    return {k: (v.dtype.name, v.shape.rank)
+            for k, v in schema.flatten_keys(ds.element_spec).items()}
+
+  first = describe(frames[0])
+  for spec, ds in zip(specs[1:], frames[1:]):
+    other = describe(ds)
+    if other != first:
+      only_a = sorted(set(first) - set(other))
+      only_b = sorted(set(other) - set(first))
+      changed = sorted(k for k in set(first) & set(other) if first[k] != other[k])
+      raise ValueError(
+          f"cannot mix {specs[0].dataset_dir} and {spec.dataset_dir}: keys only in the first "
+          f"{only_a}, only in the second {only_b}, different dtype/rank {changed}. "
+          "Select common keys with TransformConfig(keys=...).")
