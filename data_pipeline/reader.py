@@ -213,8 +213,7 @@ def read_trajectories(
     try:
       traj = dict(standardize_fn(raw))
     except schema.MissingKeyError as e:
-      raise schema.MissingKeyError(
-          f"dataset {name!r} ({source.dataset_dir}): {e}") from None
+      raise schema.MissingKeyError(f"{e} (reading {source.dataset_dir} as {name!r})") from None
     except KeyError as e:
       raise schema.MissingKeyError(
           f"dataset {name!r} ({source.dataset_dir}): standardize function needs key {e} that "
@@ -228,7 +227,8 @@ def read_trajectories(
     traj["frame_index"] = tf.range(num_steps, dtype=tf.int32)
     return traj
 
-  ds = ds.map(to_trajectory, num_parallel_calls=num_parallel_reads, deterministic=deterministic)
+  # No autograph: errors raised while tracing (a missing key) surface as themselves.
+  ds = ds.map(tf.autograph.experimental.do_not_convert(to_trajectory), num_parallel_calls=num_parallel_reads, deterministic=deterministic)
   ds.num_skipped_records = num_skipped
   ds.source = source
   return ds

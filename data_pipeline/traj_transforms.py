@@ -122,14 +122,14 @@ class EpisodeLabels:
     row = self._table.lookup(episode_id)
     num_steps = tf.cast(_num_steps(traj), tf.int64)
     with tf.control_dependencies([
-        tf.debugging.assert_non_negative(
-            row, message=tf.strings.join(["no labels for episode ", episode_id])),
+        tf.debugging.Assert(row >= 0, ["no labels for episode", episode_id]),
     ]):
       row = tf.maximum(row, 0)
       length = self._lengths[row]
     with tf.control_dependencies([
-        tf.debugging.assert_less_equal(
-            length, num_steps, message="labels longer than the episode (wrong dataset?)"),
+        tf.debugging.Assert(length <= num_steps, [
+            "labels longer than the episode (labels of another dataset?):", episode_id,
+            length, num_steps]),
     ]):
       steps = tf.range(num_steps)
     mask = steps < length

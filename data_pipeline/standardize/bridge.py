@@ -15,21 +15,21 @@ NAME = "bridge"
 
 @registry.register("bridge", "bridge_dataset")
 def standardize_bridge(episode):
+  image = get_key(episode, "steps/observation/image_0", NAME)
   steps = episode["steps"]
-  metadata = get_key(episode, "episode_metadata", NAME)
   source = tf.strings.join([
-      get_key(metadata, "file_path", NAME),
-      tf.strings.as_string(get_key(metadata, "episode_id", NAME)),
+      get_key(episode, "episode_metadata/file_path", NAME),
+      tf.strings.as_string(get_key(episode, "episode_metadata/episode_id", NAME)),
   ], "#")
   return {
       "observation": {
-          "image_primary": get_key(steps, "observation/image_0", NAME),
-          "proprio": tf.cast(get_key(steps, "observation/state", NAME), tf.float32),
+          "image_primary": image,
+          "proprio": tf.cast(get_key(episode, "steps/observation/state", NAME), tf.float32),
       },
-      "action": tf.cast(get_key(steps, "action", NAME), tf.float32),
-      "language_instruction": get_key(steps, "language_instruction", NAME),
-      "is_first": get_key(steps, "is_first", NAME),
-      "is_last": get_key(steps, "is_last", NAME),
-      "reward": tf.cast(get_key(steps, "reward", NAME), tf.float32),
+      "action": tf.cast(get_key(episode, "steps/action", NAME), tf.float32),
+      "language_instruction": get_key(episode, "steps/language_instruction", NAME),
+      "is_first": steps["is_first"],
+      "is_last": steps["is_last"],
+      "reward": tf.cast(get_key(episode, "steps/reward", NAME), tf.float32),
       "episode_source": source,
   }

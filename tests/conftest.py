@@ -1,0 +1,79 @@
+"""Shared test fixtures: a small multi-shard RLDS dataset written through the project's writer."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from data_pipeline import registry
+from data_pipeline import schema
+from data_pipeline.rlds_writer import ShardedRLDSWriter, episode_features
+
+SHARED_FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+BRIDGE_DIR = os.path.abspath(os.path.join(SHARED_FIXTURES, "bridge_dataset", "1.0.0"))
+
+TOY_SHARDS, TOY_EPISODES_PER_SHARD = 3, 4
+
+
+@registry.register("pipetest_*")
+def standardize_pipetest(episode):
+  """Test-only dataset: frame t of episode e is a flat grey image of intensity 8*t + e."""
+  steps = episode["steps"]
+  return {
+      "observation": {"image_primary": schema.get_key(steps, "observation/image", "pipetest"),
+                      "proprio": steps["observation"]["state"]},
+      "action": steps["action"],
+      "language_instruction": steps["language_instruction"],
+      "is_first": steps["is_first"],
+      "is_last": steps["is_last"],
+      "episode_source": tf.strings.as_string(episode["episode_metadata"]["seed"]),
+  }
+
+
+def toy_episode(episode_index: int, num_steps: int) -> dict:
+  t = np.arange(num_steps)
+  images = np.broadcast_to((8 * t + episode_index)[:, None, None, None] % 256,
+                           (num_steps, 16, 16, 3)).astype(np.uint8)
+  return {
+      "steps": {
+          "observation": {"image": images,
+                          "state": np.stack([t, np.full_like(t, episode_index)], -1)
+                          .astype(np.float32)},
+          "action": (t[:, None] * np.ones((1, 2))).astype(np.float32),
+          "language_instruction": [f"task {episode_index % 3}"] * num_steps,
+          "is_first": t == 0,
+          "is_last": t == num_steps - 1,
+      },
+      "episode_metadata": {"seed": episode_index},
+  }
+
+
+def write_toy_dataset(data_dir, name="pipetest_toy", splits=("train", "val")):
+  features = episode_features(
+      {"observation": {"image": tfds.features.Image(shape=(16, 16, 3), encoding_format="jpeg"),
+                       "state": tfds.features.Tensor(shape=(2,), dtype=np.float32)},
+       "action": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+       "language_instruction": tfds.features.Text(),
+       "is_first": tf.bool, "is_last": tf.bool},
+      {"seed": tf.int64})
+  writer = ShardedRLDSWriter(data_dir, name, features, config={"toy": True})
+  for split_i, split in enumerate(splits):
+    for shard in range(TOY_SHARDS):
+      first = 100 * split_i + shard * TOY_EPISODES_PER_SHARD
+      episodes = [toy_episode(e, num_steps=5 + e % 4)
+                  for e in range(first, first + TOY_EPISODES_PER_SHARD)]
+      writer.write_shard(split, shard, TOY_SHARDS, episodes)
+  return writer.finalize()
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory):
+  return write_toy_dataset(str(tmp_path_factory.mktemp("toy")))
+
+
+@pytest.fixture
+def bridge_dir():
+  if not os.path.exists(os.path.join(BRIDGE_DIR, "dataset_info.json")):
+    pytest.skip(f"Bridge fixture not found at {BRIDGE_DIR} (expected ../shared/fixtures)")
+  return BRIDGE_DIR

@@ -1,0 +1,272 @@
+"""Data pipeline: reader, ids, sharding, transforms, mixtures and errors."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_pipeline import dataset as dp
+from data_pipeline import frame_transforms as ft
+from data_pipeline import reader
+from data_pipeline import registry
+from data_pipeline import schema
+from data_pipeline import traj_transforms as tt
+from tests.conftest import TOY_EPISODES_PER_SHARD, TOY_SHARDS
+
+
+def _episodes(ds):
+  return {t["episode_id"][0].numpy().decode(): t for t in ds}
+
+
+# --- reading real and generated RLDS --------------------------------------------------------
+
+def test_bridge_fixture_reads_and_standardizes(bridge_dir):
+  trajs = list(reader.read_trajectories(bridge_dir, "bridge", "train"))
+  assert len(trajs) == 25
+  for traj in trajs:
+    steps = traj["is_first"].shape[0]
+    assert traj["action"].shape == (steps, 7) and traj["action"].dtype == tf.float32
+    assert traj["observation"]["proprio"].shape == (steps, 7)
+    assert traj["is_first"].numpy().tolist() == [True] + [False] * (steps - 1)
+    # The Octo debug copy keeps the first 10 steps of each episode, so no step is the last.
+    assert not traj["is_last"].numpy()[:-1].any()
+    assert traj["language_instruction"][0].numpy()  # non-empty instruction
+    image = tf.io.decode_jpeg(traj["observation"]["image_primary"][0])
+    assert image.shape[-1] == 3 and image.shape[0] > 0
+  ids = [t["episode_id"][0].numpy() for t in trajs]
+  assert len(set(ids)) == 25 and all(i.startswith(b"bridge|") for i in ids)
+
+
+def test_episode_ids_stable_across_shuffle_seeds(toy_dataset):
+  orders = []
+  contents = []
+  for seed in (None, 1, 2, 3):
+    episodes = _episodes(reader.read_trajectories(toy_dataset, shuffle_seed=seed))
+    orders.append(list(episodes))
+    contents.append({k: v["observation"]["proprio"].numpy().tolist() for k, v in episodes.items()})
+  assert len(orders[0]) == TOY_SHARDS * TOY_EPISODES_PER_SHARD
+  assert all(c == contents[0] for c in contents)  # same id -> same episode, whatever the seed
+  assert len({tuple(o) for o in orders}) > 1  # the seeds really changed the read order
+
+
+@pytest.mark.parametrize("process_count", [2, 3, 5])
+def test_process_shards_disjoint_and_cover(toy_dataset, process_count):
+  everything = set(_episodes(reader.read_trajectories(toy_dataset)))
+  shares = [set(_episodes(reader.read_trajectories(
+      toy_dataset, process_index=i, process_count=process_count, shuffle_seed=i)))
+            for i in range(process_count)]
+  assert sum(len(s) for s in shares) == len(everything)  # disjoint
+  assert set().union(*shares) == everything               # covering
+
+
+def test_bridge_single_file_shards_across_processes(bridge_dir):
+  shares = [set(_episodes(reader.read_trajectories(bridge_dir, process_index=i,
+                                                   process_count=2))) for i in range(2)]
+  assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 25
+
+
+# --- trajectory transforms on hand-computed cases -------------------------------------------
+
+def _traj(num_steps):
+  t = tf.range(num_steps)
+  return {"observation": {"x": t}, "action": tf.cast(t[:, None], tf.float32),
+          "is_first": tf.equal(t, 0), "episode_id": tf.fill([num_steps], "ep")}
+
+
+def test_windows_hand_computed():
+  out = tt.windows(_traj(6), size=3, shift=2)
+  np.testing.assert_array_equal(out["observation"]["x"], [[0, 1, 2], [2, 3, 4], [4, 5, 5]])
+  np.testing.assert_array_equal(out["pad_mask"], [[1, 1, 1], [1, 1, 1], [1, 1, 0]])
+  out = tt.windows(_traj(5), size=3, shift=2)
+  np.testing.assert_array_equal(out["observation"]["x"], [[0, 1, 2], [2, 3, 4]])
+  assert out["pad_mask"].numpy().all()
+  out = tt.windows(_traj(2), size=3)
+  np.testing.assert_array_equal(out["observation"]["x"], [[0, 1, 1]])
+  np.testing.assert_array_equal(out["pad_mask"], [[1, 1, 0]])
+  out = tt.windows(_traj(7), size=3)  # non-overlapping
+  np.testing.assert_array_equal(out["observation"]["x"], [[0, 1, 2], [3, 4, 5], [6, 6, 6]])
+  np.testing.assert_array_equal(out["pad_mask"], [[1, 1, 1], [1, 1, 1], [1, 0, 0]])
+
+
+def test_action_chunks_hand_computed():
+  out = tt.action_chunks(_traj(3), horizon=2)
+  np.testing.assert_array_equal(out["action"][..., 0], [[0, 1], [1, 2], [2, 2]])
+  np.testing.assert_array_equal(out["action_pad_mask"], [[1, 1], [1, 1], [1, 0]])
+  with pytest.raises(KeyError, match="action-free"):
+    tt.action_chunks({"is_first": tf.constant([True])}, 2)
+
+
+def test_frame_pairs_hand_computed():
+  out = tt.frame_pairs(_traj(5), k=2)
+  np.testing.assert_array_equal(out["observation"]["x"], [0, 1, 2])
+  np.testing.assert_array_equal(out["next_observation"]["x"], [2, 3, 4])
+  np.testing.assert_array_equal(out["action"][:, 0], [0, 1, 2])
+  assert tt.frame_pairs(_traj(2), k=2)["observation"]["x"].shape[0] == 0
+
+
+def test_label_join_by_episode_id(toy_dataset):
+  episodes = _episodes(reader.read_trajectories(toy_dataset))
+  ids = sorted(episodes)
+  # Latent-action-like labels: 2 fewer than the frames, value = 10 * frame + 1.
+  labels = {i: (10 * np.arange(len(episodes[i]["is_first"]) - 2) + 1)[:, None].astype(np.float32)
+            for i in ids[:-1]}
+  table = tt.EpisodeLabels(labels)
+  for episode_id in ids[:-1]:
+    joined = table.join(episodes[episode_id], "z")
+    steps = len(episodes[episode_id]["is_first"])
+    np.testing.assert_array_equal(joined["z_mask"], np.arange(steps) < steps - 2)
+    np.testing.assert_array_equal(joined["z"][:steps - 2], labels[episode_id])
+    assert not joined["z"][steps - 2:].numpy().any()
+  with pytest.raises(tf.errors.InvalidArgumentError, match="no labels for episode"):
+    table.join(episodes[ids[-1]], "z")
+  # In a pipeline, unlabeled episodes can be dropped instead.
+  pipe = dp.make_dataset([dp.DatasetSpec(toy_dataset)], batch_size=1, repeat=False,
+                         shuffle_buffer=0, labels={"z": table}, drop_unlabeled=True)
+  seen = {b["episode_id"][0].decode() for b in pipe.as_numpy_iterator()}
+  assert seen == set(ids[:-1])
+
+
+# --- frame transforms -----------------------------------------------------------------------
+
+def _encoded_frames(num, size=24, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 255, (num, size, size, 3), dtype=np.uint8)
+  return tf.stack([tf.io.encode_jpeg(im) for im in images])
+
+
+def test_frame_transforms_identical_eagerly_and_in_tf_data():
+  element = {"observation": {"image_primary": _encoded_frames(2),
+                             "image_wrist": _encoded_frames(2, seed=1)},
+             "next_observation": {"image_primary": _encoded_frames(2, seed=2)}}
+  seed = tf.constant([7, 11], tf.int64)
+  config = ft.AugmentConfig()
+  eager = ft.apply_frame_transforms(element, (16, 20), config, seed)
+  ds = tf.data.Dataset.from_tensors((element, seed)).map(
+      lambda e, s: ft.apply_frame_transforms(e, (16, 20), config, s))
+  graph = next(iter(ds))
+  for key, value in schema.flatten_keys(eager).items():
+    assert value.shape == (2, 16, 20, 3) and value.dtype == tf.uint8
+    np.testing.assert_array_equal(value.numpy(), schema.flatten_keys(graph)[key].numpy())
+
+
+def test_augmentation_shared_across_cameras_and_seeded():
+  frames = _encoded_frames(1)
+  element = {"observation": {"image_primary": frames, "image_wrist": frames}}
+  a = ft.apply_frame_transforms(element, (24, 24), ft.AugmentConfig(), tf.constant([1, 2]))
+  np.testing.assert_array_equal(a["observation"]["image_primary"], a["observation"]["image_wrist"])
+  plain = ft.apply_frame_transforms(element, (24, 24))["observation"]["image_primary"]
+  b = ft.apply_frame_transforms(element, (24, 24), ft.AugmentConfig(), tf.constant([3, 4]))
+  assert not np.array_equal(a["observation"]["image_primary"], plain)
+  assert not np.array_equal(a["observation"]["image_primary"], b["observation"]["image_primary"])
+
+
+def test_decode_resize_keeps_content():
+  image = np.zeros((32, 32, 3), np.uint8)
+  image[:, 16:] = 200
+  decoded = ft.decode_images(tf.io.encode_png(image)[None], (16, 16)).numpy()[0]
+  assert decoded.shape == (16, 16, 3)
+  assert decoded[:, :7].max() < 10 and decoded[:, 9:].min() > 190
+
+
+# --- the assembled pipeline -----------------------------------------------------------------
+
+def _pipeline(toy_dataset, seed, **kwargs):
+  transforms = dp.TransformConfig(frame_pair_k=2, resize=(16, 16), augment=ft.AugmentConfig())
+  return dp.make_dataset([dp.DatasetSpec(toy_dataset)], batch_size=4, transforms=transforms,
+                         shuffle_buffer=16, seed=seed, **kwargs)
+
+
+def _take(pipe, n):
+  it = pipe.as_numpy_iterator()
+  return [next(it) for _ in range(n)]
+
+
+def test_pipeline_deterministic_under_seed_and_fixed_shapes(toy_dataset):
+  a, b, c = (_take(_pipeline(toy_dataset, s), 6) for s in (0, 0, 1))
+  for x, y in zip(a, b):
+    for key in x:
+      if isinstance(x[key], dict):
+        continue
+      np.testing.assert_array_equal(x[key], y[key])
+  assert any(not np.array_equal(x["episode_id"], y["episode_id"]) for x, y in zip(a, c))
+  for batch in a:
+    assert batch["observation"]["image_primary"].shape == (4, 16, 16, 3)
+    assert batch["next_observation"]["image_primary"].shape == (4, 16, 16, 3)
+
+
+def test_frame_pairs_are_k_apart_after_decoding(toy_dataset):
+  pipe = dp.make_dataset([dp.DatasetSpec(toy_dataset)], batch_size=8, repeat=False,
+                         shuffle_buffer=0,
+                         transforms=dp.TransformConfig(frame_pair_k=2, resize=(16, 16)))
+  for batch in pipe.as_numpy_iterator():
+    now = batch["observation"]["image_primary"].astype(float).mean(axis=(1, 2, 3))
+    later = batch["next_observation"]["image_primary"].astype(float).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(later - now, 16, atol=3)  # intensity 8 per frame, k = 2
+    np.testing.assert_array_equal(batch["next_observation"]["proprio"][:, 0],
+                                  batch["frame_index"] + 2)
+
+
+def test_mixture_follows_weights(toy_dataset):
+  pipe = dp.make_dataset(
+      [dp.DatasetSpec(toy_dataset, split="train", weight=3.0),
+       dp.DatasetSpec(toy_dataset, split="val", weight=1.0)],
+      batch_size=50, shuffle_buffer=0, transforms=dp.TransformConfig(resize=(16, 16)))
+  ids = np.concatenate([b["episode_id"] for b in _take(pipe, 8)])
+  frac_train = np.mean([b"-train." in i for i in ids])
+  assert 0.65 < frac_train < 0.85
+
+
+def test_mixture_with_different_keys_is_refused(toy_dataset, bridge_dir):
+  with pytest.raises(ValueError, match="cannot mix"):
+    dp.make_dataset([dp.DatasetSpec(toy_dataset), dp.DatasetSpec(bridge_dir, "bridge")],
+                    batch_size=2)
+
+
+# --- clear errors on bad input --------------------------------------------------------------
+
+def test_missing_directory_error(tmp_path):
+  with pytest.raises(schema.DatasetNotFoundError, match="does not exist"):
+    reader.read_trajectories(str(tmp_path / "nope" / "1.0.0"))
+  with pytest.raises(schema.DatasetNotFoundError, match="dataset_info.json"):
+    reader.read_trajectories(str(tmp_path))
+
+
+def test_unknown_dataset_name_error(toy_dataset):
+  with pytest.raises(schema.UnknownDatasetError, match="unknown dataset name 'no_such_set'"):
+    reader.read_trajectories(toy_dataset, name="no_such_set")
+  assert "bridge" in registry.registered_names()
+
+
+def test_missing_required_key_names_key_and_dataset(toy_dataset):
+  # The toy dataset lacks Bridge's camera key: reading it as Bridge must say so.
+  with pytest.raises(schema.MissingKeyError) as err:
+    reader.read_trajectories(toy_dataset, name="bridge")
+  assert "steps/observation/image_0" in str(err.value) and "'bridge'" in str(err.value)
+
+
+def _corrupt_copy(toy_dataset, tmp_path):
+  copy = str(tmp_path / "corrupt")
+  shutil.copytree(toy_dataset, copy)
+  victim = sorted(f for f in os.listdir(copy) if "-train." in f)[1]
+  path = os.path.join(copy, victim)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  open(path, "wb").write(bytes(data))
+  return copy, victim
+
+
+def test_corrupted_record_names_the_file(toy_dataset, tmp_path):
+  copy, victim = _corrupt_copy(toy_dataset, tmp_path)
+  pipe = dp.make_dataset([dp.DatasetSpec(copy)], batch_size=1, repeat=False, shuffle_buffer=0)
+  with pytest.raises(schema.CorruptedRecordError, match=victim):
+    for _ in pipe.as_numpy_iterator():
+      pass
+
+
+def test_corrupted_record_skip_and_count(toy_dataset, tmp_path):
+  copy, _ = _corrupt_copy(toy_dataset, tmp_path)
+  trajs = reader.read_trajectories(copy, skip_corrupted=True)
+  num_read = sum(1 for _ in trajs)
+  assert trajs.num_skipped_records > 0
+  assert num_read + trajs.num_skipped_records == TOY_SHARDS * TOY_EPISODES_PER_SHARD
