@@ -102,17 +102,22 @@ class ShardedRLDSWriter:
     path = self.shard_path(split, index, num_shards)
     tmp_path = path + ".tmp"
     count, num_bytes = 0, 0
-    with tf.io.TFRecordWriter(tmp_path) as writer:
-      for episode in episodes:
-        try:
-          serialized = self.features.serialize_example(_steps_as_list(episode))
-        except Exception as e:
-          raise ValueError(
-              f"could not encode episode {count} of {split} shard {index} for dataset "
-              f"{self.name}: {e}") from e
-        writer.write(serialized)
-        count += 1
-        num_bytes += len(serialized)
+    try:
+      with tf.io.TFRecordWriter(tmp_path) as writer:
+        for episode in episodes:
+          try:
+            serialized = self.features.serialize_example(_steps_as_list(episode))
+          except Exception as e:
+            raise ValueError(
+                f"could not encode episode {count} of {split} shard {index} for dataset "
+                f"{self.name}: {e}") from e
+          writer.write(serialized)
+          count += 1
+          num_bytes += len(serialized)
+    except BaseException:  # an interrupted shard leaves nothing behind; a rerun redoes it
+      if os.path.exists(tmp_path):
+        os.remove(tmp_path)
+      raise
     os.replace(tmp_path, path)
     with open(self._record_path(split, index), "w") as f:
       json.dump({"num_examples": count, "num_bytes": num_bytes, "num_shards": num_shards}, f)

@@ -1,0 +1,180 @@
+"""Benchmark: input pipeline throughput and peak RSS against a plain tfds baseline; generator speed.
+
+Not a test: it prints measured figures. Each pipeline runs in its own fresh subprocess, so its
+peak RSS is its own; both run in the same invocation on the same data, so the ratio compares
+like with like on whatever machine runs it.
+
+  python -m experiments.benchmark_pipeline                      # uses/creates ./data BabyAI set
+  python -m experiments.benchmark_pipeline --dataset_dir=data/babyai_bosslevel/1.0.0 \
+      --batch_size=256 --num_batches=150 --shuffle_buffer=10000
+
+Pipelines (frames/s = frames delivered in fixed-shape numpy batches, after a warm-up that fills
+the shuffle buffer):
+  ours:  data_pipeline.make_dataset, all transforms on: standardize, episode ids, 10-step action
+         chunks with pad masks, 10,000-frame shuffle, JPEG decode, resize, random crop + colour
+         jitter, fixed-shape batches, numpy.
+  pairs: the same with (t, t+4) frame pairs (two images decoded per element).
+  plain: tfds.builder_from_directory(...).as_dataset() -> flatten steps -> decode -> batch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_DATASET_DIR = flags.DEFINE_string(
+    "dataset_dir", None, "Versioned BabyAI dataset folder (>= 1000 episodes). Default: "
+    "<data_dir>/babyai_bosslevel/1.0.0, generated with the default config if absent.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "./data", "Where to generate the default dataset.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Frames per batch.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 150, "Timed batches per pipeline.")
+_SHUFFLE = flags.DEFINE_integer("shuffle_buffer", 10_000, "Frame shuffle buffer (ours).")
+_MODE = flags.DEFINE_enum("mode", "all", ["all", "ours", "pairs", "plain"],
+                          "all: run every pipeline in a subprocess and the generators.")
+_GENERATORS = flags.DEFINE_bool("generators", True, "Also time the dataset generators.")
+_RESIZE = 64
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _time_batches(iterator, warmup: int, num_batches: int, batch_size: int) -> dict:
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    batch = next(iterator)
+  seconds = time.perf_counter() - start
+  shapes = {k: list(v.shape) for k, v in batch.items() if hasattr(v, "shape")}
+  return {"frames_per_second": num_batches * batch_size / seconds, "seconds": seconds,
+          "batches": num_batches, "batch_size": batch_size, "example_shapes": shapes}
+
+
+def run_ours(dataset_dir: str, pairs: bool) -> dict:
+  from data_pipeline import dataset as dp
+  from data_pipeline import frame_transforms as ft
+  from data_pipeline import schema
+
+  transforms = dp.TransformConfig(
+      action_horizon=10, frame_pair_k=4 if pairs else None, resize=(_RESIZE, _RESIZE),
+      augment=ft.AugmentConfig())
+  pipe = dp.make_dataset([dp.DatasetSpec(dataset_dir)], batch_size=_BATCH_SIZE.value,
+                         transforms=transforms, shuffle_buffer=_SHUFFLE.value, seed=0)
+  iterator = (schema.flatten_keys(b) for b in pipe.as_numpy_iterator())
+  warmup = _SHUFFLE.value // _BATCH_SIZE.value + 5  # the buffer is full before timing starts
+  return _time_batches(iterator, warmup, _NUM_BATCHES.value, _BATCH_SIZE.value)
+
+
+def run_plain(dataset_dir: str) -> dict:
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder_from_directory(dataset_dir)
+  decoders = {"steps": {"observation": {"image": tfds.decode.SkipDecoding()}}}
+  ds = builder.as_dataset(split="train", decoders=decoders).repeat()
+  ds = ds.flat_map(lambda episode: episode["steps"])
+
+  def decode(step):
+    image = tf.io.decode_jpeg(step["observation"]["image"], channels=3)
+    image = tf.image.resize(image, (_RESIZE, _RESIZE))
+    return {"image": tf.cast(image, tf.uint8), "action": step["action"]}
+
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(_BATCH_SIZE.value, drop_remainder=True).prefetch(2)
+  return _time_batches(ds.as_numpy_iterator(), 5, _NUM_BATCHES.value, _BATCH_SIZE.value)
+
+
+def _child(mode: str, dataset_dir: str) -> dict:
+  cmd = [sys.executable, "-m", "experiments.benchmark_pipeline", f"--mode={mode}",
+         f"--dataset_dir={dataset_dir}", f"--batch_size={_BATCH_SIZE.value}",
+         f"--num_batches={_NUM_BATCHES.value}", f"--shuffle_buffer={_SHUFFLE.value}"]
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def _default_dataset() -> str:
+  from data_pipeline.generators import babyai
+  from experiments.configs import generate_babyai
+
+  config = generate_babyai.get_config("default")
+  config.num_workers = 2
+  return babyai.generate(config, _DATA_DIR.value)["dataset_dir"]
+
+
+def _time_generators() -> dict:
+  from data_pipeline.generators import babyai
+  from data_pipeline.generators import metaworld
+  from experiments.configs import generate_babyai
+  from experiments.configs import generate_metaworld
+
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    config = generate_babyai.get_config("default")
+    config.num_train_episodes, config.num_val_episodes = 100, 0
+    config.episodes_per_shard, config.num_workers, config.seed = 50, 2, 12345
+    stats = babyai.generate(config, os.path.join(tmp, "babyai"))
+    results["babyai_bosslevel_2_workers"] = {
+        "episodes": stats["episodes"], "seconds": round(stats["seconds"], 2),
+        "episodes_per_second": round(stats["episodes_per_second"], 2)}
+    config = generate_metaworld.get_config("default")
+    config.tasks = ["reach-v3", "pick-place-v3"]
+    config.num_train_episodes_per_task, config.num_val_episodes_per_task = 6, 0
+    config.episodes_per_shard, config.num_workers = 6, 2
+    stats = metaworld.generate(config, os.path.join(tmp, "metaworld"))
+    results["metaworld_reach_pick_place_2_workers"] = {
+        "episodes": stats["episodes"], "seconds": round(stats["seconds"], 2),
+        "episodes_per_second": round(stats["episodes_per_second"], 2)}
+  return results
+
+
+def main(argv):
+  del argv
+  if _MODE.value != "all":
+    if _MODE.value == "plain":
+      result = run_plain(_DATASET_DIR.value)
+    else:
+      result = run_ours(_DATASET_DIR.value, pairs=_MODE.value == "pairs")
+    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    print("RESULT " + json.dumps(result), flush=True)
+    return
+
+  from data_pipeline import reader
+  dataset_dir = _DATASET_DIR.value or _default_dataset()
+  source = reader.get_source(dataset_dir)
+  print(f"dataset: {dataset_dir}: {source.num_episodes} train episodes")
+  if source.num_episodes < 1000:
+    print("WARNING: fewer than 1000 episodes; the target is stated for >= 1000")
+  results = {"dataset_dir": dataset_dir, "train_episodes": source.num_episodes}
+  for mode in ("plain", "ours", "pairs"):
+    results[mode] = _child(mode, dataset_dir)
+    print(f"{mode:6s}: {results[mode]['frames_per_second']:9.0f} frames/s, peak RSS "
+          f"{results[mode]['peak_rss_mb']:.0f} MB", flush=True)
+  ratio = results["ours"]["frames_per_second"] / results["plain"]["frames_per_second"]
+  results["ours_vs_plain"] = round(ratio, 3)
+  print(f"ours / plain throughput: {ratio:.2f}x (target >= 1.0x); ours peak RSS "
+        f"{results['ours']['peak_rss_mb']:.0f} MB with a {_SHUFFLE.value}-frame shuffle buffer "
+        "(target < 2048 MB)")
+  if _GENERATORS.value:
+    results["generators"] = _time_generators()
+    for name, g in results["generators"].items():
+      print(f"generator {name}: {g['episodes_per_second']:.2f} episodes/s "
+            f"({g['episodes']} episodes in {g['seconds']} s)")
+  from hilam_jax import run_info
+  results["versions"] = run_info.package_versions()
+  os.makedirs("runs", exist_ok=True)
+  with open(os.path.join("runs", "benchmark_pipeline.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  print("written runs/benchmark_pipeline.json")
+
+
+if __name__ == "__main__":
+  app.run(main)
