@@ -1,1 +1,69 @@
-"""Placeholder until the standardize function lands."""
+"""Standardize function of the BabyAI datasets (`data_pipeline/generators/babyai.py`).
+
+Raw steps: `observation/image` (JPEG), `observation/direction` int64, `language_instruction`,
+`is_first`, `is_last`, `is_terminal`, and unless action-free `action` int64, `reward`,
+`discount`. Metadata: `subgoal_done_steps`, `instruction_done_steps` (frame at which each initial
+subgoal / leaf instruction of the bot's plan was done, non-decreasing), `source`, ...
+
+Output (common schema, `data_pipeline/schema.py`):
+  observation/image_primary     string [T]     the egocentric 56x56 JPEG
+  observation/proprio           float32 [T, 4] one-hot facing direction
+  action                        int32 [T]      discrete action (absent in `*_video` datasets)
+  reward                        float32 [T]    (absent in `*_video` datasets)
+  language_instruction, is_first, is_last
+  subtask/boundary              bool [T]       frame t starts a new subgoal
+  subtask/instruction_boundary  bool [T]       frame t starts a new leaf instruction
+  episode_source                string []      "<level>/seed=<env seed>"
+
+A subgoal done at frame t makes frame t the first frame of the next one, except at the last frame
+(the terminal observation), which starts nothing: done steps >= T - 1 are dropped.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import tensorflow as tf
+
+from data_pipeline import registry
+from data_pipeline import schema
+
+NUM_DIRECTIONS = 4
+
+
+def _boundary(done_steps: tf.Tensor, num_steps: tf.Tensor) -> tf.Tensor:
+  done_steps = tf.cast(tf.reshape(done_steps, [-1]), tf.int32)
+  starts = tf.boolean_mask(done_steps, done_steps < num_steps - 1)
+  return schema.boundary_mask(starts, num_steps)
+
+
+@registry.register("babyai_*")
+def standardize(episode: Mapping[str, Any], dataset_name: str = "babyai") -> dict[str, Any]:
+  """Raw BabyAI episode (steps as dense [T] tensors) -> trajectory in the common schema."""
+
+  def get(path):
+    return schema.get_key(episode, path, dataset_name)
+
+  image = get("steps/observation/image")
+  num_steps = tf.shape(image)[0]
+  direction = get("steps/observation/direction")
+  traj = {
+      "observation": {
+          "image_primary": image,
+          "proprio": tf.one_hot(tf.cast(direction, tf.int32), NUM_DIRECTIONS, dtype=tf.float32),
+      },
+      "language_instruction": get("steps/language_instruction"),
+      "is_first": tf.cast(get("steps/is_first"), tf.bool),
+      "is_last": tf.cast(get("steps/is_last"), tf.bool),
+      "subtask": {
+          "boundary": _boundary(get("episode_metadata/subgoal_done_steps"), num_steps),
+          "instruction_boundary": _boundary(
+              get("episode_metadata/instruction_done_steps"), num_steps),
+      },
+      "episode_source": get("episode_metadata/source"),
+  }
+  steps = episode["steps"]
+  if "action" in steps:
+    traj["action"] = tf.cast(steps["action"], tf.int32)
+  if "reward" in steps:
+    traj["reward"] = tf.cast(steps["reward"], tf.float32)
+  return traj

@@ -1,0 +1,443 @@
+"""BabyAI benchmark data: expert demonstrations with ground-truth subtask boundaries, as RLDS.
+
+The shipped BabyAI expert (`minigrid.utils.baby_ai_bot.BabyAIBot`) solves a level from a seed;
+we record its egocentric RGB view (56x56, `RGBImgPartialObsWrapper` with 8-pixel tiles), its
+actions and, from its plan, when each part of the instruction was done. Only successful episodes
+are kept.
+
+Episode layout (T = number of actions + 1): step t holds the frame *before* action t, action t,
+and the reward/discount received after it; the last step holds the terminal frame (the result of
+the final action) with `is_last = is_terminal = True`, the placeholder action `done` and reward 0.
+Keeping the terminal frame gives every action its resulting frame, which the latent action model
+needs.
+
+Subtask boundaries. The bot turns the instruction into a stack of *initial subgoals* before the
+first action (e.g. "pick up a key" -> GoNextTo(key), Pickup, Drop) and executes them from the top;
+while acting it pushes helper subgoals (explore, move a blocker, fetch a key) on top and sometimes
+replaces a subgoal by an equivalent one (Open -> Open(Unlock)). Initial subgoal k counts as done at
+step t when, during the bot's replanning at frame t, the stack shrinks below k's position after a
+subgoal's method returns: then k, whatever replaced it and every helper pushed on top of it have all
+been popped, and action t is the first action of the next subgoal, so frame t starts a new
+subtask. A subgoal still on the stack when the episode ends (e.g. the Drop after the final
+"pick up", which the level does not require) is done at the terminal frame T - 1. Done steps are
+stored in execution order, hence non-decreasing. Leaf instructions (the action clauses joined by
+and/then/after) are tracked while `_process_instr` pushes their subgoals; a leaf is done when its
+last-executed subgoal is.
+
+Generation is deterministic in the config: the environment seeds of shard i are a function of
+(config seed, split, shard index, attempt) only, so the bytes written do not depend on the number
+of worker processes. Workers ("spawn") simulate whole shards and return numpy episodes; the parent
+encodes JPEGs and writes each shard atomically through `ShardedRLDSWriter`, skipping shards a
+previous run finished. TensorFlow is imported lazily: simulation workers never load it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import re
+import time
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+import gymnasium as gym
+import minigrid  # noqa: F401  (registers the BabyAI environments with gymnasium)
+from minigrid.envs.babyai.core import verifier
+from minigrid.utils import baby_ai_bot
+from minigrid.wrappers import RGBImgPartialObsWrapper
+import numpy as np
+
+IMAGE_SIZE = 56  # 7x7 egocentric view x 8-pixel tiles.
+NUM_DIRECTIONS = 4
+ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
+DONE_ACTION = ACTION_NAMES.index("done")
+SPLIT_IDS = {"train": 0, "val": 1}
+# Environment seed = ((seed * 10 + split) * 10^4 + shard) * 10^4 + attempt: disjoint across
+# splits and shards (train and val never share a layout), readable in `episode_metadata/source`.
+_MAX_SHARDS = 10_000
+_MAX_ATTEMPTS = 10_000
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+def _desc_text(desc: Any) -> str:
+  """'red ball', 'door (left)': an ObjDesc as text, without `surface()`, which re-scans the grid."""
+  text = " ".join(x for x in (desc.color, desc.type or "object") if x)
+  return f"{text} ({desc.loc})" if desc.loc else text
+
+
+def _instr_text(instr: Any) -> str:
+  if isinstance(instr, verifier.GoToInstr):
+    return f"go to {_desc_text(instr.desc)}"
+  if isinstance(instr, verifier.OpenInstr):
+    return f"open {_desc_text(instr.desc)}"
+  if isinstance(instr, verifier.PickupInstr):
+    return f"pick up {_desc_text(instr.desc)}"
+  if isinstance(instr, verifier.PutNextInstr):
+    return f"put {_desc_text(instr.desc_move)} next to {_desc_text(instr.desc_fixed)}"
+  return type(instr).__name__
+
+
+def _subgoal_text(subgoal: baby_ai_bot.Subgoal) -> str:
+  """'GoNextTo(red ball, PutNext)', 'Pickup': a short name for an initial subgoal."""
+  args = []
+  if isinstance(subgoal.datum, verifier.ObjDesc):
+    args.append(_desc_text(subgoal.datum))
+  elif subgoal.datum is not None:
+    args.append(str(subgoal.datum))
+  if subgoal.reason:
+    args.append(subgoal.reason)
+  name = type(subgoal).__name__.removesuffix("Subgoal")
+  return f"{name}({', '.join(args)})" if args else name
+
+
+class TracingBot(baby_ai_bot.BabyAIBot):
+  """BabyAIBot that records when its initial subgoals and leaf instructions are done.
+
+  Attributes (valid after the episode; positions count from the stack bottom):
+    leaf_spans: per leaf instruction, (instr, first, end) stack positions of its subgoals.
+    initial_names: text of the initial subgoal at each position.
+    done_frame: per position, the frame at which that subgoal was done (-1: not yet).
+  """
+
+  def __init__(self, env: gym.Env):
+    self.leaf_spans: list[tuple[Any, int, int]] = []
+    self._num_replans = 0
+    super().__init__(env)  # Calls _process_instr, which fills leaf_spans.
+    self.initial_names = [_subgoal_text(s) for s in self.stack]
+    self.done_frame = [-1] * len(self.stack)
+
+  def _process_instr(self, instr):
+    if isinstance(instr, (verifier.BeforeInstr, verifier.AfterInstr, verifier.AndInstr)):
+      return super()._process_instr(instr)  # Recurses into this method for each clause.
+    first = len(self.stack)
+    super()._process_instr(instr)
+    self.leaf_spans.append((instr, first, len(self.stack)))
+
+  def _note_depth(self) -> None:
+    """Marks initial subgoals at positions >= the stack height as done at this frame."""
+    for position in range(len(self.stack), len(self.done_frame)):
+      if self.done_frame[position] < 0:
+        self.done_frame[position] = self._num_replans
+
+  def replan(self, action_taken=None):
+    """`BabyAIBot.replan` of minigrid 3.2, checking the stack height after each subgoal method.
+
+    Checking after every method (not once per frame) tells a finished subgoal, after which the
+    subgoal below may push helpers back to the same height within the same frame, from a subgoal
+    that replaced itself (pop + push inside one method), which is not finished.
+    """
+    self._process_obs()
+    self._check_erroneous_box_opening(action_taken)
+    for subgoal in self.stack:
+      subgoal.update_agent_attributes()
+    if self.stack:
+      self.stack[-1].replan_after_action(action_taken)
+      self._note_depth()
+    while self.stack and self.stack[-1].is_exploratory():
+      self.stack.pop()
+      self._note_depth()
+    suggested_action = None
+    while self.stack:
+      suggested_action = self.stack[-1].replan_before_action()
+      self._note_depth()
+      if suggested_action is not None:
+        break
+    if not self.stack:
+      suggested_action = self.mission.unwrapped.actions.done
+    self._remember_current_state()
+    self._num_replans += 1
+    return suggested_action
+
+  def subtask_labels(self, last_frame: int) -> dict[str, Any]:
+    """Done frames in execution order; subgoals never done count as done at `last_frame`."""
+    done = [d if d >= 0 else last_frame for d in self.done_frame]
+    order = list(range(len(done)))[::-1]  # The top of the stack is executed first.
+    leaves = sorted(self.leaf_spans, key=lambda span: -span[1])
+    leaf_of_position = {}
+    for leaf_index, (_, first, end) in enumerate(leaves):
+      for position in range(first, end):
+        leaf_of_position[position] = leaf_index
+    return {
+        "subgoal_done_steps": np.array([done[p] for p in order], np.int32),
+        "subgoal_names": [self.initial_names[p] for p in order],
+        "subgoal_instruction_index": np.array([leaf_of_position[p] for p in order], np.int32),
+        "instruction_done_steps": np.array([done[first] for _, first, _ in leaves], np.int32),
+        "instruction_names": [_instr_text(instr) for instr, _, _ in leaves],
+    }
+
+
+def make_env(level: str, tile_size: int = 8) -> gym.Env:
+  return RGBImgPartialObsWrapper(gym.make(level), tile_size=tile_size)
+
+
+def _reset(env: gym.Env, seed: int) -> dict:
+  # BabyAI prints every rejected level sample ("Sampling rejected: ..."); keep the console clean.
+  with contextlib.redirect_stdout(io.StringIO()):
+    obs, _ = env.reset(seed=int(seed))
+  return obs
+
+
+def simulate_episode(level: str, seed: int, tile_size: int = 8,
+                     env: gym.Env | None = None) -> dict[str, Any] | None:
+  """Runs the bot on `level` from `seed`; returns a numpy episode, or None if the bot failed.
+
+  Returns:
+    dict with `image` uint8 [T, H, W, 3], `direction`, `action` int64 [T], `reward`, `discount`
+    float32 [T], `mission` str, `level`, `seed` and the `TracingBot.subtask_labels`.
+  """
+  env = env or make_env(level, tile_size)
+  obs = _reset(env, seed)
+  images, directions, actions, rewards = [obs["image"]], [obs["direction"]], [], []
+  reward, terminated = 0.0, False
+  try:
+    bot = TracingBot(env)
+    while True:
+      action = int(bot.replan())
+      obs, reward, terminated, truncated, _ = env.step(action)
+      actions.append(action)
+      rewards.append(reward)
+      images.append(obs["image"])
+      directions.append(obs["direction"])
+      if terminated or truncated:
+        break
+  except (baby_ai_bot.DisappearedBoxError, AssertionError, IndexError):
+    return None  # The bot gave up; the level may still be solvable, but not by this expert.
+  except Exception as e:
+    raise RuntimeError(f"BabyAI bot crashed on {level} seed {seed}: {e!r}") from e
+  if not (terminated and reward > 0):
+    return None
+  num_steps = len(images)
+  return {
+      "image": np.stack(images).astype(np.uint8),
+      "direction": np.asarray(directions, np.int64),
+      "action": np.asarray(actions + [DONE_ACTION], np.int64),
+      "reward": np.asarray(rewards + [0.0], np.float32),
+      # The final action ends the episode: no future after it.
+      "discount": (np.arange(num_steps) < num_steps - 2).astype(np.float32),
+      "mission": str(obs["mission"]),
+      "level": level,
+      "seed": int(seed),
+      **bot.subtask_labels(last_frame=num_steps - 1),
+  }
+
+
+def replay_episode(level: str, seed: int, actions: Any, tile_size: int = 8) -> np.ndarray:
+  """Replays recorded per-step `actions` [T] from `seed`; returns the frames uint8 [T, H, W, 3].
+
+  Frame t is the observation before action t (the layout of the dataset), so the last action,
+  the terminal step's placeholder, is not executed.
+  """
+  env = make_env(level, tile_size)
+  frames = [_reset(env, seed)["image"]]
+  for action in np.asarray(actions)[:-1]:
+    obs, _, _, _, _ = env.step(int(action))
+    frames.append(obs["image"])
+  return np.stack(frames).astype(np.uint8)
+
+
+def episode_seed(base_seed: int, split: str, shard_index: int, attempt: int) -> int:
+  """Environment seed of `attempt` in shard `shard_index` of `split` (disjoint across all)."""
+  if split not in SPLIT_IDS:
+    raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_IDS)}")
+  if not 0 <= shard_index < _MAX_SHARDS or not 0 <= attempt < _MAX_ATTEMPTS:
+    raise ValueError(f"shard {shard_index} / attempt {attempt} out of range")
+  return ((base_seed * 10 + SPLIT_IDS[split]) * _MAX_SHARDS + shard_index) * _MAX_ATTEMPTS + attempt
+
+
+def simulate_shard(task: Mapping[str, Any]) -> dict[str, Any]:
+  """Simulates one shard: tries seeds in order until `num_episodes` bot successes.
+
+  `task` holds level, tile_size, seed, split, index, num_shards, num_episodes, max_attempts.
+  Top-level and picklable so that "spawn" workers can run it.
+  """
+  start = time.perf_counter()
+  env = make_env(task["level"], task["tile_size"])
+  episodes, attempt = [], 0
+  while len(episodes) < task["num_episodes"]:
+    if attempt >= task["max_attempts"]:
+      raise RuntimeError(
+          f"{task['level']}: only {len(episodes)} of {task['num_episodes']} bot successes in "
+          f"{attempt} attempts for {task['split']} shard {task['index']}")
+    seed = episode_seed(task["seed"], task["split"], task["index"], attempt)
+    episode = simulate_episode(task["level"], seed, task["tile_size"], env=env)
+    if episode is not None:
+      episodes.append(episode)
+    attempt += 1
+  env.close()
+  return {**task, "episodes": episodes, "attempts": attempt,
+          "seconds": time.perf_counter() - start}
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def dataset_name(level: str, action_free: bool = False, name: str | None = None) -> str:
+  """'BabyAI-BossLevel-v0' -> 'babyai_bosslevel' (+ '_video' for action-free data)."""
+  if not name:
+    core = re.sub(r"^BabyAI-|-v\d+$", "", level)
+    name = "babyai_" + re.sub(r"[^a-z0-9]+", "_", core.lower()).strip("_")
+  return name + "_video" if action_free else name
+
+
+def episode_features(action_free: bool = False, tile_size: int = 8):
+  """tfds features of one episode (see the module docstring for the step layout)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from data_pipeline import rlds_writer  # pylint: disable=g-import-not-at-top
+
+  size = 7 * tile_size
+  steps = {
+      "observation": {
+          "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+          "direction": tfds.features.Scalar(tf.int64, doc="agent facing: 0 east .. 3 north"),
+      },
+      "language_instruction": tfds.features.Text(),
+      "is_first": tf.bool,
+      "is_last": tf.bool,
+      "is_terminal": tf.bool,
+  }
+  if not action_free:
+    steps["action"] = tfds.features.Scalar(tf.int64, doc=f"discrete: {ACTION_NAMES}")
+    steps["reward"] = tfds.features.Scalar(tf.float32)
+    steps["discount"] = tfds.features.Scalar(tf.float32)
+  steps_int32 = tfds.features.Tensor(shape=(None,), dtype=tf.int32)
+  metadata = {
+      "level": tfds.features.Text(),
+      "seed": tfds.features.Scalar(tf.int64),
+      "source": tfds.features.Text(),
+      "subgoal_done_steps": steps_int32,
+      "subgoal_names": tfds.features.Sequence(tfds.features.Text()),
+      "subgoal_instruction_index": steps_int32,
+      "instruction_done_steps": steps_int32,
+      "instruction_names": tfds.features.Sequence(tfds.features.Text()),
+  }
+  return _serialize_deterministically(rlds_writer.episode_features(steps, metadata))
+
+
+def _serialize_deterministically(features):
+  """Makes `features.serialize_example` (used by the writer) give the same bytes in any process.
+
+  tfds serializes a `tf.train.Example` with `SerializeToString()`, which writes its feature map in
+  hash-table order; with the upb protobuf backend that order differs between processes (even with
+  PYTHONHASHSEED fixed), so two runs of the same config wrote different shard bytes. Sorted-key
+  serialization makes the output a function of the data only. Instance attribute, not a subclass:
+  features.json keeps naming the stock FeaturesDict.
+  """
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+
+  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+
+  def serialize_example(example_data) -> bytes:
+    example = serializer.get_tf_example(features.encode_example(example_data))
+    return example.SerializeToString(deterministic=True)
+
+  features.serialize_example = serialize_example
+  return features
+
+
+def to_rlds(episode: Mapping[str, Any], action_free: bool = False) -> dict[str, Any]:
+  """A `simulate_episode` result as the nested dict `episode_features` encodes."""
+  num_steps = len(episode["image"])
+  index = np.arange(num_steps)
+  steps = {
+      "observation": {"image": episode["image"], "direction": episode["direction"]},
+      "language_instruction": [episode["mission"]] * num_steps,
+      "is_first": index == 0,
+      "is_last": index == num_steps - 1,
+      "is_terminal": index == num_steps - 1,
+  }
+  if not action_free:
+    steps.update(action=episode["action"], reward=episode["reward"],
+                 discount=episode["discount"])
+  metadata = {key: episode[key] for key in (
+      "level", "seed", "subgoal_done_steps", "subgoal_names", "subgoal_instruction_index",
+      "instruction_done_steps", "instruction_names")}
+  metadata["source"] = f"{episode['level']}/seed={episode['seed']}"
+  return {"steps": steps, "episode_metadata": metadata}
+
+
+def shard_tasks(config: Any) -> list[dict[str, Any]]:
+  """Every shard of every split, with its episode count (the last shard may be smaller)."""
+  tasks = []
+  for split, total in (("train", config.num_train_episodes), ("val", config.num_val_episodes)):
+    num_shards = -(-total // config.episodes_per_shard)
+    if num_shards > _MAX_SHARDS:
+      raise ValueError(f"{split}: {num_shards} shards; raise episodes_per_shard")
+    for index in range(num_shards):
+      count = min(config.episodes_per_shard, total - index * config.episodes_per_shard)
+      tasks.append({
+          "level": config.level, "tile_size": config.tile_size, "seed": config.seed,
+          "split": split, "index": index, "num_shards": num_shards, "num_episodes": count,
+          "max_attempts": min(_MAX_ATTEMPTS, config.max_attempts_per_episode * count + 10),
+      })
+  return tasks
+
+
+def _simulated(tasks: list[dict[str, Any]], num_workers: int) -> Iterator[dict[str, Any]]:
+  if num_workers <= 1 or len(tasks) <= 1:
+    yield from map(simulate_shard, tasks)
+    return
+  context = multiprocessing.get_context("spawn")
+  with context.Pool(min(num_workers, len(tasks))) as pool:
+    yield from pool.imap_unordered(simulate_shard, tasks)
+
+
+def _format_seconds(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  return f"{minutes // 60}h{minutes % 60:02d}m{seconds:02d}s"
+
+
+def generate(config: Any, data_dir: str) -> dict[str, Any]:
+  """Generates (or resumes) the dataset described by `config` under `data_dir`.
+
+  Returns:
+    dict with dataset_dir, name, shards written / skipped, episodes written, attempts, seconds and
+    episodes_per_second (episodes written in this run / wall time, encoding included).
+  """
+  from data_pipeline import rlds_writer  # pylint: disable=g-import-not-at-top
+
+  name = dataset_name(config.level, config.action_free, config.get("name"))
+  # The worker count does not change the output, so a resumed run may use another one.
+  identity = {k: v for k, v in config.to_dict().items() if k != "num_workers"}
+  writer = rlds_writer.ShardedRLDSWriter(
+      data_dir, name, episode_features(config.action_free, config.tile_size),
+      description=(f"BabyAI bot demonstrations on {config.level} (minigrid BabyAIBot), "
+                   f"egocentric RGB {7 * config.tile_size}px, successful episodes only"
+                   + (", action-free video" if config.action_free else "")
+                   + f". Config: {identity}"),
+      config=identity)
+  tasks = shard_tasks(config)
+  # A shard is redone if its progress record or its file is missing (e.g. deleted by hand).
+  todo = [t for t in tasks if not (
+      writer.is_done(t["split"], t["index"])
+      and os.path.exists(writer.shard_path(t["split"], t["index"], t["num_shards"])))]
+  logging.info("%s: %d shards, %d already done, %d to simulate with %d worker(s) -> %s",
+               name, len(tasks), len(tasks) - len(todo), len(todo), config.num_workers,
+               writer.dataset_dir)
+  start = time.perf_counter()
+  episodes = attempts = 0
+  for done, result in enumerate(_simulated(todo, config.num_workers), start=1):
+    count = writer.write_shard(
+        result["split"], result["index"], result["num_shards"],
+        (to_rlds(e, config.action_free) for e in result["episodes"]))
+    episodes += count
+    attempts += result["attempts"]
+    elapsed = time.perf_counter() - start
+    logging.info(
+        "%s shard %d/%d written: %d episodes (%d attempts, %.1fs simulating). Shards %d/%d, "
+        "%.2f episodes/s, ETA %s", result["split"], result["index"] + 1, result["num_shards"],
+        count, result["attempts"], result["seconds"], done, len(todo), episodes / elapsed,
+        _format_seconds(elapsed / done * (len(todo) - done)))
+  dataset_dir = writer.finalize()
+  seconds = time.perf_counter() - start
+  stats = {
+      "dataset_dir": dataset_dir, "name": name, "shards_written": len(todo),
+      "shards_skipped": len(tasks) - len(todo), "episodes": episodes, "attempts": attempts,
+      "seconds": seconds, "episodes_per_second": episodes / seconds if seconds > 0 else 0.0,
+  }
+  logging.info("%s done: %d episodes (%d attempts) in %.1fs: %.2f episodes/s", name, episodes,
+               attempts, seconds, stats["episodes_per_second"])
+  return stats
