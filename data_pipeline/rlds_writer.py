@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
 
 from hilam_jax import run_info
 
@@ -62,6 +63,7 @@ class ShardedRLDSWriter:
     self.features = features
     self.description = description
     self.dataset_dir = os.path.join(os.fspath(data_dir), name, version)
+    self._serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
     self._progress_dir = os.path.join(self.dataset_dir, _PROGRESS_DIR)
     os.makedirs(self._progress_dir, exist_ok=True)
     self._config = json.loads(json.dumps(dict(config or {}), sort_keys=True))
@@ -106,7 +108,7 @@ class ShardedRLDSWriter:
       with tf.io.TFRecordWriter(tmp_path) as writer:
         for episode in episodes:
           try:
-            serialized = self.features.serialize_example(_steps_as_list(episode))
+            serialized = self._serialize(episode)
           except Exception as e:
             raise ValueError(
                 f"could not encode episode {count} of {split} shard {index} for dataset "
@@ -122,6 +124,16 @@ class ShardedRLDSWriter:
     with open(self._record_path(split, index), "w") as f:
       json.dump({"num_examples": count, "num_bytes": num_bytes, "num_shards": num_shards}, f)
     return count
+
+  def _serialize(self, episode: Mapping[str, Any]) -> bytes:
+    """Encodes one episode to bytes that depend on the data only.
+
+    tfds' own `serialize_example` writes the tf.train.Example feature map in hash-table order,
+    which differs between processes with the upb protobuf backend; sorted-key serialization
+    makes a shard's bytes identical however many worker processes generated it.
+    """
+    encoded = self.features.encode_example(_steps_as_list(episode))
+    return self._serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
 
   def finalize(self) -> str:
     """Writes the TFDS metadata for every split with recorded shards; returns the dataset dir."""

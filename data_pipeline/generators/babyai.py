@@ -314,28 +314,7 @@ def episode_features(action_free: bool = False, tile_size: int = 8):
       "instruction_done_steps": steps_int32,
       "instruction_names": tfds.features.Sequence(tfds.features.Text()),
   }
-  return _serialize_deterministically(rlds_writer.episode_features(steps, metadata))
-
-
-def _serialize_deterministically(features):
-  """Makes `features.serialize_example` (used by the writer) give the same bytes in any process.
-
-  tfds serializes a `tf.train.Example` with `SerializeToString()`, which writes its feature map in
-  hash-table order; with the upb protobuf backend that order differs between processes (even with
-  PYTHONHASHSEED fixed), so two runs of the same config wrote different shard bytes. Sorted-key
-  serialization makes the output a function of the data only. Instance attribute, not a subclass:
-  features.json keeps naming the stock FeaturesDict.
-  """
-  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
-
-  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-
-  def serialize_example(example_data) -> bytes:
-    example = serializer.get_tf_example(features.encode_example(example_data))
-    return example.SerializeToString(deterministic=True)
-
-  features.serialize_example = serialize_example
-  return features
+  return rlds_writer.episode_features(steps, metadata)
 
 
 def to_rlds(episode: Mapping[str, Any], action_free: bool = False) -> dict[str, Any]:
