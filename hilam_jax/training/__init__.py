@@ -1,0 +1,25 @@
+"""Shared training core reused unchanged by every trainer (LAM, skill model, policies).
+
+mesh         one 1-D "data" mesh over all devices; shardings; per-process batch -> global arrays
+train_state  pure `TrainState`, sharded init, jitted train/eval steps (explicit shardings)
+checkpoint   orbax composite checkpoints (state, params, config, versions, extra), strict restore
+metrics      TensorBoard writer (process 0) and a progress line with steps/s and ETA
+loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on interrupt
+"""
+from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
+                                           ConfigMismatchError, load_checkpoint_config,
+                                           restore_params)
+from hilam_jax.training.loop import NonFiniteError, check_finite, run_eval, train_loop
+from hilam_jax.training.mesh import (data_sharding, make_mesh, replicated_sharding, shard_batch,
+                                     shard_batches)
+from hilam_jax.training.metrics import MetricWriter, Progress
+from hilam_jax.training.train_state import (TrainState, abstract_train_state, create_train_state,
+                                            make_eval_step, make_train_step)
+
+__all__ = [
+    "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "MetricWriter",
+    "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
+    "create_train_state", "data_sharding", "load_checkpoint_config", "make_eval_step",
+    "make_mesh", "make_train_step", "replicated_sharding", "restore_params", "run_eval",
+    "shard_batch", "shard_batches", "train_loop",
+]

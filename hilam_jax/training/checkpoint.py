@@ -1,0 +1,377 @@
+"""Self-describing checkpoints: orbax `CheckpointManager` with composite items.
+
+Every saved step `<directory>/<step>/` holds five items:
+
+  state     the full `TrainState` (resuming training),
+  params    the params alone (frozen use by later stages: reads only these arrays),
+  config    the run's config as JSON,
+  versions  package versions (`hilam_jax.run_info.package_versions`) as JSON,
+  extra     free-form JSON from the trainer (data-iterator position, dataset statistics, ...).
+
+Restores are strict: the target's tree paths, shapes and dtypes are compared against the
+checkpoint's metadata first, and any missing/unexpected key or shape/dtype mismatch raises a
+`CheckpointMismatchError` naming the paths, never a silent partial restore.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from hilam_jax import run_info
+from hilam_jax.training import mesh as mesh_lib
+
+ITEMS = ("state", "params", "config", "versions", "extra")
+_MAX_LISTED = 10  # differences listed in an error message
+
+
+class ConfigMismatchError(ValueError):
+  """The config given to a `Checkpointer` differs from the one stored in its directory."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A restore target's structure, shapes or dtypes differ from the checkpoint's."""
+
+
+def _abspath(directory: str | os.PathLike) -> str:
+  directory = os.fspath(directory)
+  return directory if "://" in directory else os.path.abspath(directory)
+
+
+def _json_ready(tree: Any) -> Any:
+  """numpy/jax scalars and arrays -> Python numbers and lists (else JSON would stringify them)."""
+  def convert(x):
+    if isinstance(x, (np.generic, np.ndarray, jax.Array)):
+      return np.asarray(x).tolist()
+    return x
+  return run_info.to_jsonable(jax.tree.map(convert, tree))
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+  return {"state": ocp.StandardCheckpointHandler(), "params": ocp.StandardCheckpointHandler(),
+          "config": ocp.JsonCheckpointHandler(), "versions": ocp.JsonCheckpointHandler(),
+          "extra": ocp.JsonCheckpointHandler()}
+
+
+def _open_manager(directory: str, options: ocp.CheckpointManagerOptions | None = None
+                  ) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory, item_handlers=_handlers(), options=options)
+
+
+def _open_for_reading(directory: str | os.PathLike, step: int | None
+                      ) -> tuple[ocp.CheckpointManager, int]:
+  """A manager that never writes, and the requested (default: latest) step, which must exist."""
+  directory = _abspath(directory)
+  manager = _open_manager(directory, ocp.CheckpointManagerOptions(create=False,
+                                                                  save_root_metadata=False))
+  steps = manager.all_steps()
+  if step is None and steps:
+    step = max(steps)
+  if step is None or step not in steps:
+    manager.close()
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in "
+                            f"{directory} (steps found: {sorted(steps)}).")
+  return manager, int(step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config comparison.
+
+
+def flatten_json(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """Nested JSON dicts -> {"a.b.c": leaf}; lists are leaves."""
+  if isinstance(tree, Mapping) and tree:
+    out = {}
+    for key, value in tree.items():
+      out.update(flatten_json(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_differences(stored: Any, given: Any, ignore: Sequence[str] = ()) -> list[str]:
+  """Human-readable differences between two JSON configs, one line per differing dotted key.
+
+  Keys equal to or under a prefix in `ignore` are skipped.
+  """
+  a, b = flatten_json(stored), flatten_json(given)
+  missing = object()
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    if any(key == p or key.startswith(p + ".") for p in ignore):
+      continue
+    va, vb = a.get(key, missing), b.get(key, missing)
+    if va != vb:
+      fmt = lambda v: "<absent>" if v is missing else repr(v)
+      lines.append(f"{key}: checkpoint {fmt(va)} != given {fmt(vb)}")
+  return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict structure check.
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+  """A tree path as "a/b/0/c": dict keys, attribute names and sequence indices alike, so that a
+  NamedTuple field in the target matches the dict key orbax stores it under."""
+  tokens = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        tokens.append(str(getattr(k, attr)))
+        break
+    else:
+      tokens.append(str(k))
+  return "/".join(tokens)
+
+
+def _is_array_like(x: Any) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _leaves_by_path(tree: Any) -> dict[str, Any]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array_like)[0]
+  return {_path_str(path): leaf for path, leaf in leaves if leaf is not None}
+
+
+def check_matches_metadata(target: Any, metadata_tree: Any, what: str) -> None:
+  """Raises `CheckpointMismatchError` unless `target` has exactly the checkpoint's arrays.
+
+  Args:
+    target: pytree of arrays / ShapeDtypeStructs (the restore target).
+    metadata_tree: the orbax metadata tree of the stored item (leaves with .shape/.dtype).
+    what: description used in the message, e.g. "item 'params' of /ckpt step 100".
+  """
+  want, have = _leaves_by_path(target), _leaves_by_path(metadata_tree)
+  problems = [f"missing in checkpoint: {p} (expected shape {tuple(want[p].shape)})"
+              for p in sorted(set(want) - set(have))]
+  problems += [f"unexpected in checkpoint (absent from the target): {p} "
+               f"(shape {tuple(have[p].shape)})" for p in sorted(set(have) - set(want))]
+  for p in sorted(set(want) & set(have)):
+    w, h = want[p], have[p]
+    if tuple(w.shape) != tuple(h.shape):
+      problems.append(f"shape mismatch at {p}: checkpoint {tuple(h.shape)} vs expected "
+                      f"{tuple(w.shape)}")
+    elif str(w.dtype) != str(h.dtype):
+      problems.append(f"dtype mismatch at {p}: checkpoint {h.dtype} vs expected {w.dtype}")
+  if problems:
+    listed = "\n  ".join(problems[:_MAX_LISTED])
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    raise CheckpointMismatchError(
+        f"{what} does not match the expected structure ({len(problems)} problem(s)):\n  "
+        f"{listed}{more}\nA different model/optimizer config than the checkpoint was trained "
+        "with is the usual cause: compare with load_checkpoint_config(directory).")
+
+
+def _restore_target(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """Arrays / ShapeDtypeStructs -> ShapeDtypeStructs carrying a sharding.
+
+  Concrete arrays keep their sharding; shardless abstract leaves (plain `jax.eval_shape`) get
+  replicated over `mesh` (default: `make_mesh()`).
+  """
+  replicated = None
+
+  def to_struct(x):
+    nonlocal replicated
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+      if replicated is None:
+        replicated = mesh_lib.replicated_sharding(mesh or mesh_lib.make_mesh())
+      sharding = replicated
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+  return jax.tree.map(to_struct, tree)
+
+
+def _restore_item(manager: ocp.CheckpointManager, directory: str, step: int, item: str,
+                  abstract: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  metadata = manager.item_metadata(step)[item]
+  if metadata is None:
+    raise FileNotFoundError(f"Checkpoint {directory} step {step} has no item {item!r}.")
+  if abstract is None:  # take shapes and dtypes from the checkpoint itself
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata.tree,
+                            is_leaf=_is_array_like)
+  target = _restore_target(abstract, mesh)
+  check_matches_metadata(target, metadata.tree,
+                         f"Item {item!r} of checkpoint {directory} step {step}")
+  args = ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
+  return manager.restore(step, args=args)[item]
+
+
+def _restore_json(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
+  return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+
+class Checkpointer:
+  """Saves and restores a run's checkpoints in one directory; refuses a foreign config.
+
+  Example:
+    ckpt = Checkpointer(workdir + "/checkpoints", config, save_interval_steps=1000)
+    state = create_train_state(...)
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(state)  # or abstract_train_state(...) to avoid a second copy
+    ...
+    ckpt.save(step, state, extra={"data": iterator_position})
+    ckpt.close()
+
+  Saving is asynchronous (orbax copies the arrays to host before `save` returns, so the state
+  can be donated right after); call `wait_until_finished()` / `close()` before exiting.
+  """
+
+  def __init__(self, directory: str | os.PathLike, config: Any, *, max_to_keep: int | None = 3,
+               save_interval_steps: int = 1000,
+               allowed_config_changes: Sequence[str] = ()):
+    """Opens (creating if needed) `directory` and checks its stored config against `config`.
+
+    Args:
+      directory: where the step folders go (absolute or relative local path, or a URL).
+      config: ml_collections ConfigDict or dict; stored as JSON with every checkpoint.
+      max_to_keep: keep only the newest this many checkpoints (None: keep all).
+      save_interval_steps: `save(step, ..)` without force only writes when step is a multiple.
+      allowed_config_changes: dotted config keys (or prefixes) that may differ from the stored
+        config on resume, e.g. ("num_steps",) to extend a run; differences are logged.
+
+    Raises:
+      ConfigMismatchError: the directory holds checkpoints whose config differs from `config`.
+    """
+    self.directory = _abspath(directory)
+    self.save_interval_steps = max(int(save_interval_steps), 1)
+    self.config = run_info.to_jsonable(config)
+    self.versions = run_info.package_versions()
+    self._manager = _open_manager(self.directory, ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True,
+        cleanup_tmp_directories=True))  # unfinished saves of an interrupted run
+    latest = self.latest_step()
+    if latest is not None:
+      self._check_stored(latest, allowed_config_changes)
+
+  def _check_stored(self, step: int, allowed: Sequence[str]) -> None:
+    stored = _restore_json(self._manager, step, "config")
+    diffs = config_differences(stored, self.config, ignore=allowed)
+    if diffs:
+      raise ConfigMismatchError(
+          f"Refusing to resume in {self.directory}: its checkpoint (step {step}) was written with "
+          f"a different config. Differing keys:\n  " + "\n  ".join(diffs) +
+          "\nUse a new directory, the stored config (load_checkpoint_config), or list the keys "
+          "in allowed_config_changes.")
+    allowed_diffs = config_differences(stored, self.config)
+    if allowed_diffs:
+      logging.warning("Resuming with allowed config changes:\n  %s", "\n  ".join(allowed_diffs))
+    version_diffs = config_differences(_restore_json(self._manager, step, "versions"),
+                                       self.versions)
+    if version_diffs:
+      logging.warning("Package versions differ from the checkpoint's:\n  %s",
+                      "\n  ".join(version_diffs))
+
+  def save(self, step: int, state: Any, *, force: bool = False,
+           extra: Mapping[str, Any] | None = None) -> bool:
+    """Saves `state` as step `step` if due (multiple of save_interval_steps) or `force`.
+
+    Returns:
+      Whether a checkpoint was started. A step that already exists is not saved again (False).
+    """
+    step = int(step)
+    if not (force or self.should_save(step)) or step in self._manager.all_steps():
+      return False
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        params=ocp.args.StandardSave(state.params),
+        config=ocp.args.JsonSave(self.config),
+        versions=ocp.args.JsonSave(self.versions),
+        extra=ocp.args.JsonSave(_json_ready(dict(extra or {}))))
+    # The due-decision is ours: orbax's own policy would also save the first step it sees.
+    saved = self._manager.save(step, args=args, force=True)
+    if saved:
+      logging.info("Saving checkpoint step %d to %s", step, self.directory)
+    return saved
+
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, ...)` without force would write: step a multiple of the interval."""
+    return int(step) % self.save_interval_steps == 0 and int(step) not in self._manager.all_steps()
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore(self, abstract_state: Any, step: int | None = None, *,
+              mesh: jax.sharding.Mesh | None = None) -> Any:
+    """Strictly restores the full train state (default: latest step).
+
+    Args:
+      abstract_state: the target: a `TrainState` of ShapeDtypeStructs
+        (`abstract_train_state`, `jax.eval_shape`) or of concrete arrays (a freshly created
+        state); restored leaves get its shardings (shardless leaves: replicated over `mesh`).
+      step: which step; default latest.
+      mesh: only for shardless abstract leaves; default `make_mesh()`.
+
+    Raises:
+      FileNotFoundError: no such checkpoint.
+      CheckpointMismatchError: missing/unexpected keys or shape/dtype mismatches.
+    """
+    self.wait_until_finished()
+    step = self._resolve(step)
+    return _restore_item(self._manager, self.directory, step, "state", abstract_state, mesh)
+
+  def restore_extra(self, step: int | None = None) -> dict[str, Any]:
+    """The `extra` JSON saved with a step (default latest)."""
+    self.wait_until_finished()
+    return _restore_json(self._manager, self._resolve(step), "extra")
+
+  def _resolve(self, step: int | None) -> int:
+    steps = self._manager.all_steps()
+    step = self.latest_step() if step is None else int(step)
+    if step is None or step not in steps:
+      raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in "
+                              f"{self.directory} (steps found: {sorted(steps)}).")
+    return step
+
+  def wait_until_finished(self) -> None:
+    """Blocks until asynchronous saves are committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def restore_params(directory: str | os.PathLike, abstract_params: Any = None,
+                   step: int | None = None, *, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Loads only the params of a checkpoint (default: latest step), e.g. a frozen earlier stage.
+
+  Args:
+    directory: a `Checkpointer` directory.
+    abstract_params: expected params (arrays or ShapeDtypeStructs, e.g.
+      `jax.eval_shape(model.init, rng, x)["params"]`): checked strictly, so a model config that
+      differs from the checkpoint's fails with the parameter paths named. None: restore
+      whatever is stored (nested dicts, shapes/dtypes from the checkpoint).
+    step: default latest.
+    mesh: restored params are replicated over it (default `make_mesh()`) unless
+      `abstract_params` leaves carry their own shardings.
+
+  Raises:
+    FileNotFoundError: no such checkpoint. CheckpointMismatchError: structure/shape mismatch.
+  """
+  manager, step = _open_for_reading(directory, step)
+  try:
+    return _restore_item(manager, _abspath(directory), step, "params", abstract_params, mesh)
+  finally:
+    manager.close()
+
+
+def load_checkpoint_config(directory: str | os.PathLike, step: int | None = None) -> dict:
+  """The config (JSON dict) a checkpoint was written with (default: latest step)."""
+  manager, step = _open_for_reading(directory, step)
+  try:
+    return _restore_json(manager, step, "config")
+  finally:
+    manager.close()

@@ -1,0 +1,201 @@
+"""The generic training loop: steps, NaN guard, logging, evaluation and checkpoints.
+
+Host synchronisation is kept off the critical path: the metrics of step k are fetched (and
+checked for NaN/Inf) after step k+1 has been dispatched, except at log, eval and checkpoint
+steps, which wait for their own step so that a checkpoint never holds an unchecked state.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+from hilam_jax.training.checkpoint import Checkpointer
+from hilam_jax.training.metrics import MetricWriter, Progress
+
+WATCHED_METRICS = ("loss", "grad_norm")
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a NaN or Inf loss or gradient norm."""
+
+
+def check_finite(metrics: Mapping[str, Any], step: int,
+                 keys: tuple[str, ...] = WATCHED_METRICS) -> None:
+  """Raises `NonFiniteError` naming the step and which of `keys` is NaN/Inf.
+
+  Args:
+    metrics: step metrics (host or device values); absent keys are not checked.
+    step: the 1-based number of the update that produced them (= state.step after it).
+  """
+  present = [k for k in keys if k in metrics]
+  host = dict(zip(present, jax.device_get([metrics[k] for k in present])))
+  bad = []
+  for key, value in host.items():  # in the order of `keys`
+    value = np.asarray(value)
+    if not np.all(np.isfinite(value)):
+      kind = "NaN" if np.any(np.isnan(value)) else "Inf"
+      bad.append(f"{key} is {kind}")
+  if bad:
+    others = ", ".join(f"{k}={float(np.asarray(v)):.4g}" for k, v in host.items())
+    raise NonFiniteError(
+        f"Non-finite value at step {step}: {'; '.join(bad)} ({others}). Training stopped; the "
+        "last checkpoint holds the latest finite state. Lower the learning rate, clip "
+        "gradients, or check the batch for NaN/Inf inputs.")
+
+
+class _MeanAccumulator:
+  """Means of host scalar metrics over the steps since the last reset."""
+
+  def __init__(self):
+    self._sums: dict[str, float] = {}
+    self._count = 0
+
+  def add(self, metrics: Mapping[str, Any]) -> None:
+    for key, value in metrics.items():
+      self._sums[key] = self._sums.get(key, 0.0) + float(np.asarray(value))
+    self._count += 1
+
+  def pop_means(self) -> dict[str, float]:
+    means = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+    self._sums, self._count = {}, 0
+    return means
+
+
+def run_eval(eval_step: Callable[[Any, Any, jax.Array], Mapping[str, jax.Array]], params: Any,
+             batches: Iterable[Any], rng: jax.Array, num_batches: int | None = None
+             ) -> dict[str, float]:
+  """Mean of `eval_step(params, batch, fold_in(rng, i))` over (up to `num_batches`) batches.
+
+  A convenience for building the `eval_fn(state)` of `train_loop`; every batch must already be
+  sharded (`shard_batch`). The mean is unweighted over batches (use equal-sized batches).
+  """
+  sums, count = None, 0
+  for i, batch in enumerate(batches):
+    if num_batches is not None and i >= num_batches:
+      break
+    metrics = eval_step(params, batch, jax.random.fold_in(rng, i))
+    sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
+    count += 1
+  if not count:
+    raise ValueError("run_eval: no evaluation batches.")
+  return {k: float(v) / count for k, v in jax.device_get(sums).items()}
+
+
+def _state_is_alive(state: Any) -> bool:
+  """False if any buffer of `state` was donated (interrupt inside the step call)."""
+  return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
+
+
+def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mapping[str, Any]]],
+               batches: Iterator[Any], num_steps: int, checkpointer: Checkpointer | None = None,
+               writer: MetricWriter | None = None, log_every: int = 50,
+               checkpoint_every: int | None = None, eval_every: int | None = None,
+               eval_fn: Callable[[Any], Mapping[str, Any]] | None = None,
+               checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None) -> Any:
+  """Trains from `state.step` up to `num_steps` updates and returns the final state.
+
+  Args:
+    state: a `TrainState` (fresh or restored: the loop resumes from its step).
+    train_step: from `make_train_step`; donates the state.
+    batches: iterator of already sharded global batches (`shard_batches(numpy_iter, mesh)`).
+      When resuming, the trainer is responsible for its position (e.g. via `checkpoint_extra`
+      and `Checkpointer.restore_extra`, or a seed derived from the step).
+    num_steps: total number of updates of the run (not the number still to do).
+    checkpointer: saves every `checkpoint_every` steps (None: whenever its own
+      `save_interval_steps` is due), at the final step, and on KeyboardInterrupt.
+    writer: receives, every `log_every` steps, the means since the last log of all train
+      metrics as "train/<name>" and the throughput as "steps_per_sec"; eval metrics as
+      "eval/<name>".
+    log_every: logging interval (also the interval at which metrics are averaged).
+    checkpoint_every: explicit checkpoint interval, overriding the checkpointer's.
+    eval_every: run `eval_fn(state)` every this many steps.
+    eval_fn: state -> dict of scalars (see `run_eval`).
+    checkpoint_extra: () -> JSON-able dict saved as the checkpoint's "extra" item.
+
+  Raises:
+    NonFiniteError: loss or grad_norm became NaN/Inf (nothing is saved for that state).
+    KeyboardInterrupt: re-raised after saving a checkpoint of the current state.
+  """
+  step = int(jax.device_get(state.step))
+  if step >= num_steps:
+    logging.info("Nothing to train: state is at step %d >= num_steps %d.", step, num_steps)
+    return state
+  batches = iter(batches)
+  progress = Progress(num_steps, log_every)
+  means = _MeanAccumulator()
+  pending = None  # (step, device metrics) of the newest step not yet checked on the host
+
+  def finish(step_done: int, metrics: Mapping[str, Any]) -> None:
+    host = jax.device_get(dict(metrics))
+    check_finite(host, step_done)
+    means.add(host)
+    progress.update(step_done, host)
+    if step_done % log_every == 0 or step_done == num_steps:
+      scalars = {f"train/{k}": v for k, v in means.pop_means().items()}
+      if progress.steps_per_sec:
+        scalars["steps_per_sec"] = progress.steps_per_sec
+      if writer is not None:
+        writer.write_scalars(step_done, scalars)
+
+  def save(step_now: int, force: bool) -> None:
+    extra = checkpoint_extra() if checkpoint_extra is not None else None
+    checkpointer.save(step_now, state, force=force, extra=extra)
+
+  logging.info("Training from step %d to %d.", step, num_steps)
+  try:
+    while step < num_steps:
+      try:
+        batch = next(batches)
+      except StopIteration:
+        logging.warning("Batch iterator exhausted after step %d (num_steps %d).", step, num_steps)
+        break
+      state, metrics = train_step(state, batch)
+      step += 1
+      if pending is not None:
+        finish(*pending)  # previous step, while this one runs
+      pending = (step, metrics)
+      do_eval = bool(eval_fn is not None and eval_every and step % eval_every == 0)
+      do_ckpt = checkpointer is not None and step < num_steps and (
+          step % checkpoint_every == 0 if checkpoint_every else checkpointer.should_save(step))
+      if do_eval or do_ckpt or step % log_every == 0 or step == num_steps:
+        finish(*pending)
+        pending = None
+      if do_eval or do_ckpt:
+        side_start = time.perf_counter()
+      if do_eval:
+        eval_metrics = jax.device_get(dict(eval_fn(state)))
+        logging.info("eval step %d | %s", step, " | ".join(
+            f"{k} {float(np.asarray(v)):.4g}" for k, v in eval_metrics.items()))
+        if writer is not None:
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+      if do_ckpt:
+        save(step, force=True)
+      if do_eval or do_ckpt:
+        progress.exclude(time.perf_counter() - side_start)  # keep steps/s about training
+    if pending is not None:
+      finish(*pending)
+      pending = None
+    if checkpointer is not None:
+      save(step, force=True)
+  except KeyboardInterrupt:
+    if checkpointer is not None:
+      if pending is not None:
+        finish(*pending)  # never save a state whose step produced NaN
+      if _state_is_alive(state):
+        step_now = int(jax.device_get(state.step))
+        logging.warning("Interrupted: saving checkpoint at step %d before stopping.", step_now)
+        save(step_now, force=True)
+      else:
+        logging.error("Interrupted inside a train step: its input state was donated, nothing "
+                      "saved beyond the last checkpoint.")
+    raise
+  finally:
+    if writer is not None:
+      writer.flush()
+    if checkpointer is not None:
+      checkpointer.wait_until_finished()
+  return state

@@ -1,0 +1,149 @@
+"""Training telemetry: TensorBoard event files and a progress line with throughput and ETA."""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def _tf():
+  """TensorFlow imported lazily (slow to import) and kept away from any accelerator."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # devices already initialized by another user of TF in this process
+    pass
+  return tf
+
+
+def _plugin_metadata(tf, plugin_name: str):
+  """The SummaryMetadata TensorBoard's `scalars`/`histograms` plugins look for.
+
+  Built by hand because `tf.summary.scalar`/`histogram` need the `tensorboard` package, which
+  is not a dependency; `tf.summary.write` plus this metadata produces the same events (the
+  plugins' content proto at version 0 serializes to empty bytes).
+  """
+  metadata = tf.compat.v1.SummaryMetadata()
+  metadata.plugin_data.plugin_name = plugin_name
+  return metadata
+
+
+def histogram_buckets(values: np.ndarray, buckets: int = 30) -> np.ndarray:
+  """(buckets, 3) float64 rows [left edge, right edge, count]: TensorBoard's histogram tensor."""
+  values = np.asarray(values, np.float64).ravel()
+  values = values[np.isfinite(values)]
+  if values.size == 0:
+    return np.zeros((0, 3))
+  lo, hi = values.min(), values.max()
+  if lo == hi:
+    lo, hi = lo - 0.5, hi + 0.5
+  counts, edges = np.histogram(values, bins=buckets, range=(lo, hi))
+  return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=-1)
+
+
+class MetricWriter:
+  """Writes scalars (and histograms) as TensorBoard event files under `logdir`.
+
+  Only process 0 writes; on the other processes every method is a no-op, so callers need no
+  `if jax.process_index() == 0` of their own. Values may be device arrays (fetched here).
+  """
+
+  def __init__(self, logdir: str):
+    self.logdir = logdir
+    self._writer = None
+    if jax.process_index() == 0:
+      tf = _tf()
+      self._writer = tf.summary.create_file_writer(logdir)
+      self._scalar_meta = _plugin_metadata(tf, "scalars")
+      self._hist_meta = _plugin_metadata(tf, "histograms")
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    if self._writer is None:
+      return
+    tf = _tf()
+    scalars = jax.device_get(dict(scalars))
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        tf.summary.write(name, tf.constant(float(np.asarray(value)), tf.float32),
+                         step=int(step), metadata=self._scalar_meta)
+
+  def write_histograms(self, step: int, arrays: Mapping[str, Any], buckets: int = 30) -> None:
+    if self._writer is None:
+      return
+    tf = _tf()
+    arrays = jax.device_get(dict(arrays))
+    with self._writer.as_default():
+      for name, value in arrays.items():
+        tf.summary.write(name, tf.constant(histogram_buckets(value, buckets)), step=int(step),
+                         metadata=self._hist_meta)
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+def format_duration(seconds: float) -> str:
+  """3.2 -> "3s", 72 -> "1m12s", 7500 -> "2h05m"."""
+  seconds = int(round(max(seconds, 0.0)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+class Progress:
+  """Logs "step 120/1000 | loss 0.123 | 12.3 steps/s | ETA 1m12s" every `log_every` steps.
+
+  Call `update` after every step (or at least at every log step) with host metrics. Throughput
+  is measured between consecutive logged updates; the clock starts at the first update, whose
+  step already paid for compilation, so compile time never enters steps/s. The first logged
+  line therefore has no rate unless a full interval has passed since the first update.
+  Time spent in evaluation or checkpointing is left out via `exclude`.
+  """
+
+  def __init__(self, total_steps: int, log_every: int, keys: Sequence[str] = ("loss",)):
+    self.total_steps = int(total_steps)
+    self.log_every = max(int(log_every), 1)
+    self.keys = tuple(keys)
+    self.steps_per_sec: float | None = None  # latest measurement
+    self._last: tuple[int, float] | None = None  # (step, time) of the last clock reading
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` spent on something else (eval, checkpointing) out of steps/s."""
+    if self._last is not None:
+      self._last = (self._last[0], self._last[1] + seconds)
+
+  def update(self, step: int, metrics: Mapping[str, Any]) -> str | None:
+    """Records that `step` finished; logs and returns the line if it is a log step."""
+    step = int(step)
+    now = time.perf_counter()
+    if self._last is None:
+      jax.block_until_ready(metrics)  # step finished (compile included) before the clock starts
+      now = time.perf_counter()
+      self._last = (step, now)
+    if step % self.log_every and step != self.total_steps:
+      return None
+    last_step, last_time = self._last
+    if step > last_step and now > last_time:
+      jax.block_until_ready(metrics)
+      now = time.perf_counter()
+      self.steps_per_sec = (step - last_step) / (now - last_time)
+      self._last = (step, now)
+    parts = [f"step {step}/{self.total_steps}"]
+    host = jax.device_get({k: metrics[k] for k in self.keys if k in metrics})
+    parts += [f"{k} {float(np.asarray(v)):.4g}" for k, v in host.items()]
+    if self.steps_per_sec:
+      parts.append(f"{self.steps_per_sec:.3g} steps/s")
+      parts.append(f"ETA {format_duration((self.total_steps - step) / self.steps_per_sec)}")
+    line = " | ".join(parts)
+    logging.info("%s", line)
+    return line

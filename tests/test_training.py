@@ -1,0 +1,255 @@
+"""Tests of the shared training core `hilam_jax.training` on a tiny MLP regression."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hilam_jax import training
+from hilam_jax.training import metrics as metrics_lib
+from tests import training_worker as tw
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return training.make_mesh(jax.devices()[:1])
+
+
+def sharded_batches(mesh, start=0, poison_step=None):
+  """Deterministic batches from step `start`; the batch of update `poison_step` holds a NaN."""
+  step = start
+  while True:
+    batch = tw.batch_for_step(step)
+    if poison_step is not None and step + 1 == poison_step:
+      batch["x"][0, 0] = np.nan
+    yield training.shard_batch(batch, mesh)
+    step += 1
+
+
+def new_state(mesh, tx=None):
+  return training.create_train_state(tw.init_params_fn(), tx or tw.make_tx(),
+                                     jax.random.PRNGKey(0), mesh)
+
+
+def assert_trees_equal(a, b):
+  a_leaves, a_def = jax.tree.flatten(a)
+  b_leaves, b_def = jax.tree.flatten(b)
+  assert a_def == b_def
+  for x, y in zip(a_leaves, b_leaves):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_eight_devices_match_one_device(mesh, tmp_path):
+  """Same losses and params on 1 and on 8 forced host devices; checkpoint reshards to 1."""
+  out, ckpt_dir = tmp_path / "r8.npz", tmp_path / "ckpt8"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.training_worker", f"--out={out}",
+       f"--checkpoint_dir={ckpt_dir}"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r8 = np.load(out)
+  info = json.loads(str(r8["info"]))
+  assert info["device_count"] == 8 and info["mesh_size"] == 8
+  # The global batch of 16 is split 2 rows per device over 8 distinct devices.
+  assert info["batch_num_shards"] == 8 and info["batch_shard_devices"] == 8
+  assert info["batch_shard_rows"] == [2]
+  assert info["params_replicated"] and info["params_num_devices"] == 8
+  assert "not divisible by the 8 local devices" in info["indivisible_error"]
+
+  r1 = tw.run(mesh, num_steps=5)
+  assert r1["info"]["batch_num_shards"] == 1
+  np.testing.assert_allclose(r8["losses"], r1["losses"], rtol=1e-5)
+  assert r1["losses"][-1] < r1["losses"][0]
+  # inject_hyperparams: the metric is the rate used by each update (linear schedule).
+  np.testing.assert_allclose(r1["lrs"], 3e-2 - np.arange(5) * (2.7e-2 / 20), rtol=1e-6)
+  for name, value in r1["params"].items():
+    np.testing.assert_allclose(r8["param" + name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+  # The 8-device checkpoint restores onto this 1-device process.
+  params = training.restore_params(ckpt_dir, mesh=mesh)
+  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+    np.testing.assert_array_equal(np.asarray(value), r8["param" + jax.tree_util.keystr(path)])
+    assert value.sharding.is_fully_replicated
+
+
+def test_checkpoint_round_trip_and_resume(mesh, tmp_path):
+  tx = tw.make_tx()
+  train_step = training.make_train_step(tw.loss_fn, tx, mesh)
+  abstract = training.abstract_train_state(tw.init_params_fn(), tx, mesh)
+
+  # 5 steps straight; saving at step 3 mid-run (async save, then the state is donated).
+  ckpt = training.Checkpointer(tmp_path / "a", tw.CONFIG)
+  straight = training.train_loop(state=new_state(mesh, tx), train_step=train_step,
+                                 batches=sharded_batches(mesh), num_steps=5, checkpointer=ckpt,
+                                 checkpoint_every=3, log_every=100,
+                                 checkpoint_extra=lambda: {"data": {"seed": np.int64(7)}})
+  assert ckpt.all_steps() == [3, 5] and ckpt.latest_step() == 5
+  assert ckpt.restore_extra(3) == {"data": {"seed": 7}}
+  # The step-3 save is intact although its buffers were donated to step 4 right after.
+  from_3 = training.train_loop(state=ckpt.restore(abstract, step=3), train_step=train_step,
+                               batches=sharded_batches(mesh, start=3), num_steps=5)
+  assert_trees_equal(from_3, straight)
+
+  # Bit-identical restore into an abstract target: params, opt_state, step, rng.
+  restored = ckpt.restore(abstract)
+  assert isinstance(restored, training.TrainState)
+  assert_trees_equal(restored, straight)
+  assert int(restored.step) == 5
+  params_only = training.restore_params(tmp_path / "a", abstract.params)
+  assert_trees_equal(params_only, straight.params)
+  assert_trees_equal(training.restore_params(tmp_path / "a", step=3),
+                     ckpt.restore(abstract, step=3).params)
+  ckpt.close()
+
+  # Resume: 3 steps, checkpoint (final save), restore in a fresh Checkpointer, 2 more steps.
+  ckpt_b = training.Checkpointer(tmp_path / "b", tw.CONFIG)
+  training.train_loop(state=new_state(mesh, tx), train_step=train_step,
+                      batches=sharded_batches(mesh), num_steps=3, checkpointer=ckpt_b)
+  ckpt_b.close()
+  ckpt_b = training.Checkpointer(tmp_path / "b", tw.CONFIG)
+  state = ckpt_b.restore(new_state(mesh, tx))  # a concrete state works as the target too
+  assert int(state.step) == 3
+  resumed = training.train_loop(state=state, train_step=train_step,
+                                batches=sharded_batches(mesh, start=3), num_steps=5,
+                                checkpointer=ckpt_b)
+  ckpt_b.close()
+  assert_trees_equal(resumed, straight)
+  assert training.load_checkpoint_config(tmp_path / "b") == tw.CONFIG
+
+
+def test_keyboard_interrupt_saves_checkpoint(mesh, tmp_path):
+  tx = tw.make_tx()
+
+  def interrupted(n):
+    batches = sharded_batches(mesh)
+    for _ in range(n):
+      yield next(batches)
+    raise KeyboardInterrupt
+
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)  # save_interval_steps 1000: none due
+  with pytest.raises(KeyboardInterrupt):
+    training.train_loop(state=new_state(mesh, tx),
+                        train_step=training.make_train_step(tw.loss_fn, tx, mesh),
+                        batches=interrupted(4), num_steps=10, checkpointer=ckpt)
+  assert ckpt.all_steps() == [4]
+  ckpt.close()
+
+
+def test_mismatched_config_is_refused(mesh, tmp_path):
+  tx = tw.make_tx()
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  ckpt.save(1, new_state(mesh, tx), force=True)
+  ckpt.close()
+
+  other = {**tw.CONFIG, "model": {"hidden": 16}}
+  with pytest.raises(training.ConfigMismatchError, match=r"model\.hidden: checkpoint 32 != "
+                     r"given 16"):
+    training.Checkpointer(tmp_path, other)
+  # Explicitly allowed keys may differ (e.g. extending a run).
+  training.Checkpointer(tmp_path, {**tw.CONFIG, "num_steps": 50},
+                        allowed_config_changes=("num_steps",)).close()
+
+  # Params of a differently sized model: the error names the parameter path and shapes.
+  wrong = jax.eval_shape(tw.init_params_fn(hidden=16), jax.random.PRNGKey(0))
+  with pytest.raises(training.CheckpointMismatchError,
+                     match=r"shape mismatch at Dense_0/kernel: checkpoint \(4, 32\) vs "
+                           r"expected \(4, 16\)"):
+    training.restore_params(tmp_path, wrong)
+  # A missing key is an error, never a partial restore.
+  right = jax.eval_shape(tw.init_params_fn(), jax.random.PRNGKey(0))
+  partial = {"Dense_0": right["Dense_0"]}
+  with pytest.raises(training.CheckpointMismatchError, match=r"Dense_1/kernel"):
+    training.restore_params(tmp_path, partial)
+
+
+def test_nan_guard_names_step_and_quantity(mesh, tmp_path):
+  tx = tw.make_tx()
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  with pytest.raises(training.NonFiniteError,
+                     match=r"step 3: loss is NaN; grad_norm is NaN"):
+    training.train_loop(state=new_state(mesh, tx),
+                        train_step=training.make_train_step(tw.loss_fn, tx, mesh),
+                        batches=sharded_batches(mesh, poison_step=3), num_steps=10,
+                        checkpointer=ckpt, checkpoint_every=1)
+  assert ckpt.all_steps() == [1, 2]  # the non-finite state was never saved
+  ckpt.close()
+  with pytest.raises(training.NonFiniteError, match=r"step 7: grad_norm is Inf"):
+    training.check_finite({"loss": np.float32(1.0), "grad_norm": np.float32(np.inf)}, 7)
+  training.check_finite({"loss": 1.0, "grad_norm": 2.0, "other": np.nan}, 1)
+
+
+def read_events(logdir):
+  """{tag: {step: (plugin name, value array)}} from the event files in `logdir`."""
+  events = {}
+  for path in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      event = tf.compat.v1.Event.FromString(record)
+      for value in event.summary.value:
+        events.setdefault(value.tag, {})[event.step] = (
+            value.metadata.plugin_data.plugin_name, tf.make_ndarray(value.tensor))
+  return events
+
+
+def test_writer_progress_and_eval(mesh, tmp_path):
+  tx = tw.make_tx()
+  state = new_state(mesh, tx)
+  eval_step = training.make_eval_step(lambda p, b, r: tw.loss_fn(p, b, r)[1], mesh)
+  eval_batches = [training.shard_batch(tw.batch_for_step(100 + i), mesh) for i in range(2)]
+  writer = training.MetricWriter(str(tmp_path))
+  training.train_loop(
+      state=state, train_step=training.make_train_step(tw.loss_fn, tx, mesh),
+      batches=sharded_batches(mesh), num_steps=6, writer=writer, log_every=2, eval_every=3,
+      eval_fn=lambda s: training.run_eval(eval_step, s.params, eval_batches,
+                                          jax.random.PRNGKey(1)))
+  writer.write_histograms(6, {"hist/w": np.arange(10.0)})
+  writer.close()
+  events = read_events(str(tmp_path))
+  hist_plugin, hist = events.pop("hist/w")[6]
+  assert hist_plugin == "histograms" and hist.shape == (30, 3) and hist[:, 2].sum() == 10
+  assert all(plugin == "scalars" and value.shape == ()
+             for steps in events.values() for plugin, value in steps.values())
+  scalars = {tag: {step: float(v) for step, (_, v) in steps.items()}
+             for tag, steps in events.items()}
+  for tag in ("train/loss", "train/mae", "train/grad_norm", "train/param_norm",
+              "train/learning_rate"):
+    assert sorted(scalars[tag]) == [2, 4, 6], tag
+  assert sorted(scalars["eval/mae"]) == [3, 6]
+  # Measured between logs; the interval to step 2 starts after step 1 (compile excluded).
+  assert sorted(scalars["steps_per_sec"]) == [2, 4, 6]
+  assert all(v > 0 for v in scalars["steps_per_sec"].values())
+  # Logged values are means over the log interval: learning rate of updates 3 and 4.
+  np.testing.assert_allclose(scalars["train/learning_rate"][4], 3e-2 - 2.5 * 2.7e-2 / 20,
+                             rtol=1e-5)
+
+
+def test_progress_line(monkeypatch):
+  clock = {"t": 100.0}
+  monkeypatch.setattr(metrics_lib.time, "perf_counter", lambda: clock["t"])
+  progress = training.Progress(total_steps=100, log_every=10)
+  assert progress.update(1, {"loss": 2.0}) is None  # starts the clock (compile excluded)
+  clock["t"] = 103.0
+  assert progress.update(10, {"loss": 0.5}) == "step 10/100 | loss 0.5 | 3 steps/s | ETA 30s"
+  clock["t"] = 133.0
+  assert progress.update(100, {"loss": 0.25}) == "step 100/100 | loss 0.25 | 3 steps/s | ETA 0s"
+  assert metrics_lib.format_duration(72) == "1m12s"
+  assert metrics_lib.format_duration(7500) == "2h05m"
+
+
+def test_shard_batch_rejects_strings(mesh):
+  batch = tw.batch_for_step(0)
+  sharded = training.shard_batch(batch, mesh)
+  assert sharded["x"].shape == (16, 4) and sharded["x"].sharding == training.data_sharding(mesh)
+  with pytest.raises(TypeError, match=r"'episode_id'.*Drop such keys"):
+    training.shard_batch({**batch, "episode_id": np.array([b"ep"] * 16, dtype=object)}, mesh)
+  with pytest.raises(TypeError, match=r"'language'"):
+    training.shard_batch({**batch, "language": np.array(["pick"] * 16)}, mesh)
+  with pytest.raises(ValueError, match=r"scalar"):
+    training.shard_batch({"n": np.float32(3.0)}, mesh)

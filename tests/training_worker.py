@@ -1,0 +1,108 @@
+"""Tiny MLP regression trained with `hilam_jax.training`; shared by tests/test_training.py.
+
+Run as a script it trains on every visible device and writes the results, so the test can
+compare a forced 8-host-device run (XLA_FLAGS=--xla_force_host_platform_device_count=8, which
+must be set before jax is imported, hence the subprocess) against a 1-device run:
+
+  python -m tests.training_worker --out=/tmp/result.npz [--checkpoint_dir=/tmp/ckpt]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hilam_jax import training
+
+GLOBAL_BATCH, FEATURES, HIDDEN = 16, 4, 32
+CONFIG = {"model": {"hidden": HIDDEN}, "optimizer": {"lr": 3e-2}, "num_steps": 5}
+
+
+class MLP(nn.Module):
+  hidden: int = HIDDEN
+
+  @nn.compact
+  def __call__(self, x):  # x: (B, F) -> (B,)
+    x = nn.tanh(nn.Dense(self.hidden)(x))
+    return nn.Dense(1)(x)[:, 0]
+
+
+def make_tx(lr: float = 3e-2) -> optax.GradientTransformation:
+  schedule = optax.linear_schedule(lr, lr / 10, transition_steps=20)
+  return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+
+
+def init_params_fn(hidden: int = HIDDEN):
+  return lambda rng: MLP(hidden).init(rng, jnp.zeros((1, FEATURES)))["params"]
+
+
+def loss_fn(params, batch, rng):
+  """MSE with small input noise drawn from the step rng (so rng handling is exercised)."""
+  x = batch["x"] + 0.01 * jax.random.normal(rng, batch["x"].shape)  # (B, F)
+  pred = MLP().apply({"params": params}, x)  # (B,)
+  loss = jnp.mean((pred - batch["y"]) ** 2)
+  return loss, {"mae": jnp.mean(jnp.abs(pred - batch["y"]))}
+
+
+def batch_for_step(step: int) -> dict[str, np.ndarray]:
+  """The global batch of a step (deterministic in the step: resume-safe)."""
+  rs = np.random.RandomState(step)
+  x = rs.normal(size=(GLOBAL_BATCH, FEATURES)).astype(np.float32)
+  return {"x": x, "y": np.sin(x).sum(-1).astype(np.float32)}
+
+
+def run(mesh, num_steps: int = 5, checkpoint_dir: str | None = None) -> dict:
+  """Trains `num_steps` steps on `mesh`; returns losses, final params and placement facts."""
+  tx = make_tx()
+  state = training.create_train_state(init_params_fn(), tx, jax.random.PRNGKey(0), mesh)
+  train_step = training.make_train_step(loss_fn, tx, mesh)
+  losses, lrs, info = [], [], {}
+  for step in range(num_steps):
+    batch = training.shard_batch(batch_for_step(step), mesh)
+    if step == 0:
+      x = batch["x"]
+      info = {"device_count": jax.device_count(), "mesh_size": int(mesh.devices.size),
+              "batch_num_shards": len(x.addressable_shards),
+              "batch_shard_rows": sorted({s.data.shape[0] for s in x.addressable_shards}),
+              "batch_shard_devices": len({s.device for s in x.addressable_shards}),
+              "params_replicated": all(p.sharding.is_fully_replicated
+                                       for p in jax.tree.leaves(state.params)),
+              "params_num_devices": len(jax.tree.leaves(state.params)[0].sharding.device_set)}
+    state, metrics = train_step(state, batch)
+    losses.append(float(metrics["loss"]))
+    lrs.append(float(metrics["learning_rate"]))
+  if checkpoint_dir:
+    ckpt = training.Checkpointer(checkpoint_dir, CONFIG)
+    ckpt.save(num_steps, state, force=True)
+    ckpt.close()
+  flat = {jax.tree_util.keystr(p): np.asarray(v)
+          for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  return {"losses": np.asarray(losses), "lrs": np.asarray(lrs), "params": flat, "info": info,
+          "step": int(state.step)}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--num_steps", type=int, default=5)
+  parser.add_argument("--checkpoint_dir", default=None)
+  args = parser.parse_args()
+  mesh = training.make_mesh()
+  result = run(mesh, args.num_steps, args.checkpoint_dir)
+  try:  # a per-process batch that the local devices cannot split evenly
+    training.shard_batch({"x": np.zeros((GLOBAL_BATCH - 4, FEATURES), np.float32)}, mesh)
+    result["info"]["indivisible_error"] = None
+  except ValueError as e:
+    result["info"]["indivisible_error"] = str(e)
+  np.savez(args.out, losses=result["losses"], lrs=result["lrs"],
+           info=json.dumps(result["info"]), step=result["step"],
+           **{"param" + k: v for k, v in result["params"].items()})
+
+
+if __name__ == "__main__":
+  main()
