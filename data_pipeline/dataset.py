@@ -4,7 +4,7 @@
                -> repeat -> flatten to frames
   then:        weighted interleave -> frame-level shuffle (bounded buffer, still encoded: a
                10,000-frame buffer of 256x256 JPEGs costs ~150 MB instead of ~2 GB decoded)
-               -> decode / resize / augment -> fixed-shape batches -> prefetch
+               -> fixed-shape batches -> decode / resize / augment (per batch) -> prefetch
 
 Keys of the batches: the common schema (`schema.py`) minus `episode_source`, plus `episode_id`
 and `frame_index`; `next_observation/*` with frame pairs; `pad_mask` with windows (every key then
@@ -189,10 +189,11 @@ def make_dataset(
   if shuffle_buffer:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   augment_config = transforms.augment
   if augment_config is not None:
-    # One stateless seed [2] per element, drawn from a seeded stream: deterministic, and
-    # different for the same frame in different epochs.
+    # One stateless seed [2] per batch from a seeded stream: deterministic, and different for
+    # the same frames in different epochs.
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.random(seed=seed).batch(2))
     ds = ds.map(lambda x, s: frame_transforms.apply_frame_transforms(
         x, transforms.resize, augment_config, s),
@@ -200,7 +201,6 @@ def make_dataset(
   else:
     ds = ds.map(lambda x: frame_transforms.apply_frame_transforms(x, transforms.resize),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   options = tf.data.Options()
   options.deterministic = deterministic
   ds = ds.with_options(options).prefetch(prefetch)

@@ -1,11 +1,12 @@
 """Frame transforms: decode, resize and augment images — the CPU-heavy part, applied last.
 
-They work on one element (a frame, a frame pair or a window) whose image keys hold encoded
-strings of any shape [...]; decoding gives uint8 [..., H, W, 3]. Augmentation draws its random
-parameters once per element from an explicit seed [2] (stateless ops), and applies them to every
-image of the element: all cameras and all time steps of a pair or window get the same crop and
-colour change (a crop that differed between t and t+k would look like motion to a latent action
-model). The same seed gives the same result eagerly and inside tf.data.
+They run on whole batches (one tf.data map call per batch instead of per frame: the per-call
+overhead dominated at 56x56) whose image keys hold encoded strings [B, ...]; decoding gives uint8
+[B, ..., H, W, 3]. Augmentation draws its random parameters per batch element from one explicit
+seed [2] (stateless ops) and applies them to every image of the element: all cameras and all time
+steps of a pair or window get the same crop and colour change (a crop that differed between t and
+t+k would look like motion to a latent action model). The same seed gives the same result eagerly
+and inside tf.data.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ import tensorflow as tf
 from data_pipeline.schema import flatten_keys
 
 
+_MAX_UNROLL = 4096  # above this many images per batch, decode in a loop instead of unrolled
+
+
 def is_image_key(path: str) -> bool:
   """Image keys are the ones named `image_*` (observation/image_primary, next_observation/...)."""
   return path.rsplit("/", 1)[-1].startswith("image_")
@@ -25,27 +29,45 @@ def is_image_key(path: str) -> bool:
 def decode_images(encoded: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
   """Encoded JPEG/PNG strings [...] -> uint8 [..., H, W, 3], resized to `size` if given.
 
-  Without `size`, all images must share one shape (map_fn stacks them).
+  Without `size`, all images must share one shape (they are stacked).
   """
-  flat = tf.reshape(encoded, [-1])
-
   def decode_one(data):
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    if size is not None:
-      image = resize(image, size)
-    return image
+    return resize(image, size) if size is not None else image
 
-  spec = tf.TensorSpec([size[0], size[1], 3] if size else [None, None, 3], tf.uint8)
-  images = tf.map_fn(decode_one, flat, fn_output_signature=spec)
+  if encoded.shape.rank == 0:
+    return decode_one(encoded)
+  flat = tf.reshape(encoded, [-1])
+  if flat.shape[0] is not None and flat.shape[0] <= _MAX_UNROLL:
+    # Static count (fixed-shape batches): independent decode ops that tf.data's threads run in
+    # parallel; 1.5x faster than map_fn's sequential loop at 56x56.
+    images = tf.stack([decode_one(x) for x in tf.unstack(flat)])
+  else:
+    spec = tf.TensorSpec([size[0], size[1], 3] if size else [None, None, 3], tf.uint8)
+    images = tf.map_fn(decode_one, flat, fn_output_signature=spec)
   return tf.reshape(images, tf.concat([tf.shape(encoded), tf.shape(images)[1:]], 0))
 
 
 def resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """uint8 [..., H, W, 3] -> uint8 [..., size[0], size[1], 3]; no-op if already that size."""
+  """uint8 [H, W, 3] -> uint8 [size[0], size[1], 3] (bilinear).
+
+  Images already of that size pass through untouched; antialiasing (3x the cost) is used only
+  when shrinking, where it matters.
+  """
   if image.shape[-3:-1] == tuple(size):
     return image
-  resized = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+  height, width = tf.shape(image)[-3], tf.shape(image)[-2]
+
+  def scaled(antialias):
+    out = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear",
+                          antialias=antialias)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+  same = tf.logical_and(tf.equal(height, size[0]), tf.equal(width, size[1]))
+  shrink = tf.logical_or(height > size[0], width > size[1])
+  out = tf.cond(same, lambda: tf.ensure_shape(image, [size[0], size[1], 3]),
+                lambda: tf.cond(shrink, lambda: scaled(True), lambda: scaled(False)))
+  return tf.ensure_shape(out, [size[0], size[1], 3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,63 +78,106 @@ class AugmentConfig:
   brightness: float = 0.1                          # max additive delta on [0, 1] images
   contrast: tuple[float, float] = (0.9, 1.1)
   saturation: tuple[float, float] = (0.9, 1.1)
-  hue: float = 0.05
+  hue: float = 0.05                                # max hue rotation, in turns
+
+
+# RGB <-> YIQ: a hue change is a rotation of the (I, Q) chroma plane.
+_RGB_TO_YIQ = tf.constant([[0.299, 0.596, 0.211],
+                           [0.587, -0.274, -0.523],
+                           [0.114, -0.322, 0.312]], tf.float32)
+_YIQ_TO_RGB = tf.linalg.inv(_RGB_TO_YIQ)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = AugmentConfig()
             ) -> tf.Tensor:
-  """Applies one random crop + colour jitter, drawn from `seed` [2], to all of `images`.
+  """Random resized crop + colour jitter with one parameter draw per batch element.
+
+  Vectorised over a batch (the expensive part of the pipeline runs on whole batches): element b
+  gets its own crop and colour change, shared by all of its images (all time steps of a pair or
+  window). The draws depend on `seed` and the batch size only, so calling this on each camera
+  key with the same seed gives every camera of element b the same change.
+
+  Colour operations follow torchvision's definitions, applied in this order: brightness (add a
+  delta), contrast (blend with the image's mean), saturation (blend with the greyscale image),
+  hue (a rotation of the chroma plane in YIQ space, a linear stand-in for the HSV hue shift).
+  All four are affine in the pixel values, so they are composed into one 3x3 matrix and offset
+  per image and applied with a single batched matmul (TF CPU does not fuse elementwise ops; one
+  pass per op cost 3x more). Values are clipped once at the end, not after every op.
 
   Args:
-    images: uint8 [..., H, W, 3].
-    seed: int32/int64 [2] stateless seed.
+    images: uint8 [B, ..., H, W, 3].
+    seed: int [2] stateless seed.
   Returns:
     uint8, same shape.
   """
   shape = tf.shape(images)
   height, width = images.shape[-3], images.shape[-2]
-  flat = tf.reshape(tf.cast(images, tf.float32) / 255.0, [-1, height, width, 3])
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
+  batch = shape[0]
+  per_element = tf.reduce_prod(shape[1:-3])  # images per batch element
+  flat = tf.reshape(images, [-1, height, width, 3])
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
 
-  # Random resized crop, in normalised box coordinates.
-  area = tf.random.stateless_uniform([], seeds[0], *config.crop_scale)
-  log_ratio = tf.random.stateless_uniform(
-      [], seeds[1], tf.math.log(config.crop_ratio[0]), tf.math.log(config.crop_ratio[1]))
-  ratio = tf.exp(log_ratio)
+  def uniform(i, low, high):  # one draw per batch element -> [B]
+    return tf.random.stateless_uniform([batch], seeds[i], low, high)
+
+  def per_image(values):  # [B, ...] -> [B * per_element, ...]
+    return tf.repeat(values, per_element, axis=0)
+
+  # Random resized crop: one box per element, repeated for each of its images.
+  area = uniform(0, *config.crop_scale)
+  ratio = tf.exp(uniform(1, tf.math.log(config.crop_ratio[0]), tf.math.log(config.crop_ratio[1])))
   crop_h = tf.minimum(tf.sqrt(area / ratio), 1.0)
   crop_w = tf.minimum(tf.sqrt(area * ratio), 1.0)
-  offset = tf.random.stateless_uniform([2], seeds[2]) * tf.stack([1.0 - crop_h, 1.0 - crop_w])
-  box = tf.stack([offset[0], offset[1], offset[0] + crop_h, offset[1] + crop_w])
-  num = tf.shape(flat)[0]
-  flat = tf.image.crop_and_resize(flat, tf.tile(box[None], [num, 1]), tf.range(num),
-                                  [height, width])
+  top = uniform(2, 0.0, 1.0) * (1.0 - crop_h)
+  left = uniform(3, 0.0, 1.0) * (1.0 - crop_w)
+  boxes = per_image(tf.stack([top, left, top + crop_h, left + crop_w], -1))
+  flat = tf.image.crop_and_resize(flat, boxes, tf.range(tf.shape(flat)[0]),
+                                  [height, width])  # float32 in [0, 255], [N, H, W, 3]
 
-  # Colour jitter: one draw per element, the same change on every image.
-  flat = tf.image.stateless_random_brightness(flat, config.brightness, seeds[3])
-  flat = tf.image.stateless_random_contrast(flat, *config.contrast, seeds[4])
-  sat_seed, hue_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[5], 2))
-  flat = tf.image.stateless_random_saturation(flat, *config.saturation, sat_seed)
-  flat = tf.image.stateless_random_hue(flat, config.hue, hue_seed)
-  out = tf.cast(tf.round(tf.clip_by_value(flat, 0.0, 1.0) * 255.0), tf.uint8)
+  # Colour: x -> contrast * x @ A + (brightness + (1 - contrast) * mean) @ A, with
+  # A = saturation matrix @ hue matrix, per element.
+  brightness = 255.0 * uniform(4, -config.brightness, config.brightness)       # [B]
+  contrast = uniform(5, *config.contrast)                                       # [B]
+  saturation = uniform(6, *config.saturation)                                   # [B]
+  angle = 2.0 * 3.141592653589793 * uniform(7, -config.hue, config.hue)         # [B]
+  grey_weights = tf.constant([0.299, 0.587, 0.114])
+  eye = tf.eye(3, batch_shape=[batch])
+  sat_matrix = (saturation[:, None, None] * eye + (1.0 - saturation)[:, None, None]
+                * grey_weights[None, :, None] * tf.ones([1, 1, 3]))              # [B, 3, 3]
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  zeros, ones = tf.zeros_like(cos), tf.ones_like(cos)
+  rotation = tf.stack([tf.stack([ones, zeros, zeros], -1),
+                       tf.stack([zeros, cos, sin], -1),
+                       tf.stack([zeros, -sin, cos], -1)], -2)                   # [B, 3, 3]
+  hue_matrix = _RGB_TO_YIQ[None] @ rotation @ _YIQ_TO_RGB[None]
+  colour = sat_matrix @ hue_matrix                                              # [B, 3, 3]
+  mean = tf.reduce_mean(flat, axis=[1, 2])                                      # [N, 3]
+  offset = (per_image(brightness)[:, None] + (1.0 - per_image(contrast))[:, None] * mean)
+  matrix = per_image(contrast[:, None, None] * colour)                          # [N, 3, 3]
+  offset = (offset[:, None, :] @ per_image(colour))                             # [N, 1, 3]
+  pixels = tf.reshape(flat, [-1, height * width, 3]) @ matrix + offset
+  out = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 255.0)), tf.uint8)
   return tf.reshape(out, shape)
 
 
 def apply_frame_transforms(
-    element: Mapping[str, Any],
+    batch: Mapping[str, Any],
     resize_to: tuple[int, int] | None,
     augment_config: AugmentConfig | None = None,
     seed: tf.Tensor | None = None,
 ) -> dict:
-  """Decodes (and resizes) every image key of `element`; augments them all with one `seed`."""
-  flat = flatten_keys(element)
+  """Decodes (and resizes) every image key of a batch [B, ...]; augments them with one `seed`.
+
+  Works on a single element too if `augment_config` is None (any leading dims).
+  """
+  flat = flatten_keys(batch)
   image_keys = sorted(k for k in flat if is_image_key(k))
   for key in image_keys:
     flat[key] = decode_images(flat[key], resize_to)
   if augment_config is not None:
     if seed is None:
       raise ValueError("augmentation needs a seed")
-    # Parameters depend on the seed only, so every camera gets the same crop and colour change.
-    for key in image_keys:
+    for key in image_keys:  # same seed: every camera of an element gets the same change
       flat[key] = augment(flat[key], seed, augment_config)
   return unflatten_keys(flat)
 

@@ -18,8 +18,8 @@ def main(argv):
   from data_pipeline.generators import metaworld  # pylint: disable=g-import-not-at-top
   stats = metaworld.generate(_CONFIG.value, _DATA_DIR.value)
   print(f"generator: {stats['episodes']} episodes in {stats['seconds']:.1f} s = "
-        f"{stats['episodes_per_s']:.2f} episodes/s (one worker: "
-        f"{stats['worker_episodes_per_s']:.2f} episodes/s) -> {stats['dataset_dir']}")
+        f"{stats['episodes_per_second']:.2f} episodes/s (one worker: "
+        f"{stats['worker_episodes_per_second']:.2f} episodes/s) -> {stats['dataset_dir']}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_dataset_reads_with_tfds(generated):
   assert builder.name == config.name
   assert builder.info.splits["train"].num_examples == 2
   assert builder.info.splits["val"].num_examples == 1
-  assert stats["episodes"] == 3 and stats["episodes_per_s"] > 0
+  assert stats["episodes"] == 3 and stats["episodes_per_second"] > 0
   for split in ("train", "val"):
     for episode in _episodes(stats["dataset_dir"], split):
       meta, steps = episode["episode_metadata"], _steps(episode)

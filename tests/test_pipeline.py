@@ -1,4 +1,5 @@
 """Data pipeline: reader, ids, sharding, transforms, mixtures and errors."""
+import dataclasses
 import os
 import shutil
 
@@ -270,3 +271,20 @@ def test_corrupted_record_skip_and_count(toy_dataset, tmp_path):
   num_read = sum(1 for _ in trajs)
   assert trajs.num_skipped_records > 0
   assert num_read + trajs.num_skipped_records == TOY_SHARDS * TOY_EPISODES_PER_SHARD
+
+
+def test_neutral_augmentation_is_identity_and_jitter_stays_close():
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.integers(0, 255, (3, 2, 16, 16, 3), dtype=np.uint8))
+  neutral = ft.AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0.0,
+                             contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
+  out = ft.augment(images, tf.constant([5, 6]), neutral).numpy().astype(int)
+  assert np.abs(out - images.numpy()).max() <= 1
+  # Pure saturation 0 gives grey images (all channels equal); hue keeps the luma (Y) channel.
+  grey = ft.augment(images, tf.constant([5, 6]), dataclasses.replace(
+      neutral, saturation=(0.0, 0.0))).numpy().astype(int)
+  assert np.abs(grey[..., 0] - grey[..., 1]).max() <= 1
+  hue = ft.augment(images, tf.constant([5, 6]), dataclasses.replace(neutral, hue=0.5))
+  luma = lambda x: (np.asarray(x, float) * [0.299, 0.587, 0.114]).sum(-1)
+  unclipped = (hue.numpy() > 0) & (hue.numpy() < 255)
+  assert np.abs(luma(hue) - luma(images))[unclipped.all(-1)].mean() < 1.0
