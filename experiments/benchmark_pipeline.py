@@ -10,11 +10,13 @@ like with like on whatever machine runs it.
 
 Pipelines (frames/s = frames delivered in fixed-shape numpy batches, after a warm-up that fills
 the shuffle buffer):
-  ours:  data_pipeline.make_dataset, all transforms on: standardize, episode ids, 10-step action
-         chunks with pad masks, 10,000-frame shuffle, JPEG decode, resize, random crop + colour
-         jitter, fixed-shape batches, numpy.
-  pairs: the same with (t, t+4) frame pairs (two images decoded per element).
-  plain: tfds.builder_from_directory(...).as_dataset() -> flatten steps -> decode -> batch.
+  ours:   data_pipeline.make_dataset, all transforms on: standardize, episode ids, 10-step
+          action chunks with pad masks, 10,000-frame shuffle, JPEG decode, resize to the native
+          56x56 (a no-op the pipeline skips), random shift + colour jitter, fixed-shape batches.
+  noaug:  the same without augmentation.
+  pairs:  `ours` with (t, t+4) frame pairs (two images decoded per element).
+  plain:  tfds.builder_from_directory(...).as_dataset() -> flatten steps -> decode -> batch
+          (image and action only, no shuffle, no augmentation).
 """
 from __future__ import annotations
 
@@ -38,11 +40,11 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "./data", "Where to generate the def
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Frames per batch.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 150, "Timed batches per pipeline.")
 _SHUFFLE = flags.DEFINE_integer("shuffle_buffer", 10_000, "Frame shuffle buffer (ours).")
-_MODE = flags.DEFINE_enum("mode", "all", ["all", "ours", "pairs", "plain"],
+_MODE = flags.DEFINE_enum("mode", "all", ["all", "ours", "noaug", "pairs", "plain"],
                           "all: run every pipeline in a subprocess and the generators.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved runs per pipeline (median kept).")
 _GENERATORS = flags.DEFINE_bool("generators", True, "Also time the dataset generators.")
-_RESIZE = 64
+_RESIZE = 56  # BabyAI frames are 56x56
 
 
 def _peak_rss_mb() -> float:
@@ -61,14 +63,14 @@ def _time_batches(iterator, warmup: int, num_batches: int, batch_size: int) -> d
           "batches": num_batches, "batch_size": batch_size, "example_shapes": shapes}
 
 
-def run_ours(dataset_dir: str, pairs: bool) -> dict:
+def run_ours(dataset_dir: str, pairs: bool, augment: bool = True) -> dict:
   from data_pipeline import dataset as dp
   from data_pipeline import frame_transforms as ft
   from data_pipeline import schema
 
   transforms = dp.TransformConfig(
       action_horizon=10, frame_pair_k=4 if pairs else None, resize=(_RESIZE, _RESIZE),
-      augment=ft.AugmentConfig())
+      augment=ft.AugmentConfig() if augment else None)
   pipe = dp.make_dataset([dp.DatasetSpec(dataset_dir)], batch_size=_BATCH_SIZE.value,
                          transforms=transforms, shuffle_buffer=_SHUFFLE.value, seed=0)
   iterator = (schema.flatten_keys(b) for b in pipe.as_numpy_iterator())
@@ -87,8 +89,7 @@ def run_plain(dataset_dir: str) -> dict:
 
   def decode(step):
     image = tf.io.decode_jpeg(step["observation"]["image"], channels=3)
-    image = tf.image.resize(image, (_RESIZE, _RESIZE))
-    return {"image": tf.cast(image, tf.uint8), "action": step["action"]}
+    return {"image": tf.ensure_shape(image, (_RESIZE, _RESIZE, 3)), "action": step["action"]}
 
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(_BATCH_SIZE.value, drop_remainder=True).prefetch(2)
@@ -145,7 +146,8 @@ def main(argv):
     if _MODE.value == "plain":
       result = run_plain(_DATASET_DIR.value)
     else:
-      result = run_ours(_DATASET_DIR.value, pairs=_MODE.value == "pairs")
+      result = run_ours(_DATASET_DIR.value, pairs=_MODE.value == "pairs",
+                        augment=_MODE.value != "noaug")
     result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     print("RESULT " + json.dumps(result), flush=True)
     return
@@ -159,7 +161,7 @@ def main(argv):
   results = {"dataset_dir": dataset_dir, "train_episodes": source.num_episodes}
   # Interleaved repeats, median per pipeline: a load spike on this shared machine then hits
   # both pipelines alike instead of deciding the ratio.
-  runs = {mode: [] for mode in ("plain", "ours", "pairs")}
+  runs = {mode: [] for mode in ("plain", "ours", "noaug", "pairs")}
   for repeat in range(_REPEATS.value):
     for mode in runs:
       runs[mode].append(_child(mode, dataset_dir))
@@ -173,9 +175,12 @@ def main(argv):
         "runs": mode_runs}
   ratio = results["ours"]["frames_per_second"] / results["plain"]["frames_per_second"]
   results["ours_vs_plain"] = round(ratio, 3)
+  results["noaug_vs_plain"] = round(
+      results["noaug"]["frames_per_second"] / results["plain"]["frames_per_second"], 3)
   for mode in runs:
     print(f"{mode:6s} median: {results[mode]['frames_per_second']:9.0f} frames/s, max peak RSS "
           f"{results[mode]['peak_rss_mb']:.0f} MB")
+  print(f"noaug / plain throughput: {results['noaug_vs_plain']:.2f}x")
   print(f"ours / plain throughput: {ratio:.2f}x (target >= 1.0x); ours peak RSS "
         f"{results['ours']['peak_rss_mb']:.0f} MB with a {_SHUFFLE.value}-frame shuffle buffer "
         "(target < 2048 MB)")

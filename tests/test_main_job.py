@@ -40,7 +40,7 @@ def test_main_job_writes_summary_and_filmstrip(main_job):
   assert "tensorflow-datasets" in info["versions"]
 
 
-@pytest.mark.parametrize("mode", ["plain", "ours", "pairs"])
+@pytest.mark.parametrize("mode", ["plain", "ours", "noaug", "pairs"])
 def test_benchmark_script_runs(main_job, mode):
   dataset_dir = os.path.join(main_job, "data", "babyai_bosslevel", "1.0.0")
   out = _run(["experiments.benchmark_pipeline", f"--mode={mode}", f"--dataset_dir={dataset_dir}",

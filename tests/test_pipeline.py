@@ -276,10 +276,22 @@ def test_corrupted_record_skip_and_count(toy_dataset, tmp_path):
 def test_neutral_augmentation_is_identity_and_jitter_stays_close():
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 255, (3, 2, 16, 16, 3), dtype=np.uint8))
-  neutral = ft.AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), brightness=0.0,
-                             contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
+  neutral = ft.AugmentConfig(crop="resized", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                             brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
   out = ft.augment(images, tf.constant([5, 6]), neutral).numpy().astype(int)
   assert np.abs(out - images.numpy()).max() <= 1
+  no_shift = ft.augment(images, tf.constant([5, 6]), dataclasses.replace(
+      neutral, crop="shift", shift_pad=0)).numpy().astype(int)
+  assert np.abs(no_shift - images.numpy()).max() <= 1
+  # A shift moves the whole element (both images of a pair) by the same offset.
+  shifted = ft.augment(images, tf.constant([5, 6]), dataclasses.replace(
+      neutral, crop="shift", shift_pad=3)).numpy().astype(int)
+  for b in range(3):
+    matches = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)
+               if all(np.abs(shifted[b, i, 4:12, 4:12]
+                             - images.numpy()[b, i, 4 + dy:12 + dy, 4 + dx:12 + dx]).max() <= 1
+                      for i in range(2))]
+    assert len(matches) == 1
   # Pure saturation 0 gives grey images (all channels equal); hue keeps the luma (Y) channel.
   grey = ft.augment(images, tf.constant([5, 6]), dataclasses.replace(
       neutral, saturation=(0.0, 0.0))).numpy().astype(int)
