@@ -1,0 +1,168 @@
+"""Trains the stage-0 latent action model on frame pairs (t, t+k) from RLDS video.
+
+`train_and_evaluate(config, workdir)` is what `experiments/train_lam.py` runs. It reuses the shared
+training core unchanged (`hilam_jax.training`): one data mesh over all devices of all processes,
+each process reading a disjoint share of the episodes; orbax checkpoints that carry the config;
+TensorBoard scalars (losses, latent statistics, z gain, steps/s); progress with ETA; NaN guard.
+
+Checkpoint layout (`<workdir>/checkpoints`): the trainer's composite items, with the config JSON
+holding `lam` (the `LAMConfig` dict), `data.frame_gap` and `data.image_size`, so that
+`load_frozen_lam(workdir)` rebuilds the frozen model from the checkpoint alone.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from data_pipeline import dataset as dp
+from data_pipeline import frame_transforms as ft
+from hilam_jax import run_info
+from hilam_jax import training
+from hilam_jax.lam import interface
+from hilam_jax.lam import losses
+from hilam_jax.lam import model as lam_model
+
+PAIR_KEYS = ("observation/image_primary", "next_observation/image_primary")
+
+
+def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
+                  batch_size: int, shuffle_buffer: int | None = None,
+                  extra_keys: tuple[str, ...] = ()) -> dp.Pipeline:
+  """Frame pairs (t, t+k) of this process's share of `config.data.<split_key>` datasets."""
+  data = config.data
+  augment = ft.AugmentConfig(**data.augment) if data.get("augment") else None
+  transforms = dp.TransformConfig(
+      frame_pair_k=data.frame_gap, resize=tuple(data.image_size), augment=augment,
+      keys=PAIR_KEYS + tuple(extra_keys))
+  return dp.make_dataset(
+      [dict(d) for d in data[split_key]], batch_size=batch_size, transforms=transforms,
+      shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
+      seed=seed, repeat=repeat, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def to_model_batch(batch: dict) -> dict:
+  """Pipeline batch -> {"frame_t", "frame_tk"} uint8 [B, H, W, 3] (strings dropped)."""
+  return {"frame_t": batch["observation"]["image_primary"],
+          "frame_tk": batch["next_observation"]["image_primary"]}
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
+      end_value=config.learning_rate * 0.1)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
+                                           weight_decay=config.weight_decay))
+
+
+def _per_process_batch(global_batch: int) -> int:
+  if global_batch % jax.process_count():
+    raise ValueError(f"batch_size {global_batch} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  return global_batch // jax.process_count()
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) a LAM in `workdir`; returns the final eval metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  run_info.write_run_info(workdir, config)
+  lam_config = lam_model.LAMConfig.from_dict(dict(config.lam))
+  image_size = tuple(config.data.image_size)
+  if any(s % lam_config.total_stride for s in image_size):
+    raise ValueError(f"image_size {image_size} must be divisible by the LAM's total stride "
+                     f"{lam_config.total_stride}")
+  module = lam_model.LatentActionModel(lam_config)
+  mesh = training.make_mesh()
+  tx = make_optimizer(config)
+
+  def init_params(rng):
+    frames = jnp.zeros((1, *image_size, 3), jnp.uint8)
+    return module.init(rng, frames, frames)["params"]
+
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
+      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
+  rng = jax.random.key(config.seed)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
+    logging.info("resumed from step %d", latest)
+  else:
+    state = training.create_train_state(init_params, tx, rng, mesh)
+  start_step = int(state.step)
+
+  loss_fn = functools.partial(_loss, module=module)
+  train_step = training.make_train_step(loss_fn, tx, mesh)
+  eval_step = training.make_eval_step(lambda p, b, r: _loss(p, b, r, module=module)[1], mesh)
+
+  per_process = _per_process_batch(config.batch_size)
+  # A resumed run reads the data under a new seed: no batch of the first run is replayed first.
+  train_pipe = pair_pipeline(config, "train", seed=config.seed + start_step, repeat=True,
+                             batch_size=per_process)
+  train_batches = training.shard_batches(
+      (to_model_batch(b) for b in train_pipe.as_numpy_iterator()), mesh)
+
+  def eval_fn(state):
+    val_pipe = pair_pipeline(config, "val", seed=config.seed, repeat=True,
+                             batch_size=per_process, shuffle_buffer=1000)
+    val_batches = training.shard_batches(
+        (to_model_batch(b) for b in val_pipe.as_numpy_iterator()), mesh)
+    return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
+                             num_batches=config.num_eval_batches)
+
+  writer = training.MetricWriter(os.path.join(workdir, "tensorboard"))
+  logging.info("training LAM (%s params) for %d steps, batch %d on %d devices",
+               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", config.num_steps,
+               config.batch_size, jax.device_count())
+  state = training.train_loop(
+      state=state, train_step=train_step, batches=train_batches, num_steps=config.num_steps,
+      checkpointer=checkpointer, writer=writer, log_every=config.log_every,
+      eval_every=config.eval_every, eval_fn=eval_fn)
+  final = eval_fn(state)
+  writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in final.items()})
+  writer.close()
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  logging.info("final eval: %s", {k: round(float(v), 5) for k, v in final.items()})
+  return final
+
+
+def _loss(params, batch, rng, *, module):
+  return losses.lam_loss(params, module, batch, rng)
+
+
+def load_frozen_lam(workdir: str, step: int | None = None) -> interface.FrozenLAM:
+  """The trained LAM of `workdir` as a `FrozenLAM` (config and params from the checkpoint)."""
+  directory = os.path.join(workdir, "checkpoints")
+  config = training.load_checkpoint_config(directory, step)
+  params = training.restore_params(directory, step=step)
+  return interface.FrozenLAM.from_config(config["lam"], params,
+                                         frame_gap=config["data"]["frame_gap"],
+                                         image_size=tuple(config["data"]["image_size"]))
+
+
+def checkpoint_fingerprint(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """Identifies a LAM checkpoint: step and a hash of its parameters (for label manifests)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+
+  directory = os.path.join(workdir, "checkpoints")
+  params = training.restore_params(directory, step=step)
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.asarray(leaf).tobytes())
+  config = training.load_checkpoint_config(directory, step)
+  return {"checkpoint_dir": os.path.abspath(directory), "params_sha256": digest.hexdigest(),
+          "lam": config["lam"], "frame_gap": config["data"]["frame_gap"],
+          "image_size": list(config["data"]["image_size"])}
+
