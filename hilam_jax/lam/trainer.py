@@ -126,7 +126,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   state = training.train_loop(
       state=state, train_step=train_step, batches=train_batches, num_steps=config.num_steps,
       checkpointer=checkpointer, writer=writer, log_every=config.log_every,
-      eval_every=config.eval_every, eval_fn=eval_fn)
+      eval_every=config.eval_every, eval_fn=eval_fn,
+      progress_keys=("loss", "z_gain", "z_var/mean"))
   final = eval_fn(state)
   writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in final.items()})
   writer.close()

@@ -95,7 +95,8 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
                writer: MetricWriter | None = None, log_every: int = 50,
                checkpoint_every: int | None = None, eval_every: int | None = None,
                eval_fn: Callable[[Any], Mapping[str, Any]] | None = None,
-               checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None) -> Any:
+               checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
+               progress_keys: tuple[str, ...] = ("loss",)) -> Any:
   """Trains from `state.step` up to `num_steps` updates and returns the final state.
 
   Args:
@@ -115,6 +116,7 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
     eval_every: run `eval_fn(state)` every this many steps.
     eval_fn: state -> dict of scalars (see `run_eval`).
     checkpoint_extra: () -> JSON-able dict saved as the checkpoint's "extra" item.
+    progress_keys: metrics shown on the console progress line (all go to TensorBoard).
 
   Raises:
     NonFiniteError: loss or grad_norm became NaN/Inf (nothing is saved for that state).
@@ -125,7 +127,7 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
     logging.info("Nothing to train: state is at step %d >= num_steps %d.", step, num_steps)
     return state
   batches = iter(batches)
-  progress = Progress(num_steps, log_every)
+  progress = Progress(num_steps, log_every, keys=progress_keys)
   means = _MeanAccumulator()
   pending = None  # (step, device metrics) of the newest step not yet checked on the host
 
