@@ -1,0 +1,1 @@
+"""Stage 1-2: the skill model (H-Net dynamic chunking over latent actions)."""
