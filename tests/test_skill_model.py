@@ -1,0 +1,256 @@
+"""Tests of the HiLAM skill model (causal 2-stage H-Net) and its loss.
+
+Sizes are tiny (widths 16-32, one block per network) so the file runs in well under a minute on a
+CPU. Checks: shapes and config round trip, causality through routing/chunking/dechunking, padding
+invariance, the boundary hierarchy (stage 2 => stage 1) and skill read-off, no recompiles across
+boundary patterns, learning on a synthetic piecewise-constant dataset, and the reconstruction
+term's gradient reaching the skill model but not the frozen LAM.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hilam_jax import lam
+from hilam_jax.lam import interface as lam_interface
+from hilam_jax.skill import losses as skill_losses
+from hilam_jax.skill import model as skill_model
+
+CONFIG = skill_model.SkillModelConfig.tiny()  # Dz 4, widths (16, 24, 32), N = (2, 2)
+LENGTH = 12
+
+# Compile quickly: these functions are tiny, XLA's backend optimisation is most of their compile
+# time on CPU and buys nothing here.
+FAST_COMPILE = ({"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None)
+TRACES = []  # one entry per trace of `train_loss`
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_params():
+  # Parameter shapes do not depend on the window length: one init serves every test.
+  return skill_model.init_params(CONFIG, jax.random.key(0), LENGTH)
+
+
+@functools.lru_cache(maxsize=None)
+def apply_fn():
+  return jax.jit(skill_model.SkillModel(CONFIG).apply, compiler_options=FAST_COMPILE)
+
+
+def run(latents, mask):
+  return apply_fn()({"params": tiny_params()}, jnp.asarray(latents), jnp.asarray(mask))
+
+
+def train_loss(params, batch, rng):
+  TRACES.append(1)
+  return skill_losses.skill_loss(params, skill_model.SkillModel(CONFIG), batch, rng,
+                                 lambda_rec=0.0, lambda_ratio=0.03)
+
+
+@functools.lru_cache(maxsize=None)
+def loss_and_grad_fn():
+  """The jitted training gradient, shared by the recompile and the learning test."""
+  return jax.jit(jax.value_and_grad(train_loss, has_aux=True), compiler_options=FAST_COMPILE)
+
+
+def random_batch(seed, batch=3, length=LENGTH, pad=(0, 3, 5)):
+  rng = np.random.RandomState(seed)
+  latents = rng.randn(batch, length, CONFIG.latent_dim).astype(np.float32)
+  mask = np.arange(length)[None] < (length - np.asarray(pad[:batch]))[:, None]
+  return latents, mask
+
+
+def test_config_round_trip_and_validation():
+  assert skill_model.SkillModelConfig.from_dict(CONFIG.to_dict()) == CONFIG
+  assert skill_model.SkillModelConfig().num_stages == 2
+  assert CONFIG.capacities(12) == (9, 7)  # ceil(12 / 2 * 1.5), ceil(9 / 2 * 1.5)
+  with pytest.raises(ValueError, match="unknown keys"):
+    skill_model.SkillModelConfig.from_dict({"nope": 1})
+  with pytest.raises(ValueError, match="expected 3 entries"):
+    skill_model.SkillModelConfig(widths=(16, 16))
+  with pytest.raises(ValueError, match="> 1"):
+    skill_model.SkillModelConfig(target_ratios=(1.0, 2.0))
+
+
+def test_shapes():
+  latents, mask = random_batch(0)
+  out = run(latents, mask)
+  assert out.prediction.shape == (3, LENGTH, 4) and out.prediction.dtype == jnp.float32
+  assert len(out.stages) == 2
+  for stage, seq_len, capacity, width in zip(out.stages, (LENGTH, 9), (9, 7), (16, 24)):
+    assert stage.mask.shape == (3, seq_len)
+    assert stage.routing.boundary_prob.shape == (3, seq_len)
+    assert stage.routing.boundary_mask.dtype == jnp.bool_
+    assert stage.chunks.chunks.shape == (3, capacity, width)
+    assert stage.chunks.chunk_mask.shape == (3, capacity)
+    assert stage.chunks.overflow.shape == (3,)
+    assert stage.frame_boundary.shape == (3, LENGTH) and stage.frame_boundary.dtype == jnp.bool_
+    assert stage.skill.shape == (3, LENGTH, width)
+  assert np.all(np.isfinite(out.prediction))
+  np.testing.assert_array_equal(out.stages[1].mask, out.stages[0].chunks.chunk_mask)
+  np.testing.assert_array_equal(np.asarray(out.prediction)[~mask], 0.0)
+
+
+def test_causality_through_chunking():
+  latents, mask = random_batch(1, pad=(0, 0, 0))
+  base = run(latents, mask)
+  rng = np.random.RandomState(2)
+  changed_any = False
+  for cut in (0, 3, 6, 9):
+    perturbed = latents.copy()
+    perturbed[:, cut + 1:] = 3.0 * rng.randn(*perturbed[:, cut + 1:].shape)
+    out = run(perturbed, mask)
+    np.testing.assert_allclose(out.prediction[:, :cut + 1], base.prediction[:, :cut + 1],
+                               atol=1e-5, rtol=1e-5)
+    for s_out, s_base in zip(out.stages, base.stages):
+      np.testing.assert_array_equal(s_out.frame_boundary[:, :cut + 1],
+                                    s_base.frame_boundary[:, :cut + 1])
+      np.testing.assert_allclose(s_out.skill[:, :cut + 1], s_base.skill[:, :cut + 1], atol=1e-5)
+    np.testing.assert_allclose(out.stages[0].routing.boundary_prob[:, :cut + 1],
+                               base.stages[0].routing.boundary_prob[:, :cut + 1], atol=1e-6)
+    changed_any |= not np.allclose(out.prediction[:, cut + 1:], base.prediction[:, cut + 1:])
+    changed_any |= not np.array_equal(out.stages[0].frame_boundary, base.stages[0].frame_boundary)
+  assert changed_any  # the perturbation did reach the later outputs
+
+
+def test_padding_is_ignored():
+  latents, mask = random_batch(3)
+  base = run(latents, mask)
+  noisy = np.where(mask[..., None], latents, 100.0).astype(np.float32)
+  out = run(noisy, mask)
+  np.testing.assert_allclose(np.asarray(out.prediction)[mask], np.asarray(base.prediction)[mask],
+                             atol=1e-5)
+  for stage in out.stages:
+    assert not np.any(np.asarray(stage.frame_boundary)[~mask])
+
+
+def test_boundary_hierarchy_and_skill_readoff():
+  for seed in range(3):
+    latents, mask = random_batch(10 + seed)
+    out = run(latents, mask)
+    s1, s2 = out.stages
+    b1, b2 = np.asarray(s1.frame_boundary), np.asarray(s2.frame_boundary)
+    assert not np.any(b2 & ~b1)  # a stage-2 boundary is a stage-1 boundary
+    assert np.all(b1[:, 0] & b2[:, 0])  # every sequence starts a chunk at both stages
+    assert b1.sum() > b2.sum() >= 3  # the random init does chunk, and stage 2 is coarser
+    for stage, b in ((s1, b1), (s2, b2)):
+      np.testing.assert_array_equal(stage.segment_id, np.cumsum(b, axis=1) * mask)
+      skill = np.asarray(stage.skill)
+      for i in range(latents.shape[0]):
+        for t in range(1, LENGTH):
+          if mask[i, t] and not b[i, t] and stage.skill_valid[i, t]:
+            np.testing.assert_array_equal(skill[i, t], skill[i, t - 1])  # constant in a segment
+    # Stage-1 skill at a boundary frame is the encoder output there: chunk k holds frame
+    # position of the k-th boundary.
+    chunks1 = np.asarray(s1.chunks.chunks)
+    for i in range(latents.shape[0]):
+      starts = np.flatnonzero(b1[i])
+      np.testing.assert_allclose(np.asarray(s1.skill)[i, starts], chunks1[i, :len(starts)],
+                                 atol=1e-6)
+    # Stage-2 boundaries at frame rate are the stage-1 boundaries whose chunk is a stage-2
+    # boundary on the stage-1 chunk sequence.
+    stage2_on_chunks = np.asarray(s2.routing.boundary_mask & s2.mask)
+    capacity2 = s2.chunks.chunks.shape[1]
+    stage2_on_chunks = stage2_on_chunks & (np.cumsum(stage2_on_chunks, axis=1) <= capacity2)
+    for i in range(latents.shape[0]):
+      starts = np.flatnonzero(b1[i])
+      assert len(starts) <= chunks1.shape[1]  # overflowed stage-1 boundaries are not boundaries
+      np.testing.assert_array_equal(b2[i, starts], stage2_on_chunks[i, :len(starts)])
+
+
+def test_jitted_loss_does_not_recompile():
+  grad_fn = loss_and_grad_fn()
+  patterns, traces = [], []
+  for seed in range(3):
+    latents, mask = random_batch(20 + seed, pad=(seed, 0, 2 * seed))
+    batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
+    (loss, metrics), grads = grad_fn(tiny_params(), batch, jax.random.key(seed))
+    traces.append(len(TRACES))
+    assert np.isfinite(loss)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+    for name in ("latent_l1", "ratio/s1", "ratio/s2", "boundary_rate/s1", "mean_chunk_len/s2",
+                 "frame_boundary_rate/s2", "overflow/s1", "overflow/s2", "loss"):
+      assert metrics[name].shape == () and metrics[name].dtype == jnp.float32
+    out = run(latents, mask)
+    patterns.append(np.asarray(out.stages[0].frame_boundary).tobytes())
+  assert len(set(patterns)) == 3  # different boundary patterns ...
+  assert traces[0] <= 1 and traces[-1] == traces[0]  # ... no new trace after the first call
+
+
+def synthetic_skills(num_sequences, length, dim, seed=0):
+  """Piecewise-constant latent sequences: segments of 2-5 frames, each one of 4 codebook vectors."""
+  rng = np.random.RandomState(seed)
+  codebook = rng.randn(4, dim).astype(np.float32)
+  latents = np.zeros((num_sequences, length, dim), np.float32)
+  for i in range(num_sequences):
+    t = 0
+    while t < length:
+      span = rng.randint(2, 6)
+      latents[i, t:t + span] = codebook[rng.randint(4)]
+      t += span
+  return latents + 0.01 * rng.randn(*latents.shape).astype(np.float32)
+
+
+def test_adam_steps_reduce_loss():
+  # Same shapes as `random_batch`, so the shared jitted gradient is reused (no compile here).
+  latents = synthetic_skills(3, LENGTH, CONFIG.latent_dim)
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.ones(latents.shape[:2], bool)}
+  params = tiny_params()
+  optimizer = optax.adam(3e-3)
+  opt_state = optimizer.init(params)
+  update = jax.jit(optimizer.update, compiler_options=FAST_COMPILE)
+  grad_fn = loss_and_grad_fn()
+  history = []
+  for i in range(80):
+    (_, metrics), grads = grad_fn(params, batch, jax.random.key(i))
+    updates, opt_state = update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    history.append(float(metrics["latent_l1"]))
+  assert np.isfinite(history).all()
+  assert np.mean(history[-5:]) < 0.6 * np.mean(history[:3]), history[::10]
+
+
+MICRO_LAM = dict(stem_stride=2, idm_widths=(8, 16), fdm_widths=(8, 16), idm_mlp_width=16,
+                 fdm_cond_width=16, norm_groups=4, latent_dim=CONFIG.latent_dim)
+
+
+def test_reconstruction_gradient_reaches_model_not_frozen_lam():
+  lam_config = lam.LAMConfig.tiny(**MICRO_LAM)
+  lam_module = lam.LatentActionModel(lam_config)
+  lam_params = lam.init_params(lam_config, jax.random.key(3), (16, 16))
+  frozen = lam.FrozenLAM(lam_module, lam_params, frame_gap=2, image_size=(16, 16))
+  module = skill_model.SkillModel(CONFIG)
+  rng = np.random.RandomState(4)
+  batch_size, length = 2, 6
+  latents, mask = random_batch(5, batch=batch_size, length=length, pad=(0, 2))
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask),
+           "frame_t": jnp.asarray(rng.randint(0, 256, (batch_size, length, 16, 16, 3)), jnp.uint8),
+           "frame_tk": jnp.asarray(rng.randint(0, 256, (batch_size, length, 16, 16, 3)),
+                                   jnp.uint8)}
+  params = tiny_params()
+
+  def rec_only(p, lambda_rec):
+    loss, metrics = skill_losses.skill_loss(p, module, batch, jax.random.key(0), frozen_lam=frozen,
+                                            lambda_rec=lambda_rec, lambda_ratio=0.0)
+    return loss - metrics["latent_l1"] if lambda_rec else loss, metrics
+
+  grads, metrics = jax.jit(jax.grad(functools.partial(rec_only, lambda_rec=1.0), has_aux=True),
+                           compiler_options=FAST_COMPILE)(params)
+  assert "rec" in metrics and np.isfinite(metrics["rec"]) and metrics["rec"] > 0
+  # The gradient is a pytree of the skill model's params only, non-zero and finite.
+  assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
+  assert float(jnp.sum(jnp.abs(grads["head"]["kernel"]))) > 0
+  # lambda_rec = 0 (or no frozen model) skips the term entirely.
+  _, metrics_off = jax.eval_shape(functools.partial(rec_only, lambda_rec=0.0), params)
+  assert "rec" not in metrics_off
+  # The frozen LAM's parameters receive no gradient through the path skill_loss uses.
+  z = jnp.asarray(rng.randn(3, CONFIG.latent_dim), jnp.float32)
+  frames = batch["frame_t"][0, :3]
+  lam_grads = jax.grad(lambda lp: jnp.sum(lam_interface._per_sample_loss(  # pylint: disable=protected-access
+      lam_module, lp, frames, z, batch["frame_tk"][0, :3])))(frozen.params)
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(lam_grads))
