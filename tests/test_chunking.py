@@ -251,3 +251,17 @@ def test_streaming_matches_full_pass(capacity):
   _assert_close(np.stack(outs, 1), full, 1e-6)
   if capacity:
     assert int(chunks.overflow.max()) > 0
+
+
+def test_router_gradient_finite_at_zero_vectors():
+  """Padded encoder outputs are exactly zero; the router's gradient must stay finite there."""
+  module = ck.RoutingModule(4)
+  x = jnp.zeros((1, 5, 4)).at[0, :2].set(1.0)
+  mask = jnp.array([[True, True, True, False, False]])
+  params = module.init(jax.random.key(0), x, mask)
+
+  def loss(p, x):
+    return jnp.sum(module.apply(p, x, mask).boundary_prob)
+
+  grads = jax.grad(loss, argnums=(0, 1))(params, x)
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))

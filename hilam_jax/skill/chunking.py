@@ -82,8 +82,9 @@ def _identity_init(key, shape, dtype=jnp.float32):
 
 
 def _l2_normalize(v):
-  norm = jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True))
-  return v / jnp.maximum(norm, _NORM_EPS)
+  # max inside the sqrt: sqrt's gradient at an exactly zero vector (padding) would be NaN.
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), _NORM_EPS ** 2))
+  return v / norm
 
 
 def boundary_prob_from_qk(q_prev, k):
