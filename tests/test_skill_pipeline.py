@@ -1,0 +1,240 @@
+"""Skill stage end to end on tiny data: metrics by hand, train, checkpoint, extract, join, evaluate.
+
+Latent-action labels here are random vectors keyed by the real episode ids of a tiny generated
+BabyAI dataset (the pipeline, not the LAM, is under test), written in the label-folder layout of
+`hilam_jax.lam.labeling`.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_pipeline import reader
+from data_pipeline import traj_transforms as tt
+from data_pipeline.generators import babyai
+from experiments.configs import generate_babyai
+from experiments.configs import train_skill_model as skill_config
+from hilam_jax import training
+from hilam_jax.lam import labeling
+from hilam_jax.skill import discovery
+from hilam_jax.skill import extract
+from hilam_jax.skill import trainer
+
+LATENT_DIM = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- metrics by hand
+
+
+def _b(length, frames):
+  b = np.zeros(length, bool)
+  b[list(frames)] = True
+  return b
+
+
+def test_match_is_one_to_one_and_greedy_by_distance():
+  # Two predictions near one true boundary: one match.
+  assert discovery.match_boundaries([9, 11], [10], 2) == 1
+  # Greedy closest first: 5 pairs with 6 (d=1) before 5 could take 3 (d=2); then 3 - 2 pairs.
+  assert discovery.match_boundaries([3, 5], [2, 6], 2) == 2
+  assert discovery.match_boundaries([5], [2, 8], 2) == 0  # both 3 frames away
+  assert discovery.match_boundaries([5], [7], 2) == 1      # exactly at the tolerance
+
+
+def test_precision_recall_f1_by_hand():
+  true = {"a": _b(20, [0, 5, 12]), "b": _b(10, [0, 4])}
+  pred = {"a": _b(20, [0, 6, 7, 18]), "b": _b(10, [0])}
+  r = discovery.precision_recall_f1(pred, true, tolerance=2)
+  # frame 0 ignored: pred a {6, 7, 18}, true a {5, 12}, true b {4}: one match (6 or 7 with 5).
+  assert (r["true_positives"], r["predicted"], r["ground_truth"]) == (1, 3, 3)
+  assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == pytest.approx(1 / 3)
+  assert r["f1"] == pytest.approx(1 / 3)
+  r0 = discovery.precision_recall_f1(pred, true, tolerance=0)
+  assert r0["true_positives"] == 0 and r0["f1"] == 0.0
+  r3 = discovery.precision_recall_f1({"a": _b(20, [0, 9])}, {"a": _b(20, [0, 12])}, tolerance=3)
+  assert r3["f1"] == 1.0
+
+
+def test_fixed_length_baseline_by_hand():
+  np.testing.assert_array_equal(np.flatnonzero(discovery.fixed_length_boundaries(10, 3.0)),
+                                [0, 3, 6, 9])
+  np.testing.assert_array_equal(np.flatnonzero(discovery.fixed_length_boundaries(10, 2.5)),
+                                [0, 2, 5, 8])  # round(2.5) = 2 (banker's), 5, round(7.5) = 8
+  b = {"a": _b(12, [0, 4, 8])}
+  assert discovery.mean_chunk_length(b) == 4.0
+  assert discovery.boundary_rate(b) == pytest.approx(2 / 11)
+
+
+def test_delta_baseline_matches_rate_by_hand():
+  z = np.array([[0.], [0.], [5.], [5.], [6.], [10.]], np.float32)  # changes 0, 5, 0, 1, 4
+  b, threshold = discovery.delta_threshold_boundaries({"a": z}, rate=0.4)
+  np.testing.assert_array_equal(np.flatnonzero(b["a"]), [0, 2, 5])  # the 2 largest of 5
+  assert 1.0 <= threshold < 4.0
+  assert discovery.boundary_rate(b) == pytest.approx(0.4)
+
+
+def test_evaluate_stage_gives_baselines_the_same_budget():
+  true = {"a": _b(30, [0, 10, 20])}
+  pred = {"a": _b(30, [0, 10, 20])}
+  z = np.zeros((30, 2), np.float32)
+  z[10:] += 3.0
+  z[20:] += 3.0
+  r = discovery.evaluate_stage(pred, {"a": z}, true, tolerance=1)
+  assert r["model"]["f1"] == 1.0
+  assert r["mean_chunk_length"] == 10.0
+  assert r["fixed_length"]["f1"] == 1.0          # boundaries 0, 10, 20
+  assert r["latent_delta"]["f1"] == 1.0          # the two jumps
+  assert r["latent_delta"]["predicted"] == 2
+
+
+# ---------------------------------------------------------------- tiny data
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+  """(dataset_dir, labels_dir): tiny BabyAI set + random latent labels keyed by its episode ids."""
+  root = tmp_path_factory.mktemp("skill_data")
+  config = generate_babyai.get_config("tiny")
+  dataset_dir = babyai.generate(config, str(root / "babyai"))["dataset_dir"]
+  labels_dir = str(root / "labels")
+  rng = np.random.default_rng(0)
+  datasets = []
+  for split in ("train", "val"):
+    datasets.append({"dataset_dir": dataset_dir, "split": split})
+    for job in labeling.plan_shards([datasets[-1]], labels_dir):
+      labels = {}
+      for traj in reader.read_trajectories(dataset_dir, source=job.source):
+        episode_id = traj["episode_id"][0].numpy().decode()
+        labels[episode_id] = rng.normal(size=(len(traj["is_first"]) - 1, LATENT_DIM)).astype(
+            np.float32)
+      labeling.write_shard(job.out_path, labels, LATENT_DIM)
+  shards = [os.path.relpath(j.out_path, labels_dir)
+            for j in labeling.plan_shards(datasets, labels_dir)]
+  with open(os.path.join(labels_dir, labeling.MANIFEST), "w") as f:
+    json.dump({"lam": {}, "frame_gap": 1, "latent_dim": LATENT_DIM, "datasets": datasets,
+               "shards": shards}, f)
+  return dataset_dir, labels_dir
+
+
+def _config(labels_dir, num_steps=4):
+  config = skill_config.get_config("tiny")
+  config.data.labels_dir = labels_dir
+  config.num_steps = num_steps
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+  _, labels_dir = tiny_data
+  workdir = str(tmp_path_factory.mktemp("skill"))
+  final = trainer.train_and_evaluate(_config(labels_dir), workdir)
+  return workdir, final
+
+
+def test_windows_cover_every_frame_once_masked():
+  z = {"e": np.arange(21, dtype=np.float32)[:, None]}
+  latents, mask = trainer.make_windows(z, window=8, hop=4)
+  assert trainer.window_starts(21, 8, 4) == [0, 4, 8, 12, 16]
+  assert latents.shape == (5, 8, 1) and mask.sum(1).tolist() == [8, 8, 8, 8, 5]
+  np.testing.assert_array_equal(latents[4, :5, 0], np.arange(16, 21))
+
+
+def test_training_runs_and_checkpoints(trained, tiny_data):
+  workdir, final = trained
+  assert np.isfinite(final["loss"]) and np.isfinite(final["latent_l1"])
+  assert "boundary_rate/s2" in final
+  directory = os.path.join(workdir, "checkpoints")
+  assert training.load_checkpoint_config(directory)["model"]["latent_dim"] == LATENT_DIM
+  mismatched = _config(tiny_data[1])
+  mismatched.lambda_ratio = 0.5
+  with pytest.raises(training.ConfigMismatchError):
+    trainer.train_and_evaluate(mismatched, workdir)
+
+
+def test_lambda_rec_is_refused_not_ignored(tiny_data, tmp_path):
+  config = _config(tiny_data[1])
+  config.lambda_rec = 1.0
+  with pytest.raises(NotImplementedError):
+    trainer.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def extracted(trained, tiny_data, tmp_path_factory):
+  workdir, _ = trained
+  out_dir = str(tmp_path_factory.mktemp("skills"))
+  stats = extract.extract_skills(workdir, tiny_data[1], out_dir, batch_size=8)
+  return out_dir, stats
+
+
+def test_extraction_round_trips_and_joins(extracted, trained, tiny_data):
+  out_dir, stats = extracted
+  dataset_dir, labels_dir = tiny_data
+  latents = labeling.load_labels(labels_dir)
+  raw = {}
+  for split in ("train", "val"):
+    raw.update(trainer.load_split_latents(labels_dir, split))
+  assert stats["episodes"] == len(raw)
+  manifest = json.load(open(os.path.join(out_dir, extract.MANIFEST)))
+  assert len(manifest["skill_model"]["params_sha256"]) == 64
+  b1 = extract.load_skills_dict(out_dir, "boundary/s1")
+  b2 = extract.load_skills_dict(out_dir, "boundary/s2")
+  s2 = extract.load_skills_dict(out_dir, "skill/s2")
+  for episode_id, z in raw.items():
+    assert len(b1[episode_id]) == len(z) == len(s2[episode_id])
+    assert b1[episode_id][0] and b2[episode_id][0]           # every episode starts a chunk
+    assert not np.any(b2[episode_id] & ~b1[episode_id])      # stage 2 => stage 1
+  # The first window's frames equal a direct run of the model on the episode's first L latents.
+  module, params, config = extract.load_skill_model(trained[0])
+  window = config["data"]["window"]
+  episode_id = sorted(raw)[0]
+  head = raw[episode_id][:window]
+  out = module.apply({"params": params}, head[None], np.ones((1, len(head)), bool))
+  np.testing.assert_array_equal(np.asarray(out.stages[0].frame_boundary[0]),
+                                b1[episode_id][:window])
+  np.testing.assert_allclose(np.asarray(out.stages[1].skill[0]), s2[episode_id][:window],
+                             atol=1e-5)
+  # Joinable onto trajectories by episode id, like the latent actions.
+  joined_key = extract.load_skills(out_dir, "skill/s2")
+  assert isinstance(joined_key, tt.EpisodeLabels)
+  traj = next(iter(reader.read_trajectories(dataset_dir, split="val")))
+  episode_id = traj["episode_id"][0].numpy().decode()
+  joined = joined_key.join(dict(traj), "skill/s2")
+  np.testing.assert_allclose(joined["skill/s2"].numpy()[:len(s2[episode_id])], s2[episode_id],
+                             atol=1e-6)
+  assert joined["skill/s2_mask"].numpy().sum() == len(s2[episode_id])
+  joined = extract.load_skills(out_dir, "boundary/s1").join(dict(traj), "b1")
+  np.testing.assert_array_equal(joined["b1"].numpy()[:len(b1[episode_id])] > 0.5, b1[episode_id])
+  assert isinstance(latents, tt.EpisodeLabels)
+
+
+def test_long_episodes_use_overlapping_windows():
+  ex = extract.SkillExtractor.__new__(extract.SkillExtractor)
+  ex.window, ex.hop = 8, 4
+  windows = ex._windows(21)  # pylint: disable=protected-access
+  owners = np.concatenate([f for _, f, _ in windows])
+  np.testing.assert_array_equal(np.sort(owners), np.arange(21))
+  assert [s for s, _, _ in windows] == [0, 4, 8, 12, 16]
+  for start, frames, offsets in windows[1:]:
+    assert offsets.min() >= 4 and offsets.max() < 8  # always >= window - hop frames of context
+    np.testing.assert_array_equal(frames - start, offsets)
+
+
+def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
+  out_dir, _ = extracted
+  dataset_dir, _ = tiny_data
+  report_dir = str(tmp_path / "eval")
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate_skills", f"--skills_dir={out_dir}",
+       f"--dataset_dir={dataset_dir}", f"--out_dir={report_dir}", "--num_filmstrips=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "latent_delta" in result.stdout
+  report = json.load(open(os.path.join(report_dir, "skill_discovery.json")))
+  for stage in ("stage1", "stage2"):
+    for method in ("model", "fixed_length", "latent_delta"):
+      assert 0.0 <= report["results"][stage][method]["f1"] <= 1.0
+  assert os.path.getsize(report["filmstrips"][0]) > 1000
