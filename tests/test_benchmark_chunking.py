@@ -1,0 +1,36 @@
+"""Smoke test of experiments/benchmark_chunking.py at tiny shapes: it runs, prints and writes its
+figures (the PyTorch comparison only if h-net-dynamic-chunking is installed)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+HAS_HNET = importlib.util.find_spec("h_net_dynamic_chunking") is not None
+
+
+def test_benchmark_chunking_tiny(tmp_path):
+  out = tmp_path / "bench.json"
+  args = [sys.executable, "-m", "experiments.benchmark_chunking", "--batch=2", "--length=12",
+          "--dim=8", "--repeats=2", "--reference_length=4", "--pallas=false",
+          "--skill_batch=2", "--skill_length=8", "--skill_widths=8,8,8", "--skill_latent_dim=4",
+          "--peak_size=128", f"--torch={HAS_HNET}", f"--out={out}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, timeout=180)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  text = proc.stdout
+  for needle in ("matmul peak", "fused (jit) fwd+bwd", "reference (eager Python loops",
+                 "skill model train step", "fused / floor =", "% of the matmul peak"):
+    assert needle in text, (needle, text)
+  results = json.loads(out.read_text())
+  layer = results["layer"]
+  assert layer["router_finds_constructed_boundaries"]
+  assert layer["fused_seconds_median"] > 0 and layer["fused_over_floor"] > 0
+  assert layer["matmul_flops_fwd_bwd"] == 3 * 2 * 2 * 8 * 8 * (3 * 12 + layer["capacity"])
+  assert layer["reference_once"]["loss_relative_difference_to_fused"] < 1e-4
+  assert results["matmul_peak_flops_per_second"] > 0
+  assert 0 < results["skill_train_step"]["fraction_of_matmul_peak"]
+  if HAS_HNET:
+    assert "h-net-dynamic-chunking / fused" in text
+    assert layer["torch"]["seconds_median"] > 0 and layer["torch_over_fused"] > 0
