@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 
@@ -152,18 +151,10 @@ def load_frozen_lam(workdir: str, step: int | None = None) -> interface.FrozenLA
 
 
 def checkpoint_fingerprint(workdir: str, step: int | None = None) -> dict[str, Any]:
-  """Identifies a LAM checkpoint: step and a hash of its parameters (for label manifests)."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-
+  """Identifies a LAM checkpoint: directory, hash of its parameters, config (label manifests)."""
   directory = os.path.join(workdir, "checkpoints")
-  params = training.restore_params(directory, step=step)
-  digest = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
-                           key=lambda kv: jax.tree_util.keystr(kv[0])):
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(np.asarray(leaf).tobytes())
   config = training.load_checkpoint_config(directory, step)
-  return {"checkpoint_dir": os.path.abspath(directory), "params_sha256": digest.hexdigest(),
+  return {"checkpoint_dir": os.path.abspath(directory),
+          "params_sha256": training.params_sha256(training.restore_params(directory, step=step)),
           "lam": config["lam"], "frame_gap": config["data"]["frame_gap"],
           "image_size": list(config["data"]["image_size"])}
-

@@ -8,7 +8,7 @@ loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on int
 """
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
                                            ConfigMismatchError, load_checkpoint_config,
-                                           restore_params)
+                                           params_sha256, restore_params)
 from hilam_jax.training.loop import NonFiniteError, check_finite, run_eval, train_loop
 from hilam_jax.training.mesh import (data_sharding, make_mesh, replicated_sharding, shard_batch,
                                      shard_batches)
@@ -20,6 +20,7 @@ __all__ = [
     "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
     "create_train_state", "data_sharding", "load_checkpoint_config", "make_eval_step",
-    "make_mesh", "make_train_step", "replicated_sharding", "restore_params", "run_eval",
+    "make_mesh", "make_train_step", "params_sha256", "replicated_sharding", "restore_params",
+    "run_eval",
     "shard_batch", "shard_batches", "train_loop",
 ]

@@ -375,3 +375,16 @@ def load_checkpoint_config(directory: str | os.PathLike, step: int | None = None
     return _restore_json(manager, step, "config")
   finally:
     manager.close()
+
+
+def params_sha256(params: Any) -> str:
+  """sha256 over (path, bytes) of every leaf, in path order: identifies weights in the manifests
+  of artifacts made from a checkpoint (labels, skills)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    digest.update(jax.tree_util.keystr(path).encode())
+    digest.update(np.asarray(leaf).tobytes())
+  return digest.hexdigest()
