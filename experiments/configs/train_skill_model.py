@@ -10,11 +10,19 @@ Launch (big_vision style: `:variant` selects a named config, flags override fiel
   python -m experiments.train_skill_model --config=experiments/configs/train_skill_model.py:tiny \
       --config.data.labels_dir=/tmp/labels --workdir=/tmp/skill
 
+  # OPEN knobs from the command line, e.g. other target ratios N^1, N^2:
+  #   --config.model.target_ratios='(4.0, 5.0)' --config.lambda_ratio=0.03
+
 Rerunning with the same workdir resumes from the latest checkpoint; `num_steps` may be raised.
 """
 import ml_collections
 
 from hilam_jax.skill import model as skill_model
+
+
+def _model(config: skill_model.SkillModelConfig) -> dict:
+  """SkillModelConfig as a dict with tuples (lists cannot be overridden on the command line)."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in config.to_dict().items()}
 
 
 def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
@@ -33,7 +41,7 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.data.window_hop = 32
 
   # SkillModelConfig fields; OPEN: sizes and N^s (target_ratios), here N^1 = N^2 = 3.
-  config.model = skill_model.SkillModelConfig(latent_dim=16, target_ratios=(3.0, 3.0)).to_dict()
+  config.model = _model(skill_model.SkillModelConfig(latent_dim=16, target_ratios=(3.0, 3.0)))
   # OPEN loss weights. lambda_rec > 0 needs frames and the frozen FDM: not wired in the trainer.
   config.lambda_rec = 0.0
   config.lambda_ratio = 0.03
@@ -52,7 +60,7 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   if arg == "tiny":
     config.data.window = 16
     config.data.window_hop = 8
-    config.model = skill_model.SkillModelConfig.tiny(latent_dim=4).to_dict()
+    config.model = _model(skill_model.SkillModelConfig.tiny(latent_dim=4))
     config.batch_size = 4
     config.num_steps = 4
     config.warmup_steps = 1
