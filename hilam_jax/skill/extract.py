@@ -23,7 +23,6 @@ returns one key as `EpisodeLabels`, joinable by episode id like the latent actio
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -46,13 +45,8 @@ def checkpoint_fingerprint(workdir: str, step: int | None = None) -> dict[str, A
   """Identifies a skill checkpoint: directory, step, sha256 over (path, bytes) of every param."""
   directory = os.path.join(workdir, "checkpoints")
   params = training.restore_params(directory, step=step)
-  digest = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
-                           key=lambda kv: jax.tree_util.keystr(kv[0])):
-    digest.update(jax.tree_util.keystr(path).encode())
-    digest.update(np.asarray(leaf).tobytes())
   return {"checkpoint_dir": os.path.abspath(directory), "step": step,
-          "params_sha256": digest.hexdigest()}
+          "params_sha256": training.params_sha256(params)}
 
 
 def load_skill_model(workdir: str, step: int | None = None):
