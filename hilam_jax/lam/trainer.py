@@ -127,13 +127,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       checkpointer=checkpointer, writer=writer, log_every=config.log_every,
       eval_every=config.eval_every, eval_fn=eval_fn,
       progress_keys=("loss", "z_gain", "z_var/mean"))
-  final = eval_fn(state)
-  writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in final.items()})
-  writer.close()
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  logging.info("final eval: %s", {k: round(float(v), 5) for k, v in final.items()})
-  return final
+  return training.finish_run(state, eval_fn, writer, checkpointer)
 
 
 def _loss(params, batch, rng, *, module):

@@ -179,10 +179,4 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       checkpointer=checkpointer, writer=writer, log_every=config.log_every,
       eval_every=config.eval_every, eval_fn=eval_fn,
       progress_keys=("loss", "latent_l1", "boundary_rate/s1", "boundary_rate/s2"))
-  final = eval_fn(state)
-  writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in final.items()})
-  writer.close()
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  logging.info("final eval: %s", {k: round(float(v), 5) for k, v in final.items()})
-  return final
+  return training.finish_run(state, eval_fn, writer, checkpointer)

@@ -9,7 +9,8 @@ loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on int
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
                                            ConfigMismatchError, load_checkpoint_config,
                                            params_sha256, restore_params)
-from hilam_jax.training.loop import NonFiniteError, check_finite, run_eval, train_loop
+from hilam_jax.training.loop import (NonFiniteError, check_finite, finish_run, run_eval,
+                                     train_loop)
 from hilam_jax.training.mesh import (data_sharding, make_mesh, replicated_sharding, shard_batch,
                                      shard_batches)
 from hilam_jax.training.metrics import MetricWriter, Progress
@@ -19,8 +20,7 @@ from hilam_jax.training.train_state import (TrainState, abstract_train_state, cr
 __all__ = [
     "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
-    "create_train_state", "data_sharding", "load_checkpoint_config", "make_eval_step",
-    "make_mesh", "make_train_step", "params_sha256", "replicated_sharding", "restore_params",
-    "run_eval",
-    "shard_batch", "shard_batches", "train_loop",
+    "create_train_state", "data_sharding", "finish_run", "load_checkpoint_config",
+    "make_eval_step", "make_mesh", "make_train_step", "params_sha256", "replicated_sharding",
+    "restore_params", "run_eval", "shard_batch", "shard_batches", "train_loop",
 ]

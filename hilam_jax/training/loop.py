@@ -201,3 +201,16 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
     if checkpointer is not None:
       checkpointer.wait_until_finished()
   return state
+
+
+def finish_run(state: Any, eval_fn: Callable[[Any], Mapping[str, Any]],
+               writer: MetricWriter, checkpointer: Checkpointer) -> dict[str, float]:
+  """Final evaluation of a trained state: logged as eval/* scalars; writer and checkpointer
+  flushed and closed. Returns the eval metrics."""
+  final = {k: float(v) for k, v in eval_fn(state).items()}
+  writer.write_scalars(int(state.step), {f"eval/{k}": v for k, v in final.items()})
+  writer.close()
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  logging.info("final eval: %s", {k: round(v, 5) for k, v in final.items()})
+  return final
