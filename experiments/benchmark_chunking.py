@@ -68,6 +68,8 @@ import time
 from absl import app
 from absl import flags
 
+from hilam_jax import benchmarking
+
 _BATCH = flags.DEFINE_integer("batch", 16, "B of the chunking layer.")
 _LENGTH = flags.DEFINE_integer("length", 256, "L of the chunking layer.")
 _DIM = flags.DEFINE_integer("dim", 256, "D of the chunking layer.")
@@ -88,20 +90,6 @@ _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Matrix size of the matmul 
 _OUT = flags.DEFINE_string("out", "runs/benchmark_chunking.json", "Where to write the figures.")
 
 RATIO_LOSS_WEIGHT = 0.03
-
-
-def matmul_peak_flops(size: int, repeats: int = 20) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jnp.asarray(jax.random.normal(jax.random.key(0), (size, size)), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
 
 
 def segment_inputs(batch, length, dim, ratio, seed=0):
@@ -450,15 +438,15 @@ def main(argv):
   from hilam_jax import logs
   logs.quiet_library_logs()
   results = {}
-  peak_start = matmul_peak_flops(_PEAK_SIZE.value)
+  peak_start = benchmarking.matmul_peak_flops(_PEAK_SIZE.value, repeats=20)
   print(f"matmul peak (jit float32 {_PEAK_SIZE.value}^2, best of 20): {peak_start / 1e9:.1f} "
         "GFLOP/s")
   bench_layer(results)
-  peak_middle = matmul_peak_flops(_PEAK_SIZE.value)
+  peak_middle = benchmarking.matmul_peak_flops(_PEAK_SIZE.value, repeats=20)
   print(f"matmul peak again after the layer: {peak_middle / 1e9:.1f} GFLOP/s")
   if _SKILL.value:
     bench_skill(results)
-  peak_end = matmul_peak_flops(_PEAK_SIZE.value)
+  peak_end = benchmarking.matmul_peak_flops(_PEAK_SIZE.value, repeats=20)
   peak = max(peak_start, peak_middle, peak_end)
   print(f"matmul peak again at the end: {peak_end / 1e9:.1f} GFLOP/s; the ratios use the largest "
         f"({peak / 1e9:.1f} GFLOP/s)")

@@ -21,26 +21,14 @@ import time
 from absl import app
 from absl import flags
 
+from hilam_jax import benchmarking
+
 _LAM = flags.DEFINE_string("lam_workdir", None, "A train_lam workdir (default: fresh init).")
 _DATASET = flags.DEFINE_string("dataset_dir", "runs/main/data/babyai_bosslevel/1.0.0",
                                "RLDS dataset to label.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Pairs per encode call.")
 _PAIRS = flags.DEFINE_integer("num_pairs", 20_000, "Pairs labelled for the end-to-end figure.")
 _OUT = flags.DEFINE_string("out", "runs/benchmark_lam.json", "Where to write the figures.")
-
-
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jnp.asarray(jax.random.normal(jax.random.key(0), (size, size)), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size ** 3 / best
 
 
 def main(argv):
@@ -100,7 +88,7 @@ def main(argv):
   cost = encode.lower(frame_t, frame_tk).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost["flops"])
-  peak = matmul_peak_flops()
+  peak = benchmarking.matmul_peak_flops()
   results.update({
       "encode_pairs_per_second": batch / encode_seconds,
       "idm_flops_per_call": flops,
