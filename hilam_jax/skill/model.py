@@ -300,10 +300,7 @@ class HNetStage(nn.Module):
                                cfg.rope_base, name=name)
 
     x_hat = transformer(cfg.encoder_depths[s], s, "encoder")(x, mask)  # [B, L_s, D_s]
-    # The router L2-normalises q and k; at a zero vector (our padding outputs) that has a NaN
-    # gradient even though p is masked there, so padding shows the router a constant instead.
-    router_input = jnp.where(mask[..., None], x_hat, jnp.ones_like(x_hat))
-    routing = chunking.RoutingModule(width, name="routing")(router_input, mask)
+    routing = chunking.RoutingModule(width, name="routing")(x_hat, mask)
     chunk_out = chunking.chunk(x_hat, routing, capacity, impl=cfg.chunk_impl)  # [B, C, D_s]
     # H-Net widens the inner sequence; a projection in and out (the official code pads instead).
     inner = nn.Dense(inner_width, name="to_inner")(chunk_out.chunks)  # [B, C, D_{s+1}]
