@@ -14,7 +14,7 @@ each joined label. Images are uint8 [..., H, W, 3]; strings stay bytes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -40,6 +40,8 @@ class TransformConfig:
   window_size: int | None = None           # emit fixed-length windows ...
   window_shift: int | None = None          # ... starting every shift steps (default: size)
   action_horizon: int | None = None        # action chunks of this length
+  chunk_actions: bool = True               # False: chunk only labels (action-free video)
+  chunk_labels: tuple[str, ...] = ()       # joined labels chunked like actions (action_horizon)
   resize: tuple[int, int] | None = None    # decode to this (H, W)
   augment: frame_transforms.AugmentConfig | None = None
   keys: tuple[str, ...] | None = None      # keep only these flat keys (e.g. to mix datasets)
@@ -82,6 +84,7 @@ def trajectory_dataset(
     process_count: int = 1,
     skip_corrupted: bool = False,
     deterministic: bool = True,
+    episode_ids: Collection[str] | None = None,
 ) -> tuple[tf.data.Dataset, reader.TrajectorySource, int]:
   """One dataset's transformed trajectories (not repeated, not flattened)."""
   source = reader.get_source(spec.dataset_dir, spec.name, spec.split)
@@ -89,14 +92,22 @@ def trajectory_dataset(
       spec.dataset_dir, source=source, shuffle_seed=seed, process_index=process_index,
       process_count=process_count, skip_corrupted=skip_corrupted, deterministic=deterministic)
   num_skipped = ds.num_skipped_records
+  if episode_ids is not None:
+    ds = ds.filter(traj_transforms.EpisodeFilter(episode_ids))
   for key, table in (labels or {}).items():
     if drop_unlabeled:
       ds = ds.filter(table.contains)
     ds = ds.map(lambda t, table=table, key=key: table.join(t, key),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-  if transforms.action_horizon:
+  if transforms.action_horizon and transforms.chunk_actions:
     ds = ds.map(lambda t: traj_transforms.action_chunks(t, transforms.action_horizon),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if transforms.chunk_labels:
+    if not transforms.action_horizon:
+      raise ValueError("chunk_labels needs action_horizon (the chunk length)")
+    for key in transforms.chunk_labels:
+      ds = ds.map(lambda t, key=key: traj_transforms.label_chunks(t, key, transforms.action_horizon),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   if transforms.frame_pair_k and transforms.window_size:
     raise ValueError("choose frame pairs or windows, not both")
   if transforms.frame_pair_k:
@@ -140,6 +151,7 @@ def make_dataset(
     drop_unlabeled: bool = False,
     drop_remainder: bool = True,
     prefetch: int = 2,
+    episode_ids: Collection[str] | None = None,
 ) -> Pipeline:
   """A batched frame pipeline over a weighted mixture of datasets.
 
@@ -158,6 +170,8 @@ def make_dataset(
     drop_unlabeled: drop episodes without labels instead of failing on them.
     drop_remainder: drop the last partial batch (keeps batch shapes fixed).
     prefetch: batches prefetched.
+    episode_ids: read only these episodes (ids as the reader makes them; see
+      `list_episode_ids`), e.g. a fraction of the demonstrations.
   """
   specs = [_as_spec(s) for s in datasets]
   if not specs:
@@ -169,7 +183,7 @@ def make_dataset(
     ds, source, skipped = trajectory_dataset(
         spec, transforms, labels=labels, drop_unlabeled=drop_unlabeled, seed=seed + i,
         process_index=process_index, process_count=process_count,
-        skip_corrupted=skip_corrupted, deterministic=deterministic)
+        skip_corrupted=skip_corrupted, deterministic=deterministic, episode_ids=episode_ids)
     if repeat:
       ds = ds.repeat()
     frames.append(_flatten(ds))
@@ -205,6 +219,14 @@ def make_dataset(
   options.deterministic = deterministic
   ds = ds.with_options(options).prefetch(prefetch)
   return Pipeline(ds, sources, num_skipped)
+
+
+def list_episode_ids(spec: DatasetSpec | Mapping[str, Any]) -> list[str]:
+  """The episode ids of one dataset split, in a fixed order (sorted); images are not decoded."""
+  spec = _as_spec(spec)
+  ds, _, _ = trajectory_dataset(spec, TransformConfig(keys=("episode_id",)))
+  ds = ds.map(lambda t: t["episode_id"][0])
+  return sorted(x.decode() for x in ds.as_numpy_iterator())
 
 
 def _check_same_structure(frames: list[tf.data.Dataset], specs: list[DatasetSpec]) -> None:

@@ -8,6 +8,8 @@ element (so an encoded image stays decodable) and a boolean mask marks the real 
                 every key [T-k, ...].
   windows       fixed-length windows for sequence models: every key [W, size, ...] + `pad_mask`.
   action_chunks action[t : t+horizon] per step: `action` [T, horizon, ...] + `action_pad_mask`.
+  label_chunks  the same for a joined label: `<key>` [T, horizon, ...] + `<key>_mask` [T, horizon].
+  EpisodeFilter keeps only the episodes whose `episode_id` is in a given set.
   EpisodeLabels per-frame label arrays (latent actions, skills) joined by `episode_id`.
 """
 from __future__ import annotations
@@ -78,6 +80,39 @@ def action_chunks(traj: dict, horizon: int) -> dict:
   out["action"] = _gather_padded(traj["action"], indices, num_steps)
   out["action_pad_mask"] = indices < num_steps
   return out
+
+
+def label_chunks(traj: dict, key: str, horizon: int) -> dict:
+  """Replaces a joined label `key` [T, ...] by chunks key[t : t+horizon] [T, horizon, ...].
+
+  `<key>_mask` [T] becomes [T, horizon]: True where step t+i is inside the episode and labelled.
+  """
+  mask_key = f"{key}_mask"
+  if key not in traj or mask_key not in traj:
+    raise KeyError(f"label_chunks: {key!r} / {mask_key!r} missing (join the label first); "
+                   f"keys: {sorted(traj)}")
+  num_steps = _num_steps(traj)
+  indices = tf.range(num_steps)[:, None] + tf.range(horizon)[None, :]  # [T, horizon]
+  out = dict(traj)
+  out[key] = _gather_padded(traj[key], indices, num_steps)
+  out[mask_key] = (indices < num_steps) & _gather_padded(traj[mask_key], indices, num_steps)
+  return out
+
+
+class EpisodeFilter:
+  """`Dataset.filter` predicate: keeps trajectories whose episode id is in `episode_ids`."""
+
+  def __init__(self, episode_ids):
+    ids = sorted({i.decode() if isinstance(i, bytes) else str(i) for i in episode_ids})
+    if not ids:
+      raise ValueError("EpisodeFilter needs at least one episode id")
+    self.episode_ids = ids
+    self._table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(ids, tf.string), tf.ones(len(ids), tf.int64)), default_value=0)
+
+  def __call__(self, traj: Mapping[str, Any]) -> tf.Tensor:
+    return self._table.lookup(traj["episode_id"][0]) > 0
 
 
 class EpisodeLabels:

@@ -128,6 +128,39 @@ def test_label_join_by_episode_id(toy_dataset):
   assert seen == set(ids[:-1])
 
 
+def test_label_chunks_hand_computed():
+  traj = {"is_first": tf.constant([True, False, False, False]),
+          "z": tf.constant([[1.0], [2.0], [3.0], [0.0]]),
+          "z_mask": tf.constant([True, True, True, False])}  # labels cover 3 of 4 frames
+  out = tt.label_chunks(traj, "z", horizon=2)
+  np.testing.assert_array_equal(out["z"][..., 0], [[1, 2], [2, 3], [3, 0], [0, 0]])
+  np.testing.assert_array_equal(out["z_mask"], [[1, 1], [1, 1], [1, 0], [0, 0]])
+  with pytest.raises(KeyError, match="join the label first"):
+    tt.label_chunks({"is_first": traj["is_first"]}, "z", 2)
+
+
+def test_episode_subset_and_chunked_labels_in_pipeline(toy_dataset):
+  ids = dp.list_episode_ids(dp.DatasetSpec(toy_dataset))
+  assert len(ids) == TOY_SHARDS * TOY_EPISODES_PER_SHARD and ids == sorted(ids)
+  subset = ids[:3]
+  episodes = _episodes(reader.read_trajectories(toy_dataset))
+  labels = tt.EpisodeLabels({i: np.arange(len(episodes[i]["is_first"]), dtype=np.float32)[:, None]
+                             for i in ids})
+  pipe = dp.make_dataset(
+      [dp.DatasetSpec(toy_dataset)], batch_size=1, repeat=False, shuffle_buffer=0,
+      labels={"z": labels}, episode_ids=subset,
+      transforms=dp.TransformConfig(action_horizon=3, chunk_labels=("z",)))
+  batches = list(pipe.as_numpy_iterator())
+  assert {b["episode_id"][0].decode() for b in batches} == set(subset)
+  assert len(batches) == sum(len(episodes[i]["is_first"]) for i in subset)
+  for b in batches:
+    t, steps = b["frame_index"][0], len(episodes[b["episode_id"][0].decode()]["is_first"])
+    expected_mask = t + np.arange(3) < steps
+    np.testing.assert_array_equal(b["z_mask"][0], expected_mask)
+    np.testing.assert_array_equal(b["z"][0, :, 0], np.minimum(t + np.arange(3), steps - 1))
+    np.testing.assert_array_equal(b["action_pad_mask"][0], expected_mask)
+
+
 # --- frame transforms -----------------------------------------------------------------------
 
 def _encoded_frames(num, size=24, seed=0):
