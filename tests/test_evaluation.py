@@ -3,6 +3,7 @@
 BabyAI runs in this process. Meta-World runs in spawned workers (this process imports TensorFlow
 for the JPEG comparison, which is exactly the situation the workers must survive).
 """
+import multiprocessing
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import psutil
 import pytest
 
 from data_pipeline.generators import babyai as babyai_gen
+from data_pipeline.generators import metaworld_sim
 from hilam_jax.evaluation import babyai
 from hilam_jax.evaluation import metaworld
 from hilam_jax.evaluation import policy_api
@@ -167,9 +169,10 @@ def test_metaworld_expert_succeeds():
 
 
 def test_metaworld_zero_policy_fails_and_observations():
+  # jpeg=False so that the first frame can be compared exactly with the generator's rendering.
   policy = Recorder(policy_api.ConstantPolicy(np.zeros(4, np.float32)))
   result = metaworld.evaluate_metaworld(policy, ["reach"], episodes_per_task=4, num_workers=2,
-                                        envs_per_worker=2, max_steps=40)
+                                        envs_per_worker=2, max_steps=40, jpeg=False)
   assert result.success_rate == 0.0 and [r.length for r in result.episodes] == [40] * 4
   assert len(policy.calls) == 40
   specs, instructions, first = policy.calls[0]
@@ -179,6 +182,28 @@ def test_metaworld_zero_policy_fails_and_observations():
   # Zero actions: the hand stays put (proprio = hand xyz + gripper).
   np.testing.assert_allclose(policy.obs[-1]["proprio"][:, :3], policy.obs[0]["proprio"][:, :3],
                              atol=0.02)
+  # The generator's frame and state of the same seed (replayed in a spawned process: this
+  # process has TensorFlow).
+  seed = result.episodes[1].seed
+  with multiprocessing.get_context("spawn").Pool(1) as pool:
+    recorded = pool.apply(metaworld_sim.replay, ("reach-v3", seed, np.zeros((1, 4), np.float32)))
+  np.testing.assert_array_equal(policy.obs[0]["image_primary"][1], recorded["image"][0])
+  np.testing.assert_array_equal(policy.obs[0]["proprio"][1],
+                                recorded["state"][0][:4].astype(np.float32))  # stored float32
+
+
+def test_metaworld_worker_error_is_raised_and_workers_exit():
+  me = psutil.Process()
+  before = {p.pid for p in me.children(recursive=True)}
+  with pytest.raises(RuntimeError, match="unknown Meta-World v3 task"):
+    metaworld.evaluate_metaworld(metaworld.ExpertPolicy(), ["no-such-task"], episodes_per_task=1,
+                                 num_workers=1, max_steps=5)
+  assert not _new_live_children(me, before)
+
+
+def _new_live_children(process, before):
+  return [p for p in process.children(recursive=True) if p.pid not in before
+          and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 class _Raises(policy_api.ConstantPolicy):
@@ -199,6 +224,4 @@ def test_metaworld_workers_shut_down_when_policy_raises():
   with pytest.raises(KeyError, match="policy bug"):
     metaworld.evaluate_metaworld(_Raises(), ["reach"], episodes_per_task=2, num_workers=2,
                                  envs_per_worker=1, max_steps=20)
-  leftover = [p for p in me.children(recursive=True) if p.pid not in before and p.is_running()
-              and p.status() != psutil.STATUS_ZOMBIE]
-  assert not leftover, leftover
+  assert not _new_live_children(me, before)
