@@ -54,7 +54,8 @@ class ExpertPolicy:
   """minigrid's BabyAIBot as a `Policy`; the harness hands it each env on episode start.
 
   If the bot gives up (the exceptions the generator also treats as expert failure) it answers
-  `done`, which ends the episode (a failure unless the mission was already complete).
+  `done` (a no-op in BabyAI) until the next episode, which then fails at the step limit. Rows
+  whose environment has no episode left keep being asked; their answers are ignored.
   """
 
   def __init__(self):
