@@ -1,0 +1,302 @@
+"""BAKU policy: shapes, jit, causality, conditioning, masked losses, temporal aggregation, overfit."""
+import functools
+import json
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hilam_jax.policy import (BakuConfig, BakuPolicy, HeadConfig, TemporalEnsembler, head_loss,
+                              heads_loss, init_params)
+from hilam_jax.policy.baku import ImageEncoder
+
+ALL_HEADS = (HeadConfig("action", "continuous", dim=3, chunk=4, hidden=(16,)),
+             HeadConfig("discrete", "categorical", dim=5, chunk=4, hidden=()),
+             HeadConfig("latent", "latent", dim=6, chunk=4, hidden=(16, 16), loss="l1"))
+
+
+def tiny_config(**overrides) -> BakuConfig:
+  base = dict(encoder_channels=(8, 8, 16), stem_kernel=3, stem_stride=1, stem_maxpool=False,
+              norm_groups=4, num_keypoints=8, repr_dim=32, lang_dim=12, gpt_layers=1, gpt_heads=2,
+              gpt_width=16, max_tokens=32, dropout=0.1, heads=ALL_HEADS)
+  base.update(overrides)
+  return BakuConfig(**base)
+
+
+def make_batch(cfg: BakuConfig, batch=2, hist=1, cameras=("front",), seed=0):
+  rng = np.random.RandomState(seed)
+  sizes = {"front": 16, "wrist": 12}  # cameras may differ in resolution
+  out = {"images": {c: rng.randint(0, 256, (batch, hist, sizes.get(c, 16), sizes.get(c, 16), 3),
+                                   dtype=np.uint8) for c in cameras},
+         "lang": rng.randn(batch, cfg.lang_dim).astype(np.float32)}
+  if cfg.proprio_dim:
+    out["proprio"] = rng.randn(batch, hist, cfg.proprio_dim).astype(np.float32)
+  if cfg.condition_dim:
+    out["condition"] = rng.randn(batch, hist, cfg.condition_dim).astype(np.float32)
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("train", "heads"))
+def forward(cfg, params, batch, train=False, heads=None, rng=None):
+  rngs = {"dropout": rng} if train else None
+  return BakuPolicy(cfg).apply({"params": params}, batch, train=train, heads=heads, rngs=rngs)
+
+
+@functools.lru_cache(maxsize=None)
+def setup(cfg, hist=1, cameras=("front",)):
+  """(batch, params) per config, shared by tests (init compiles are the slow part on CPU)."""
+  batch = make_batch(cfg, hist=hist, cameras=cameras)
+  return batch, init_params(cfg, jax.random.PRNGKey(0), batch)
+
+
+def perturb(params, scale=0.3, seed=1):
+  """Adds Gaussian noise to every parameter (numpy noise: no per-shape PRNG compiles)."""
+  rng = np.random.RandomState(seed)
+  return jax.tree.map(lambda x: x + scale * rng.randn(*x.shape).astype(np.float32), params)
+
+
+# One config with every input enabled, used by the jit, causality and FiLM tests.
+FULL = tiny_config(proprio_dim=4, condition_dim=5, condition_mode="token")
+FULL_SETUP = dict(hist=2, cameras=("front", "wrist"))
+
+CASES = [  # (condition_mode or None, hist, cameras, proprio_dim)
+    (None, 1, ("front",), 0),
+    ("token", 1, ("front", "wrist"), 4),
+    ("token", 2, ("front",), 0),
+    ("film", 2, ("front", "wrist"), 0),
+    ("film", 1, ("front",), 4),
+    ("concat", 1, ("front",), 0),
+    ("concat", 2, ("front", "wrist"), 4),
+]
+
+
+@pytest.mark.parametrize("mode,hist,cameras,proprio_dim", CASES)
+def test_shapes_all_heads(mode, hist, cameras, proprio_dim):
+  """Shapes by abstract evaluation of init and the jitted forward (no compile); values are
+  checked on the full config in test_jit_values_and_no_recompile."""
+  cfg = tiny_config(condition_dim=5 if mode else 0, condition_mode=mode or "token",
+                    proprio_dim=proprio_dim)
+  batch = make_batch(cfg, hist=hist, cameras=cameras)
+  params = jax.eval_shape(lambda b: init_params(cfg, jax.random.PRNGKey(0), b), batch)
+  assert "batch_stats" not in params
+  out = jax.eval_shape(lambda p, b: forward(cfg, p, b, train=True, rng=jax.random.PRNGKey(2)),
+                       params, batch)
+  chex.assert_shape(out.readout, (2, hist, cfg.gpt_width))
+  chex.assert_shape(out.predictions["action"], (2, hist, 4, 3))
+  chex.assert_shape(out.predictions["discrete"], (2, hist, 4, 5))
+  chex.assert_shape(out.predictions["latent"], (2, hist, 4, 6))
+  only = jax.eval_shape(lambda p, b: forward(cfg, p, b, heads=("latent",)), params, batch)
+  assert set(only.predictions) == {"latent"}  # unselected heads are not computed
+
+
+def test_jit_values_and_no_recompile():
+  batch, params = setup(FULL, **FULL_SETUP)
+  traces = []
+
+  @jax.jit
+  def fwd(p, b, rng):
+    traces.append(1)
+    return BakuPolicy(FULL).apply({"params": p}, b, train=True, rngs={"dropout": rng})
+
+  first = fwd(params, make_batch(FULL, seed=1, **FULL_SETUP), jax.random.PRNGKey(0))
+  second = fwd(params, make_batch(FULL, seed=2, **FULL_SETUP), jax.random.PRNGKey(1))
+  jax.block_until_ready(second)
+  assert len(traces) == 1
+  chex.assert_shape(second.readout, (2, 2, FULL.gpt_width))
+  chex.assert_shape(second.predictions["discrete"], (2, 2, 4, 5))
+  chex.assert_tree_all_finite(second)
+  assert float(jnp.max(jnp.abs(second.predictions["action"]))) <= 1.0  # tanh
+  assert not np.allclose(first.predictions["action"], second.predictions["action"])
+
+
+def test_causality_across_history():
+  batch, params = setup(FULL, **FULL_SETUP)
+  params = perturb(params)
+  changed = jax.tree.map(np.copy, batch)
+  for name in changed["images"]:
+    changed["images"][name][:, 1] = 255 - changed["images"][name][:, 1]
+  changed["proprio"][:, 1] += 1.0
+  changed["condition"][:, 1] += 1.0
+  a, b = forward(FULL, params, batch), forward(FULL, params, changed)
+  np.testing.assert_allclose(a.readout[:, 0], b.readout[:, 0], atol=1e-6)
+  assert np.abs(a.readout[:, 1] - b.readout[:, 1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["token", "film", "concat"])
+def test_condition_reaches_output(mode):
+  cfg = FULL if mode == "token" else tiny_config(proprio_dim=4, condition_dim=5,
+                                                 condition_mode=mode)
+  batch, params = setup(cfg, **FULL_SETUP)
+  other = dict(batch, condition=batch["condition"] + 1.0)
+  diff = lambda p: np.abs(forward(cfg, p, batch).predictions["latent"]
+                          - forward(cfg, p, other).predictions["latent"]).max()
+  if mode == "film":  # zero-initialised FiLM is the identity: no effect at init (documented)
+    assert diff(params) == 0.0
+    params = perturb(params)
+  assert diff(params) > 1e-5
+
+
+def test_film_identity_at_init_and_language_modulates_after_perturbation():
+  batch, params = setup(FULL, **FULL_SETUP)
+  images = batch["images"]["front"][:, 0]
+  film_a = np.zeros((2, FULL.repr_dim), np.float32)
+  film_b = np.ones((2, FULL.repr_dim), np.float32)
+  encode = jax.jit(lambda p, f: ImageEncoder(FULL).apply({"params": p["image_encoder"]}, images, f))
+  np.testing.assert_array_equal(encode(params, film_a), encode(params, film_b))
+  params = perturb(params)
+  assert np.abs(encode(params, film_a) - encode(params, film_b)).max() > 1e-4
+  # End to end: changing the language changes the prediction.
+  other = dict(batch, lang=batch["lang"] + 1.0)
+  assert np.abs(forward(FULL, params, batch).predictions["action"]
+                - forward(FULL, params, other).predictions["action"]).max() > 1e-5
+
+
+def test_config_round_trip():
+  for cfg in (tiny_config(condition_dim=3, condition_mode="concat"), BakuConfig.small(),
+              BakuConfig.paper()):
+    assert BakuConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  as_mapping = dict(tiny_config().to_dict(), heads={"a": {"kind": "latent", "dim": 2}})
+  assert BakuConfig.from_dict(as_mapping).head_configs["a"].kind == "latent"
+  with pytest.raises(ValueError):
+    BakuConfig.from_dict({"nope": 1})
+  with pytest.raises(ValueError):
+    tiny_config(condition_mode="cross_attention")
+
+
+@pytest.mark.parametrize("head", ALL_HEADS, ids=lambda h: h.kind)
+def test_masked_loss_ignores_padded_steps(head):
+  rng = np.random.RandomState(0)
+  shape = (2, 2, head.chunk)
+  prediction = jnp.asarray(rng.randn(*shape, head.dim), jnp.float32)
+  if head.kind == "categorical":
+    target = rng.randint(0, head.dim, shape)
+    garbage = np.where(rng.rand(*shape) < 0.5, target, (target + 1) % head.dim)
+  else:
+    target = rng.randn(*shape, head.dim).astype(np.float32)
+    garbage = target.copy()
+  mask = np.ones(shape, bool)
+  mask[0, 1, 2:] = False
+  mask[1, 0, 1:] = False
+  if head.kind != "categorical":
+    garbage[~mask] = np.nan  # NaN padding must not leak either
+  garbage[mask] = target[mask]
+  loss_and_grad = jax.value_and_grad(lambda p, t: head_loss(head, p, t, mask)[0])
+  loss_a, grad_a = loss_and_grad(prediction, target)
+  loss_b, grad_b = loss_and_grad(prediction, garbage)
+  assert np.isfinite(loss_b)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  np.testing.assert_allclose(grad_a, grad_b, rtol=1e-6)
+  assert np.all(np.asarray(grad_a)[~mask] == 0.0)
+
+
+def test_categorical_loss_by_hand():
+  head = HeadConfig("d", "categorical", dim=3, chunk=2, hidden=())
+  logits = jnp.asarray([[[[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]]])  # [1, 1, 2, 3]
+  target = np.array([[[2, 0]]])
+  log_z = math.log(1 + math.e + math.e ** 2)
+  loss, metrics = head_loss(head, logits, target, np.array([[[True, True]]]))
+  np.testing.assert_allclose(loss, ((log_z - 2.0) + math.log(3.0)) / 2, rtol=1e-6)
+  np.testing.assert_allclose(metrics["accuracy"], 1.0)  # argmax 2 is right; a tie → class 0, right
+  loss, metrics = head_loss(head, logits, target, np.array([[[True, False]]]))
+  np.testing.assert_allclose(loss, log_z - 2.0, rtol=1e-6)
+  np.testing.assert_allclose(metrics["accuracy"], 1.0)
+
+
+def test_heads_loss_weights_and_prefixes():
+  heads = (HeadConfig("a", "latent", dim=2, chunk=1), HeadConfig("b", "latent", dim=2, chunk=1,
+                                                                 loss_weight=0.5))
+  preds = {"a": jnp.ones((1, 1, 1, 2)), "b": jnp.ones((1, 1, 1, 2))}
+  targets = {"a": jnp.zeros((1, 1, 1, 2)), "b": jnp.zeros((1, 1, 1, 2))}
+  masks = {k: jnp.ones((1, 1, 1), bool) for k in preds}
+  total, metrics = heads_loss(heads, preds, targets, masks)
+  np.testing.assert_allclose(total, 1.5)
+  assert {"a/loss", "b/mse", "loss"} <= set(metrics)
+
+
+def test_temporal_ensembler_by_hand():
+  # decay = ln 2: weights 1, 1/2, 1/4 for the oldest, second-oldest, newest available prediction.
+  ens = TemporalEnsembler(num_envs=2, chunk=3, action_shape_or_num_classes=1, kind="continuous",
+                          decay=math.log(2))
+  chunks = [np.array([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]]),
+            np.array([[10.0, 20.0, 30.0], [-10.0, -20.0, -30.0]]),
+            np.array([[100.0, 200.0, 300.0], [-100.0, -200.0, -300.0]]),
+            np.array([[1000.0, 2000.0, 3000.0], [-1000.0, -2000.0, -3000.0]])]
+  expected = [1.0,                               # step 0: only chunk 0, offset 0
+              (2.0 * 1 + 10.0 * 0.5) / 1.5,      # step 1: chunk 0 @1 (oldest), chunk 1 @0
+              (3.0 + 20.0 * 0.5 + 100.0 * 0.25) / 1.75,
+              (30.0 + 200.0 * 0.5 + 1000.0 * 0.25) / 1.75]  # chunk 0 has expired
+  for chunk, value in zip(chunks, expected):
+    ens.add(chunk[..., None])
+    np.testing.assert_allclose(ens.action(), [[value], [-value]], rtol=1e-6)
+  # Reset env 0 only: it restarts from its new chunk, env 1 keeps aggregating.
+  ens.reset(np.array([True, False]))
+  ens.add(np.array([[7.0, 8.0, 9.0], [-4.0, -5.0, -6.0]])[..., None])
+  np.testing.assert_allclose(ens.action()[0], [7.0])
+  np.testing.assert_allclose(ens.action()[1], [-(300.0 + 2000.0 * 0.5 + 4.0 * 0.25) / 1.75])
+  # Without aggregation: the first step of the newest chunk.
+  plain = TemporalEnsembler(2, 3, 1, "latent", aggregation="none")
+  for chunk in chunks:
+    plain.add(chunk[..., None])
+    np.testing.assert_allclose(plain.action()[:, 0], chunk[:, 0])
+
+
+def test_temporal_ensembler_categorical():
+  # decay 0: plain mean of probabilities. Env 0: the old chunk is confident about class 2 at the
+  # current step, the new one mildly prefers class 1 → 2 wins; alone, the new chunk picks 1.
+  ens = TemporalEnsembler(num_envs=2, chunk=2, action_shape_or_num_classes=3, kind="categorical",
+                          decay=0.0, from_logits=False)
+  ens.add(np.array([[[1.0, 0, 0], [0, 0, 1.0]], [[0, 1.0, 0], [0, 1.0, 0]]]))
+  np.testing.assert_array_equal(ens.action(), [0, 1])
+  ens.add(np.array([[[0.3, 0.4, 0.3], [1.0, 0, 0]], [[0.5, 0.2, 0.3], [0, 0, 1.0]]]))
+  np.testing.assert_allclose(ens.aggregate()[0], [0.15, 0.2, 0.65])
+  np.testing.assert_array_equal(ens.action(), [2, 1])
+  ens.reset(np.array([True, False]))
+  with pytest.raises(RuntimeError):
+    ens.action()  # env 0 has no prediction since its reset
+  ens.add(np.array([[[0.3, 0.4, 0.3], [1.0, 0, 0]], [[0.1, 0.1, 0.8], [1.0, 0, 0]]]))
+  np.testing.assert_array_equal(ens.action(), [1, 2])  # env 1: mean(0,0,1 ; .1,.1,.8) → 2
+  # Logits are softmaxed: equal-weight logits (0, log 3) vs (log 3, 0) cancel → tie → class 0.
+  logit = TemporalEnsembler(1, 2, 2, "categorical", decay=0.0)
+  logit.add(np.array([[[0.0, 0.0], [0.0, math.log(3)]]]))
+  logit.add(np.array([[[math.log(3), 0.0], [0.0, 0.0]]]))
+  np.testing.assert_allclose(logit.aggregate(), [[0.5, 0.5]])
+
+
+def test_small_config_overfits_fixed_batch():
+  cfg = BakuConfig.small(heads=(HeadConfig("action", "categorical", dim=6, chunk=2,
+                                           hidden=(128,)),))
+  rng = np.random.RandomState(0)
+  batch = {"images": {"front": rng.randint(0, 256, (8, 1, 32, 32, 3), dtype=np.uint8)},
+           "lang": rng.randn(8, cfg.lang_dim).astype(np.float32)}
+  target = rng.randint(0, 6, (8, 1, 2))
+  mask = np.ones((8, 1, 2), bool)
+  head = cfg.head_configs["action"]
+  model = BakuPolicy(cfg)
+  params = init_params(cfg, jax.random.PRNGKey(0), batch)
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, key):
+    def loss_fn(p):
+      out = model.apply({"params": p}, batch, train=True, rngs={"dropout": key})
+      return head_loss(head, out.predictions["action"], target, mask)[0]
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  eval_acc = jax.jit(lambda p: head_loss(head, model.apply({"params": p}, batch).predictions[
+      "action"], target, mask)[1]["accuracy"])
+  key = jax.random.PRNGKey(1)
+  acc = 0.0
+  for i in range(200):
+    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
+    if i % 20 == 19:
+      acc = float(eval_acc(params))
+      if acc > 0.9:
+        break
+  assert acc > 0.9, f"accuracy {acc} after {i + 1} steps (loss {float(loss):.3f})"
