@@ -270,7 +270,7 @@ def test_small_config_overfits_fixed_batch():
   cfg = BakuConfig.small(heads=(HeadConfig("action", "categorical", dim=6, chunk=2,
                                            hidden=(128,)),))
   rng = np.random.RandomState(0)
-  batch = {"images": {"front": rng.randint(0, 256, (8, 1, 32, 32, 3), dtype=np.uint8)},
+  batch = {"images": {"front": rng.randint(0, 256, (8, 1, 56, 56, 3), dtype=np.uint8)},
            "lang": rng.randn(8, cfg.lang_dim).astype(np.float32)}
   target = rng.randint(0, 6, (8, 1, 2))
   mask = np.ones((8, 1, 2), bool)
@@ -295,7 +295,7 @@ def test_small_config_overfits_fixed_batch():
   acc = 0.0
   for i in range(200):
     params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
-    if i % 20 == 19:
+    if i % 10 == 9:
       acc = float(eval_acc(params))
       if acc > 0.9:
         break
