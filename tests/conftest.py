@@ -16,6 +16,11 @@ BRIDGE_DIR = os.path.abspath(os.path.join(SHARED_FIXTURES, "bridge_dataset", "1.
 TOY_SHARDS, TOY_EPISODES_PER_SHARD = 3, 4
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: long tests of optional extras (e.g. LIBERO); deselect with -m 'not slow'")
+
+
 @registry.register("pipetest_*")
 def standardize_pipetest(episode):
   """Test-only dataset: frame t of episode e is a flat grey image of intensity 8*t + e."""

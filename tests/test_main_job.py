@@ -1,4 +1,5 @@
-"""Smoke tests of the launch scripts: the main job and the pipeline benchmark, end to end."""
+"""Smoke tests of the launch scripts: the main job (the whole experiment) and the pipeline
+benchmark, end to end."""
 import json
 import os
 import subprocess
@@ -20,29 +21,53 @@ def _run(args, timeout=600):
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
+  """The whole experiment (data -> LAM -> labels -> skills -> policies -> evaluation -> report)
+  at smoke size."""
   workdir = str(tmp_path_factory.mktemp("main"))
-  _run(["experiments.main", "--config=experiments/configs/main.py:tiny",
-        "--config.babyai.num_workers=1", f"--workdir={workdir}"])
+  _run(["experiments.main", "--config=experiments/configs/main.py:smoke", f"--workdir={workdir}"],
+       timeout=1800)
   return workdir
 
 
-def test_main_job_writes_summary_and_filmstrip(main_job):
-  with open(os.path.join(main_job, "summary", "summary.json")) as f:
-    summary = json.load(f)
-  assert summary["train"]["episodes"] == 4 and summary["val"]["episodes"] == 2
-  assert summary["train"]["subtasks_per_episode"]["min"] >= 1
-  assert summary["train"]["frames"] > summary["train"]["episodes"]
-  with open(os.path.join(main_job, "summary", "filmstrip.png"), "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+def test_main_job_runs_every_stage_and_writes_the_report(main_job):
+  from hilam_jax import experiment
+  with open(os.path.join(main_job, "report", "results.json")) as f:
+    results = json.load(f)
+  success = results["policies"]["success"]
+  assert set(success) == set(experiment.METHODS)
+  for method in experiment.METHODS:
+    r = success[method]["1"]
+    assert r["num_episodes"] == 4 and 0.0 <= r["ci_low"] <= r["success_rate"] <= r["ci_high"]
+  assert {o["claim"].split(" at ")[0] for o in results["orderings"]} >= {
+      "HiLAM > BAKU", "hierarchy >= best flat latent pretraining"}
+  assert results["data"]["video_summary"]["train"]["episodes"] == 6
+  assert results["data"]["demos_summary"]["train"]["episodes"] == 4
+  assert set(results["skills"]["result"]["discovery"]) == {"stage1", "stage2"}
+  assert "jax" in results["versions"] and results["seed"] == 0
+  for name in ("report.md", "success_vs_demos.png", "training_curves.png"):
+    with open(os.path.join(main_job, "report", name), "rb") as f:
+      head = f.read(8)
+    assert head == b"\x89PNG\r\n\x1a\n" if name.endswith(".png") else head
+  videos = os.listdir(os.path.join(main_job, "evaluation", "hilam_1", "videos"))
+  assert videos and all(v.endswith(".gif") for v in videos)
   with open(os.path.join(main_job, "run_info.json")) as f:
     info = json.load(f)
-  assert info["config"]["babyai"]["level"] == "BabyAI-BossLevel-v0"
+  assert info["config"]["level"] == "BabyAI-PutNextLocal-v0"
   assert "tensorflow-datasets" in info["versions"]
+
+
+def test_main_job_resumes_without_redoing_stages(main_job):
+  stages = sorted(os.listdir(os.path.join(main_job, "stages")))
+  before = {s: os.path.getmtime(os.path.join(main_job, "stages", s)) for s in stages}
+  out = _run(["experiments.main", "--config=experiments/configs/main.py:smoke",
+              f"--workdir={main_job}"])
+  assert out.stderr.count("done before, reusing") == len(stages) == 6
+  assert before == {s: os.path.getmtime(os.path.join(main_job, "stages", s)) for s in stages}
 
 
 @pytest.mark.parametrize("mode", ["plain", "ours", "noaug", "pairs"])
 def test_benchmark_script_runs(main_job, mode):
-  dataset_dir = os.path.join(main_job, "data", "babyai_bosslevel", "1.0.0")
+  dataset_dir = os.path.join(main_job, "data", "babyai_putnextlocal", "1.0.0")
   out = _run(["experiments.benchmark_pipeline", f"--mode={mode}", f"--dataset_dir={dataset_dir}",
               "--batch_size=8", "--num_batches=3", "--shuffle_buffer=32"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])

@@ -90,6 +90,18 @@ class MetricWriter:
       self._writer = None
 
 
+def read_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) pairs of one scalar tag from the event files in `logdir`, sorted by step."""
+  tf = _tf()
+  points = {}
+  for path in sorted(tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          points[int(event.step)] = float(tf.make_ndarray(value.tensor))
+  return sorted(points.items())
+
+
 def format_duration(seconds: float) -> str:
   """3.2 -> "3s", 72 -> "1m12s", 7500 -> "2h05m"."""
   seconds = int(round(max(seconds, 0.0)))

@@ -1,0 +1,131 @@
+"""Trained policies as `hilam_jax.evaluation.Policy` objects: flat (BAKU) and hierarchical (HiLAM).
+
+  PolicyNetwork       one trained BakuPolicy (checkpoint of `policy/trainer.py`) as a jitted,
+                      batched predictor: observations + instructions (+ condition) -> head chunks.
+  FlatPolicy          a single network with an action head + ACT temporal aggregation.
+  HierarchicalPolicy  pi^h (skill head) -> skill z̄_t -> pi^l (action head, conditioned on the skill).
+                      pi^h's chunks are aggregated like actions (continuous mean) and the skill
+                      is refreshed every `high_every` steps (1 = every step, the default; OPEN
+                      in the paper); between refreshes the last skill is held.
+
+Inputs follow the evaluation protocol (`hilam_jax/evaluation/policy_api.py`): obs
+{"image_primary": uint8 [N, H, W, 3], "proprio": float32 [N, P]}, N instructions, `first` [N].
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from hilam_jax.language import CachedEncoder, make_encoder
+from hilam_jax.policy import aggregation
+from hilam_jax.policy import trainer
+
+
+class PolicyNetwork:
+  """A policy (module + params) as a jitted predictor of its heads' chunks."""
+
+  def __init__(self, module: Any, params: Any, *, image_size: Sequence[int],
+               encoder: CachedEncoder, heads: Sequence[str] | None = None):
+    self.module, self.params, self.encoder = module, params, encoder
+    self.config = module.config
+    self.image_size = tuple(image_size)
+    self.heads = tuple(heads) if heads else tuple(self.config.head_configs)
+    missing = set(self.heads) - set(self.config.head_configs)
+    if missing:
+      raise ValueError(f"no heads {sorted(missing)}; the policy has "
+                       f"{list(self.config.head_configs)}")
+    selected = self.heads
+    self._apply = jax.jit(lambda p, inputs: module.apply(
+        {"params": p}, inputs, train=False, heads=selected).predictions)
+
+  @classmethod
+  def load(cls, workdir: str, heads: Sequence[str] | None = None,
+           encoder: CachedEncoder | None = None) -> "PolicyNetwork":
+    """The trained policy of a `policy/trainer.py` workdir (latest checkpoint)."""
+    module, params, run_config = trainer.load_policy(workdir)
+    encoder = encoder or CachedEncoder(make_encoder(run_config["lang_encoder"]))
+    return cls(module, params, image_size=run_config["data"]["image_size"], encoder=encoder,
+               heads=heads)
+
+  def head(self, name: str):
+    return self.config.head_configs[name]
+
+  def predict(self, obs: Mapping[str, np.ndarray], instructions: Sequence[Any],
+              condition: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Head name -> chunk predictions [N, chunk, ...] for N observations."""
+    images = np.asarray(obs[trainer.CAMERA])
+    if images.shape[1:3] != self.image_size:
+      raise ValueError(f"observation images are {images.shape[1:3]}, the policy was trained "
+                       f"on {self.image_size}")
+    inputs = {"images": {trainer.CAMERA: images[:, None]},
+              "lang": self.encoder.embed(instructions)}
+    if self.config.proprio_dim:
+      inputs["proprio"] = np.asarray(obs["proprio"], np.float32)[:, None]
+    if self.config.condition_dim:
+      if condition is None:
+        raise ValueError("this policy is conditioned on a skill: pass `condition`")
+      inputs["condition"] = np.asarray(condition, np.float32)[:, None]
+    out = jax.device_get(self._apply(self.params, inputs))
+    return {name: np.asarray(v[:, 0]) for name, v in out.items()}
+
+
+def _ensembler(network: PolicyNetwork, head: str, num_envs: int, decay: float,
+               temporal: bool) -> aggregation.TemporalEnsembler:
+  cfg = network.head(head)
+  return aggregation.TemporalEnsembler(
+      num_envs, cfg.chunk, cfg.dim, cfg.kind, decay=decay,
+      aggregation="temporal" if temporal else "none")
+
+
+class FlatPolicy:
+  """One network's action head, ACT-aggregated."""
+
+  def __init__(self, network: PolicyNetwork, head: str = "action", decay: float = 0.01,
+               temporal_aggregation: bool = True):
+    self.network, self.head = network, head
+    self.decay, self.temporal = decay, temporal_aggregation
+    self._ensembler = None
+
+  def reset(self, num_envs: int) -> None:
+    self._ensembler = _ensembler(self.network, self.head, num_envs, self.decay, self.temporal)
+
+  def act(self, obs, instructions, first) -> np.ndarray:
+    self._ensembler.reset(np.asarray(first, bool))
+    self._ensembler.add(self.network.predict(obs, instructions)[self.head])
+    return self._ensembler.action()
+
+
+class HierarchicalPolicy:
+  """HiLAM at test time: pi^h predicts the skill, pi^l acts on (observation, skill)."""
+
+  def __init__(self, high: PolicyNetwork, low: PolicyNetwork, *, high_head: str = "skill",
+               low_head: str = "action", high_every: int = 1, decay: float = 0.01,
+               temporal_aggregation: bool = True):
+    if high_every < 1:
+      raise ValueError(f"high_every must be >= 1, got {high_every}")
+    self.high, self.low = high, low
+    self.high_head, self.low_head, self.high_every = high_head, low_head, high_every
+    self.decay, self.temporal = decay, temporal_aggregation
+
+  def reset(self, num_envs: int) -> None:
+    self._skills = _ensembler(self.high, self.high_head, num_envs, self.decay, self.temporal)
+    self._actions = _ensembler(self.low, self.low_head, num_envs, self.decay, self.temporal)
+    self._skill = None
+    self._age = np.zeros(num_envs, np.int64)  # steps since each env's skill was refreshed
+
+  def act(self, obs, instructions, first) -> np.ndarray:
+    first = np.asarray(first, bool)
+    self._skills.reset(first)
+    self._actions.reset(first)
+    refresh = first | (self._age % self.high_every == 0)
+    if self._skill is None or refresh.any():
+      # One batched pi^h call for all envs (static shapes); only refreshed rows are taken.
+      self._skills.add(self.high.predict(obs, instructions)[self.high_head])
+      skill = self._skills.action()
+      self._skill = skill if self._skill is None else np.where(refresh[:, None], skill,
+                                                                self._skill)
+    self._age = np.where(first, 1, self._age + 1)
+    self._actions.add(self.low.predict(obs, instructions, condition=self._skill)[self.low_head])
+    return self._actions.action()

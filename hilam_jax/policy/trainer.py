@@ -1,0 +1,340 @@
+"""One trainer for every policy of the experiment: BAKU on demos, latent pretraining, HiLAM levels.
+
+A run trains a `BakuPolicy` whose heads each regress one target (METHOD.md §4):
+
+  target "action"  real actions of action-labelled demos (categorical for BabyAI, tanh otherwise)
+  target <label>   a per-frame pseudo-label joined by episode id: "z0" (latent actions from the
+                   labeling job) or "s1"/"s2" (per-frame skills z̄^1/z̄^2 from skill extraction)
+
+Every head predicts a chunk of `chunk` future steps (BAKU's action chunking). What the policy sees:
+
+  role "flat"  π(o_t, lang)                        BAKU, and the flat latent-pretraining baselines
+  role "high"  π^h(o_t, lang)                      HiLAM's high level (targets: a skill)
+  role "low"   π^l(o_t, skill_t)                   HiLAM's low level; the skill enters as
+               `condition` (BakuConfig.condition_mode), from
+                 condition.source "labels":      the extracted skill of frame t (teacher forcing,
+                                                 the default for pretraining), or
+                 condition.source "high_policy": a frozen π^h's prediction for frame t (the
+                                                 paper's fine-tuning; π^h's params are a constant
+                                                 of the jitted step and never updated).
+               The low level gets no language (the paper's π^l(o, skill)); `lang_for_low` adds it.
+
+Fine-tuning starts from another run's parameters (`init_from`): the image encoder, trunk and
+embeddings must match exactly (strict), heads that the new config does not have are dropped and
+new heads start fresh. A fraction of the demonstrations is a nested subset of episode ids
+(`data.episode_fraction`): the 10% episodes are among the 50%, which are among the 100%.
+
+Batches come from the project's tf.data pipeline over RLDS (`data_pipeline.make_dataset`): label
+joins by episode id, action and label chunks with masks, decode/resize/augment; instructions are
+embedded on the host with a cached sentence encoder.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from data_pipeline import dataset as dp
+from data_pipeline import frame_transforms
+from hilam_jax import run_info
+from hilam_jax import training
+from hilam_jax.lam import labeling
+from hilam_jax.language import CachedEncoder, make_encoder
+from hilam_jax.policy import baku
+from hilam_jax.policy import heads as heads_lib
+from hilam_jax.skill import extract as skill_extract
+
+ROLES = ("flat", "high", "low")
+CAMERA = "image_primary"
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def model_config(config: Any) -> baku.BakuConfig:
+  """The BakuConfig of a run: `config.model` fields + one head per `config.heads` entry."""
+  heads = tuple(
+      heads_lib.HeadConfig(name, h["kind"], dim=int(h["dim"]), chunk=int(config.chunk),
+                           hidden=tuple(config.head_hidden), loss=h.get("loss"),
+                           loss_weight=float(h.get("loss_weight", 1.0)))
+      for name, h in config.heads.items())
+  return baku.BakuConfig.from_dict({**dict(config.model), "heads": heads})
+
+
+def _check_config(config: Any) -> None:
+  if config.role not in ROLES:
+    raise ValueError(f"role {config.role!r} not in {ROLES}")
+  if not config.heads:
+    raise ValueError("config.heads is empty: a policy needs at least one head")
+  cond = config.condition
+  if config.role == "low":
+    if not cond.key or not config.model.condition_dim:
+      raise ValueError("role 'low' needs condition.key (a skill label) and model.condition_dim")
+    if cond.source not in ("labels", "high_policy"):
+      raise ValueError(f"condition.source {cond.source!r} not in ('labels', 'high_policy')")
+    if cond.source == "high_policy" and not cond.high_workdir:
+      raise ValueError("condition.source 'high_policy' needs condition.high_workdir")
+  elif config.model.condition_dim:
+    raise ValueError(f"role {config.role!r} takes no condition; set model.condition_dim=0")
+  for name, head in config.heads.items():
+    if head["target"] != "action" and head["target"] not in config.data.labels:
+      raise ValueError(f"head {name!r}: target {head['target']!r} is neither 'action' nor a "
+                       f"joined label {sorted(config.data.labels)}")
+
+
+def label_tables(labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """{join key: EpisodeLabels} from {key: {"dir": folder, "key": skill key (skills only)}}.
+
+  A folder with a label manifest (labeling job) gives latent actions; a skill-extraction folder
+  gives the per-frame array named by "key" (e.g. "skill/s2").
+  """
+  tables = {}
+  for join_key, spec in labels.items():
+    folder = spec["dir"]
+    if not os.path.exists(os.path.join(folder, labeling.MANIFEST)):
+      raise FileNotFoundError(f"label {join_key!r}: no manifest in {folder}")
+    if spec.get("key"):
+      tables[join_key] = skill_extract.load_skills(folder, spec["key"])
+    else:
+      tables[join_key] = labeling.load_labels(folder)
+  return tables
+
+
+def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0) -> list[str] | None:
+  """A nested subset: the first ceil(fraction * n) episode ids in a seeded hash order."""
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f"episode_fraction must be in (0, 1], got {fraction}")
+  if fraction == 1.0:
+    return None
+  ids = dp.list_episode_ids(spec)
+  order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+  return order[:max(1, math.ceil(fraction * len(ids)))]
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class BatchConverter:
+  """numpy pipeline batch -> model batch {"inputs", "targets", "masks"} (no strings)."""
+
+  def __init__(self, config: Any, encoder: CachedEncoder):
+    self.config, self.encoder = config, encoder
+    self.uses_labels_condition = (config.role == "low" and config.condition.source == "labels")
+
+  def inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    obs = batch["observation"]
+    inputs = {"images": {CAMERA: obs[CAMERA][:, None]},
+              "lang": self.encoder.embed(batch["language_instruction"])}
+    if self.config.model.proprio_dim:
+      inputs["proprio"] = obs["proprio"][:, None].astype(np.float32)
+    if self.uses_labels_condition:
+      inputs["condition"] = batch[self.config.condition.key][:, None].astype(np.float32)
+    return inputs
+
+  def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    targets, masks = {}, {}
+    for name, head in self.config.heads.items():
+      if head["target"] == "action":
+        target, mask = batch["action"], batch["action_pad_mask"]
+        ignore = self.config.data.ignore_action
+        if ignore is not None:
+          mask = mask & (target != ignore)
+      else:
+        target, mask = batch[head["target"]], batch[f"{head['target']}_mask"]
+      if head["kind"] != "categorical":
+        target = target.astype(np.float32)
+      targets[name], masks[name] = target[:, None], mask[:, None]
+    return {"inputs": self.inputs(batch), "targets": targets, "masks": masks}
+
+
+def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_size: int,
+                  seed: int, episode_ids: list[str] | None = None, train: bool = True):
+  """The tf.data pipeline of one split (train: all `config.data.train` datasets)."""
+  specs = [dict(s, split=split) for s in (config.data.train if split == config.data.train_split
+                                          else config.data.val)]
+  uses_action = any(h["target"] == "action" for h in config.heads.values())
+  chunk_labels = tuple(sorted({h["target"] for h in config.heads.values()} - {"action"}))
+  augment = frame_transforms.AugmentConfig() if (train and config.data.augment) else None
+  transforms = dp.TransformConfig(
+      action_horizon=config.chunk, chunk_actions=uses_action, chunk_labels=chunk_labels,
+      resize=tuple(config.data.image_size) if config.data.image_size else None, augment=augment)
+  return dp.make_dataset(
+      specs, batch_size=batch_size, transforms=transforms, seed=seed, repeat=True,
+      shuffle_buffer=config.data.shuffle_buffer if train else 1000, labels=dict(tables),
+      drop_unlabeled=bool(tables), episode_ids=episode_ids,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_policy(workdir: str, step: int | None = None) -> tuple[baku.BakuPolicy, Any, dict]:
+  """(module, params, run config dict) of a trained policy's checkpoint."""
+  directory = os.path.join(workdir, "checkpoints")
+  config = training.load_checkpoint_config(directory, step)
+  module = baku.BakuPolicy(baku.BakuConfig.from_dict(config["model_config"]))
+  return module, training.restore_params(directory, step=step), config
+
+
+def transfer_params(pretrained: Any, fresh: Any, *, source: str) -> tuple[Any, list[str]]:
+  """`fresh` with every non-head parameter taken from `pretrained` (strict) and heads that exist
+  in both (same shapes) kept from `pretrained`. Returns (params, names of fresh heads)."""
+  pretrained, fresh = dict(pretrained), dict(fresh)
+  body_new = {k for k in fresh if not k.startswith("head_")}
+  body_old = {k for k in pretrained if not k.startswith("head_")}
+  if body_new != body_old:
+    raise ValueError(f"init_from {source}: module sets differ: only in the pretrained model "
+                     f"{sorted(body_old - body_new)}, only in the new one {sorted(body_new - body_old)}")
+  out, new_heads = {}, []
+  for key, value in fresh.items():
+    old = pretrained.get(key)
+    if old is None:
+      out[key] = value
+      new_heads.append(key)
+      continue
+    shapes_old = jax.tree.map(np.shape, old)
+    shapes_new = jax.tree.map(np.shape, value)
+    if shapes_old != shapes_new:
+      if key.startswith("head_"):
+        out[key] = value
+        new_heads.append(key)
+        continue
+      raise ValueError(f"init_from {source}: parameter shapes of {key!r} differ")
+    out[key] = old
+  return out, new_heads
+
+
+def _example_inputs(cfg: baku.BakuConfig, image_size: tuple[int, int]) -> dict[str, Any]:
+  inputs = {"images": {CAMERA: np.zeros((1, 1, *image_size, 3), np.uint8)},
+            "lang": np.zeros((1, cfg.lang_dim), np.float32)}
+  if cfg.proprio_dim:
+    inputs["proprio"] = np.zeros((1, 1, cfg.proprio_dim), np.float32)
+  if cfg.condition_dim:
+    inputs["condition"] = np.zeros((1, 1, cfg.condition_dim), np.float32)
+  return inputs
+
+
+def _loss(params, batch, rng, *, module, head_cfgs, high=None, train=True):
+  inputs = batch["inputs"]
+  if high is not None:  # frozen π^h: its offset-0 prediction is the low level's skill condition
+    high_module, high_params, high_head = high
+    skill = high_module.apply({"params": high_params}, inputs, train=False,
+                              heads=(high_head,)).predictions[high_head][:, :, 0]
+    inputs = dict(inputs, condition=jax.lax.stop_gradient(skill))
+  out = module.apply({"params": params}, inputs, train=train,
+                     heads=tuple(h.name for h in head_cfgs), rngs={"dropout": rng})
+  return heads_lib.heads_loss(head_cfgs, out.predictions, batch["targets"], batch["masks"])
+
+
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps,
+      max(config.num_steps, config.warmup_steps + 1), end_value=config.learning_rate * 0.1)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
+                                           weight_decay=config.weight_decay))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) one policy in `workdir`; returns the final validation metrics."""
+  _check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  run_info.write_run_info(workdir, config)
+  cfg = model_config(config)
+  module = baku.BakuPolicy(cfg)
+  head_cfgs = cfg.heads
+  image_size = tuple(config.data.image_size)
+  mesh = training.make_mesh()
+  tx = make_optimizer(config)
+  encoder = CachedEncoder(make_encoder(config.lang_encoder))
+  if encoder.dim != cfg.lang_dim:
+    raise ValueError(f"language encoder {config.lang_encoder!r} gives {encoder.dim}-d "
+                     f"embeddings, model.lang_dim is {cfg.lang_dim}")
+
+  high, extra = None, {"model_config": cfg.to_dict()}
+  if config.role == "low" and config.condition.source == "high_policy":
+    high_module, high_params, high_config = load_policy(config.condition.high_workdir)
+    high_head = config.condition.high_head
+    if high_head not in high_module.config.head_configs:
+      raise ValueError(f"high policy {config.condition.high_workdir} has no head {high_head!r}")
+    high = (high_module, high_params, high_head)
+    extra["high_policy"] = {"workdir": os.path.abspath(config.condition.high_workdir),
+                            "params_sha256": training.params_sha256(high_params)}
+
+  pretrained = None
+  if config.init_from:
+    _, pretrained, _ = load_policy(config.init_from)
+    extra["init_from"] = {"workdir": os.path.abspath(config.init_from),
+                          "params_sha256": training.params_sha256(pretrained)}
+
+  def init_params(rng):
+    params = module.init({"params": rng}, _example_inputs(cfg, image_size), train=False)["params"]
+    if pretrained is not None:
+      params, _ = transfer_params(pretrained, params, source=config.init_from)
+    return params
+
+  train_spec = dict(config.data.train[0], split=config.data.train_split)
+  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed)
+  extra["episodes"] = len(episode_ids) if episode_ids is not None else "all"
+  tables = label_tables(config.data.labels)
+
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
+      max_to_keep=1, save_interval_steps=config.checkpoint_every,
+      allowed_config_changes=("num_steps",))
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
+    logging.info("resumed from step %d", latest)
+  else:
+    state = training.create_train_state(init_params, tx, jax.random.key(config.seed), mesh)
+  start_step = int(state.step)
+
+  loss_fn = functools.partial(_loss, module=module, head_cfgs=head_cfgs, high=high)
+  train_step = training.make_train_step(loss_fn, tx, mesh)
+  eval_step = training.make_eval_step(
+      lambda p, b, r: _loss(p, b, r, module=module, head_cfgs=head_cfgs, high=high,
+                            train=False)[1], mesh)
+  convert = BatchConverter(config, encoder)
+  per_process = config.batch_size // jax.process_count()
+  train_pipe = make_pipeline(config, config.data.train_split, tables, batch_size=per_process,
+                             seed=config.seed + start_step, episode_ids=episode_ids)
+  train_batches = training.shard_batches(
+      (convert(b) for b in train_pipe.as_numpy_iterator()), mesh)
+
+  def eval_fn(state):
+    if not config.data.val:
+      return {}
+    pipe = make_pipeline(config, config.data.val_split, tables, batch_size=per_process,
+                         seed=config.seed, train=False)
+    batches = training.shard_batches((convert(b) for b in pipe.as_numpy_iterator()), mesh)
+    return training.run_eval(eval_step, state.params, batches, jax.random.key(1),
+                             num_batches=config.num_eval_batches)
+
+  writer = training.MetricWriter(os.path.join(workdir, "tensorboard"))
+  logging.info("training %s policy (%s params, heads %s, %s train episodes) for %d steps",
+               config.role, f"{baku.count_params(state.params):,}", list(config.heads),
+               extra["episodes"], config.num_steps)
+  progress_keys = ("loss",) + tuple(
+      f"{n}/accuracy" for n, h in config.heads.items() if h["kind"] == "categorical")
+  state = training.train_loop(
+      state=state, train_step=train_step, batches=train_batches, num_steps=config.num_steps,
+      checkpointer=checkpointer, writer=writer, log_every=config.log_every,
+      eval_every=config.eval_every, eval_fn=eval_fn, checkpoint_extra=lambda: extra,
+      progress_keys=progress_keys)
+  with open(os.path.join(workdir, "policy.json"), "w") as f:
+    json.dump(extra, f, indent=1)
+  return training.finish_run(state, eval_fn, writer, checkpointer)
