@@ -81,3 +81,12 @@ def test_all_dataset_families_registered():
   for expected in ("babyai_*", "metaworld_*", "video_*", "bridge", "libero_spatial_no_noops",
                    "libero_object_no_noops", "libero_goal_no_noops", "libero_10_no_noops"):
     assert expected in names
+
+
+def test_policy_latency_benchmark_runs():
+  out = _run(["experiments.benchmark_policy", "--model_size=tiny", "--lang_encoder=hash",
+              "--num_calls=20", "--skill_dim=8"])
+  result = json.loads(out.stdout.split("RESULT ", 1)[1])
+  assert result["num_calls"] == 20
+  assert result["act_ms_median"]["hilam"] > 0 and result["act_ms_median"]["baku"] > 0
+  assert result["params"]["hilam"] > result["params"]["baku"]
