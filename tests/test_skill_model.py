@@ -254,3 +254,37 @@ def test_reconstruction_gradient_reaches_model_not_frozen_lam():
   lam_grads = jax.grad(lambda lp: jnp.sum(lam_interface._per_sample_loss(  # pylint: disable=protected-access
       lam_module, lp, frames, z, batch["frame_tk"][0, :3])))(frozen.params)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(lam_grads))
+
+
+def test_reconstruction_on_sampled_positions_equals_full_window():
+  """The K-positions form (what the trainer feeds) gives the full-window value on the same pairs."""
+  lam_config = lam.LAMConfig.tiny(**MICRO_LAM)
+  frozen = lam.FrozenLAM(lam.LatentActionModel(lam_config),
+                         lam.init_params(lam_config, jax.random.key(3), (16, 16)), frame_gap=1,
+                         image_size=(16, 16))
+  module = skill_model.SkillModel(CONFIG)
+  rng = np.random.RandomState(5)
+  batch_size, length = 2, 6
+  latents, mask = random_batch(6, batch=batch_size, length=length, pad=(0, 2))
+  frames = rng.randint(0, 256, (batch_size, length + 1, 16, 16, 3)).astype(np.uint8)
+  full = {"latents": latents, "mask": mask, "frame_t": frames[:, :-1], "frame_tk": frames[:, 1:]}
+  positions = np.tile(np.arange(1, length, dtype=np.int32), (batch_size, 1))  # all t >= 1
+  rows = np.arange(batch_size)[:, None]
+  subset = {"latents": latents, "mask": mask, "frame_positions": positions,
+            "frame_t": frames[rows, positions], "frame_tk": frames[rows, positions + 1],
+            "frame_mask": np.ones(positions.shape, bool)}
+  params = tiny_params()
+  values = [skill_losses.skill_loss(params, module, b, jax.random.key(0), frozen_lam=frozen,
+                                    lambda_rec=1.0, lambda_ratio=0.0)[1]["rec"]
+            for b in (full, subset)]
+  np.testing.assert_allclose(values[0], values[1], rtol=1e-5)
+  # Masked rows do not count: duplicating a pair into a masked slot leaves the value unchanged.
+  padded = dict(subset)
+  padded["frame_positions"] = np.concatenate([positions, positions[:, :1]], 1)
+  padded["frame_t"] = np.concatenate([subset["frame_t"], subset["frame_tk"][:, :1]], 1)
+  padded["frame_tk"] = np.concatenate([subset["frame_tk"], subset["frame_t"][:, :1]], 1)
+  padded["frame_mask"] = np.concatenate([subset["frame_mask"], np.zeros((batch_size, 1), bool)],
+                                        1)
+  value = skill_losses.skill_loss(params, module, padded, jax.random.key(0), frozen_lam=frozen,
+                                  lambda_rec=1.0, lambda_ratio=0.0)[1]["rec"]
+  np.testing.assert_allclose(value, values[0], rtol=1e-5)

@@ -6,6 +6,17 @@ Launch (big_vision style: `:variant` selects a named config, flags override fiel
   python -m experiments.train_skill_model \
       --config=experiments/configs/train_skill_model.py:babyai --workdir=runs/skill_babyai
 
+  # Meta-World: labels of the k = 4 LAM (runs/lam_metaworld, Dz = 16)
+  python -m experiments.label_latent_actions \
+      --config=experiments/configs/label_latent_actions.py:metaworld
+  python -m experiments.train_skill_model \
+      --config=experiments/configs/train_skill_model.py:metaworld --workdir=runs/skill_metaworld
+
+  # with the frozen-LAM reconstruction term (frames are read from the labelled datasets; the LAM
+  # is the one the label manifest names unless --config.lam_workdir is given)
+  python -m experiments.train_skill_model --config=experiments/configs/train_skill_model.py:babyai \
+      --config.lambda_rec=1.0 --workdir=runs/skill_babyai_rec
+
   # tests / smoke runs on any tiny label folder (latent_dim must match the labels)
   python -m experiments.train_skill_model --config=experiments/configs/train_skill_model.py:tiny \
       --config.data.labels_dir=/tmp/labels --workdir=/tmp/skill
@@ -26,8 +37,9 @@ def _model(config: skill_model.SkillModelConfig) -> dict:
 
 
 def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
-  if arg not in ("babyai", "tiny"):
-    raise ValueError(f"unknown train_skill_model variant {arg!r}; variants: babyai, tiny")
+  if arg not in ("babyai", "metaworld", "tiny"):
+    raise ValueError(f"unknown train_skill_model variant {arg!r}; variants: babyai, metaworld, "
+                     "tiny")
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -42,9 +54,18 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
 
   # SkillModelConfig fields; OPEN: sizes and N^s (target_ratios), here N^1 = N^2 = 3.
   config.model = _model(skill_model.SkillModelConfig(latent_dim=16, target_ratios=(3.0, 3.0)))
-  # OPEN loss weights. lambda_rec > 0 needs frames and the frozen FDM: not wired in the trainer.
+  # OPEN loss weights. lambda_rec > 0 adds the frozen-FDM reconstruction term: the trainer then
+  # reads the labelled episodes' frames into memory (BabyAI train at 56x56: ~0.8 GB) and runs the
+  # frozen FDM on `data.rec_positions` random positions t >= 1 of every window (B * rec_positions
+  # pairs per step; 0: all L positions). The FDM dominates the step: on this shared 2-core CPU,
+  # BabyAI ran ~0.45 steps/s with 8 positions and ~1.3 with 2 (~4-7 without L_rec). On BabyAI val
+  # (800 steps, 2 positions) lambda_rec = 1 gave stage-2 F1 0.170 / 0.133 for seeds 0 / 1 against
+  # 0.129 / 0.137 without it: within seed noise, so the default stays 0.
   config.lambda_rec = 0.0
   config.lambda_ratio = 0.03
+  config.data.rec_positions = 2
+  # The frozen LAM of L_rec; None: the LAM named in the label manifest (must match its k and Dz).
+  config.lam_workdir = ml_collections.config_dict.placeholder(str)
 
   config.batch_size = 32
   config.num_steps = 2000
@@ -56,6 +77,14 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.eval_every = 500
   config.num_eval_batches = 10
   config.checkpoint_every = 500
+
+  if arg == "metaworld":
+    # Labels of runs/lam_metaworld (k = 4, Dz = 16). Episodes have ~71 frames (67 latents) and
+    # 2.7 scripted phases of mean length 24.5 frames (median 23) on train: a 64-frame window
+    # holds a whole episode, and N^1 N^2 = 4 * 6 = 24 frames per stage-2 chunk matches a phase.
+    config.data.labels_dir = "runs/labels_metaworld"
+    config.model = _model(skill_model.SkillModelConfig(latent_dim=16, target_ratios=(4.0, 6.0)))
+    config.num_steps = 800
 
   if arg == "tiny":
     config.data.window = 16

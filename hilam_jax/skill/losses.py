@@ -54,19 +54,32 @@ def latent_l1(prediction: jax.Array, latents: jax.Array, mask: jax.Array) -> jax
 
 def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
                         frame_tk: jax.Array, valid: jax.Array,
-                        rng: Optional[jax.Array] = None) -> jax.Array:
+                        rng: Optional[jax.Array] = None,
+                        positions: Optional[jax.Array] = None) -> jax.Array:
   """Frozen-FDM loss of I_t -> I_{t+k} with the predicted latent ẑ^0_t (made at t - 1).
 
   Args:
     frozen_lam: a `hilam_jax.lam.FrozenDynamicsModel`.
     prediction: [B, L, Dz], prediction[:, t - 1] is ẑ^0_t.
-    frame_t, frame_tk: uint8 [B, L, H, W, 3], the pair (I_t, I_{t+k}) of every frame t.
-    valid: [B, L] bool, frames t whose pair is real; t = 0 has no prediction and is skipped.
+    frame_t, frame_tk: uint8 [B, L, H, W, 3], the pair (I_t, I_{t+k}) of every frame t; or, with
+      `positions`, [B, K, H, W, 3] for the K window positions listed there.
+    valid: [B, L] bool, frames t whose pair is real; t = 0 has no prediction and is skipped. With
+      `positions`: [B, K], pairs that are real and whose t >= 1 has a valid t - 1.
     rng: passed on for stochastic (diffusion) FDMs.
+    positions: optional int [B, K] window positions t >= 1 of the given pairs (a random subset:
+      the FDM then runs on B * K pairs instead of B * L).
 
   Returns:
     Scalar mean of the per-pair loss over valid pairs t >= 1 with a valid t - 1.
   """
+  if positions is not None:
+    batch, num = positions.shape
+    previous = jnp.maximum(positions - 1, 0)[..., None]  # [B, K, 1]
+    z = jnp.take_along_axis(prediction, previous, axis=1).reshape(batch * num, -1)  # [N, Dz]
+    per_pair = frozen_lam.reconstruction_loss(
+        frame_t.reshape(batch * num, *frame_t.shape[2:]), z,
+        frame_tk.reshape(batch * num, *frame_tk.shape[2:]), rng=rng, per_sample=True)  # [N]
+    return _masked_mean(per_pair, (valid & (positions >= 1)).reshape(batch * num))
   batch, length = valid.shape
   pair_valid = valid[:, 1:] & valid[:, :-1]  # [B, L-1]: ẑ_t exists and the pair is real
   n = batch * (length - 1)
@@ -88,7 +101,9 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
     module: the `SkillModel` (static: close over it or use functools.partial under jit).
     batch: "latents" float32 [B, L, Dz], "mask" bool [B, L]; for L_rec also "frame_t" and
       "frame_tk" uint8 [B, L, H, W, 3] and optionally "frame_mask" bool [B, L] (frames t whose
-      pair (I_t, I_{t+k}) is real; defaults to "mask").
+      pair (I_t, I_{t+k}) is real; defaults to "mask"). Or a subset of K positions per window:
+      "frame_positions" int32 [B, K] (t >= 1), "frame_t"/"frame_tk" [B, K, H, W, 3] and
+      "frame_mask" [B, K] (as `trainer.sample_frame_pairs` emits).
     rng: for a stochastic frozen model's reconstruction loss (the skill model is deterministic).
     frozen_lam: a `hilam_jax.lam.FrozenDynamicsModel` whose latent_dim equals the model's Dz, or
       None to skip L_rec.
@@ -115,9 +130,17 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
     if frozen_lam.latent_dim != config.latent_dim:
       raise ValueError(f"skill_loss: frozen model latent_dim {frozen_lam.latent_dim} != skill "
                        f"model latent_dim {config.latent_dim}")
-    frame_valid = mask & batch.get("frame_mask", mask).astype(bool)
-    rec = reconstruction_term(frozen_lam, output.prediction, batch["frame_t"], batch["frame_tk"],
-                              frame_valid, rng)
+    if "frame_positions" in batch:
+      positions = batch["frame_positions"].astype(jnp.int32)  # [B, K]
+      at = lambda m, p: jnp.take_along_axis(m, jnp.clip(p, 0, m.shape[1] - 1), axis=1)
+      frame_valid = (batch["frame_mask"].astype(bool) & at(mask, positions)
+                     & at(mask, positions - 1))
+      rec = reconstruction_term(frozen_lam, output.prediction, batch["frame_t"],
+                                batch["frame_tk"], frame_valid, rng, positions=positions)
+    else:
+      frame_valid = mask & batch.get("frame_mask", mask).astype(bool)
+      rec = reconstruction_term(frozen_lam, output.prediction, batch["frame_t"],
+                                batch["frame_tk"], frame_valid, rng)
     loss = loss + lambda_rec * rec
     metrics["rec"] = rec
 

@@ -8,9 +8,14 @@ episode is padded and masked), and batches of windows are drawn at random with n
 "trajectories first" half of the pipeline without frames: latents are small, so the whole split
 lives in memory and no tf.data is needed.
 
-The reconstruction term L_rec needs the frames (I_t, I_{t+k}) of every window position and the
-frozen FDM. It is a knob (`config.lambda_rec`, 0 by default for CPU speed) but NOT wired here:
-`lambda_rec > 0` is refused with a clear error rather than silently ignored.
+With `config.lambda_rec > 0` the reconstruction term L_rec also needs frames and the frozen LAM
+(`config.lam_workdir`, default: the LAM named in the label manifest; its k and latent size must
+match the manifest's). The frames of the labelled episodes are read once through the data
+pipeline (`data_pipeline.reader` on the manifest's datasets), resized to the LAM's image size and
+kept in memory as one uint8 array [F, H, W, 3] (BabyAI train at 56x56: ~85k frames, ~0.8 GB);
+windows carry the index of I_t for each of their positions. Each batch window draws
+`config.data.rec_positions` random positions t >= 1 and gets their pairs (I_t, I_{t+k}): the FDM
+runs on B * rec_positions pairs per step instead of B * L (the CPU-heavy part).
 
 The shared core is reused unchanged (`hilam_jax.training`): one data mesh, sharded TrainState,
 orbax checkpoints that carry the config (a mismatched config refuses to resume), TensorBoard
@@ -18,10 +23,11 @@ scalars, a progress line with boundary rates, NaN guard.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
@@ -30,7 +36,9 @@ from absl import logging
 
 from hilam_jax import run_info
 from hilam_jax import training
+from hilam_jax.lam import interface
 from hilam_jax.lam import labeling
+from hilam_jax.lam import trainer as lam_trainer
 from hilam_jax.skill import losses
 from hilam_jax.skill import model as skill_model
 
@@ -67,32 +75,153 @@ def window_starts(length: int, window: int, hop: int) -> list[int]:
   return starts
 
 
+def _window_origins(latents: dict[str, np.ndarray], window: int,
+                    hop: int) -> list[tuple[str, int, int]]:
+  """(episode_id, start, valid length) of every window, sorted ids; episodes < 2 latents skipped."""
+  origins = []
+  for episode_id in sorted(latents):
+    length = len(latents[episode_id])
+    if length < 2:  # no (t, t+1) pair to predict
+      continue
+    for start in window_starts(length, window, hop):
+      origins.append((episode_id, start, min(window, length - start)))
+  if not origins:
+    raise ValueError("no episode with at least 2 latents")
+  return origins
+
+
 def make_windows(latents: dict[str, np.ndarray], window: int,
                  hop: int) -> tuple[np.ndarray, np.ndarray]:
   """All windows of all episodes (sorted ids): latents [N, window, Dz] float32, mask [N, window]."""
   rows, masks = [], []
-  for episode_id in sorted(latents):
-    z = np.asarray(latents[episode_id], np.float32)
-    if len(z) < 2:  # no (t, t+1) pair to predict
-      continue
-    for start in window_starts(len(z), window, hop):
-      piece = z[start:start + window]
-      pad = window - len(piece)
-      rows.append(np.pad(piece, ((0, pad), (0, 0))))
-      masks.append(np.arange(window) < len(piece))
-  if not rows:
-    raise ValueError("no episode with at least 2 latents")
+  for episode_id, start, valid in _window_origins(latents, window, hop):
+    piece = np.asarray(latents[episode_id][start:start + valid], np.float32)
+    rows.append(np.pad(piece, ((0, window - valid), (0, 0))))
+    masks.append(np.arange(window) < valid)
   return np.stack(rows), np.stack(masks)
 
 
-def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int,
-                   seed: int) -> Iterator[dict[str, np.ndarray]]:
-  """Endless batches {"latents", "mask"} of windows drawn uniformly (with a numpy RNG)."""
+@dataclasses.dataclass(frozen=True)
+class EpisodeFrames:
+  """Decoded frames of a split, all episodes concatenated (episodes in sorted-id order).
+
+  Attributes:
+    frames: uint8 [F, H, W, 3] at the frozen LAM's image size.
+    offsets: {episode_id: index of the episode's frame 0 in `frames`}.
+    lengths: {episode_id: number of frames T of the episode}.
+  """
+  frames: np.ndarray
+  offsets: dict[str, int]
+  lengths: dict[str, int]
+
+
+def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
+                      episode_ids: set[str]) -> EpisodeFrames:
+  """Frames of the labelled episodes of `split`, read from the datasets named in the manifest."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data_pipeline import frame_transforms as ft  # pylint: disable=g-import-not-at-top
+  from data_pipeline import reader  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(labels_dir, labeling.MANIFEST)) as f:
+    manifest = json.load(f)
+  specs = [d for d in manifest["datasets"] if d.get("split", "train") == split]
+  if not specs:
+    raise ValueError(f"label manifest of {labels_dir} names no dataset of split {split!r}")
+  size = tuple(int(s) for s in image_size)
+  per_episode: dict[str, np.ndarray] = {}
+  for spec in specs:
+    ds = reader.read_trajectories(spec["dataset_dir"], spec.get("name"), split)
+    ds = ds.map(lambda t: (t["episode_id"][0],
+                           ft.decode_images(t["observation"]["image_primary"], size)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    for episode_id, frames in ds.as_numpy_iterator():
+      episode_id = episode_id.decode()
+      if episode_id in episode_ids:
+        per_episode[episode_id] = frames
+  missing = sorted(episode_ids - set(per_episode))
+  if missing:
+    raise ValueError(f"{len(missing)} labelled episodes of split {split!r} not found in the "
+                     f"manifest's datasets, e.g. {missing[:3]}")
+  order = sorted(per_episode)
+  lengths = {e: len(per_episode[e]) for e in order}
+  starts = np.concatenate([[0], np.cumsum([lengths[e] for e in order])[:-1]]).astype(int)
+  frames = np.concatenate([per_episode[e] for e in order])  # [F, H, W, 3]
+  return EpisodeFrames(frames, dict(zip(order, starts.tolist())), lengths)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowFrames:
+  """Where the frame pairs (I_t, I_{t+k}) of every window position live.
+
+  Attributes:
+    frames: uint8 [F, H, W, 3] (`EpisodeFrames.frames`).
+    frame_index: int64 [N, window], index of I_t in `frames` for window position t (0 at padding).
+    pair_valid: bool [N, window], position t is a real frame and t + k is inside the episode.
+    frame_gap: k; I_{t+k} is frames[frame_index + k].
+  """
+  frames: np.ndarray
+  frame_index: np.ndarray
+  pair_valid: np.ndarray
+  frame_gap: int
+
+
+def make_window_frames(latents: dict[str, np.ndarray], frames: EpisodeFrames, window: int,
+                       hop: int, frame_gap: int) -> WindowFrames:
+  """Frame indices of the windows of `make_windows(latents, window, hop)` (same order)."""
+  index_rows, valid_rows = [], []
+  for episode_id, start, valid in _window_origins(latents, window, hop):
+    num_frames = frames.lengths[episode_id]
+    if num_frames != len(latents[episode_id]) + frame_gap:
+      raise ValueError(f"episode {episode_id}: {num_frames} frames but "
+                       f"{len(latents[episode_id])} latents with k = {frame_gap}")
+    t = start + np.arange(window)
+    pair_valid = (np.arange(window) < valid) & (t + frame_gap < num_frames)
+    index_rows.append(np.where(pair_valid, frames.offsets[episode_id] + t, 0))
+    valid_rows.append(pair_valid)
+  return WindowFrames(frames.frames, np.stack(index_rows).astype(np.int64), np.stack(valid_rows),
+                      frame_gap)
+
+
+def sample_frame_pairs(window_frames: WindowFrames, index: np.ndarray, mask: np.ndarray,
+                       num_positions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """L_rec inputs for windows `index`: `num_positions` random positions t >= 1 per window.
+
+  Returns:
+    "frame_positions" int32 [B, K] (window positions t; the prediction for t is made at t - 1),
+    "frame_t", "frame_tk" uint8 [B, K, H, W, 3] (I_t, I_{t+k}), "frame_mask" bool [B, K] (real
+    pair with a valid t - 1; windows with fewer than K candidates are padded with masked rows).
+  """
+  pair_valid = window_frames.pair_valid[index]  # [B, L]
+  candidates = pair_valid & mask & np.roll(mask, 1, axis=1)
+  candidates[:, 0] = False  # t = 0 has no prediction
+  keys = np.where(candidates, rng.random(candidates.shape), np.inf)
+  positions = np.argsort(keys, axis=1)[:, :num_positions]  # [B, K]
+  frame_mask = np.take_along_axis(keys, positions, axis=1) < np.inf
+  frame_index = np.take_along_axis(window_frames.frame_index[index], positions, axis=1)
+  frame_index = np.where(frame_mask, frame_index, 0)
+  frames = window_frames.frames
+  return {"frame_positions": positions.astype(np.int32),
+          "frame_t": frames[frame_index],
+          "frame_tk": frames[np.where(frame_mask, frame_index + window_frames.frame_gap, 0)],
+          "frame_mask": frame_mask}
+
+
+def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int,
+                   window_frames: Optional[WindowFrames] = None,
+                   rec_positions: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless batches {"latents", "mask"} of windows drawn uniformly (with a numpy RNG).
+
+  With `window_frames`, each batch also carries the L_rec inputs of `sample_frame_pairs` for
+  `rec_positions` positions per window.
+  """
   latents, mask = windows
   rng = np.random.default_rng(seed)
   while True:
     index = rng.integers(0, len(latents), batch_size)
-    yield {"latents": latents[index], "mask": mask[index]}
+    batch = {"latents": latents[index], "mask": mask[index]}
+    if window_frames is not None:
+      batch.update(sample_frame_pairs(window_frames, index, mask[index], rec_positions, rng))
+    yield batch
 
 
 def make_optimizer(config: Any) -> optax.GradientTransformation:
@@ -106,18 +235,50 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
                                            weight_decay=config.weight_decay))
 
 
-def _loss(params, batch, rng, *, module, lambda_ratio):
-  return losses.skill_loss(params, module, batch, rng, lambda_rec=0.0,
-                           lambda_ratio=lambda_ratio)
+def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam):
+  return losses.skill_loss(params, module, batch, rng, frozen_lam=frozen_lam,
+                           lambda_rec=lambda_rec, lambda_ratio=lambda_ratio)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) a skill model in `workdir`; returns the final eval metrics."""
-  if config.lambda_rec:
-    raise NotImplementedError(
-        "lambda_rec > 0: the frozen-FDM reconstruction term needs frames per window position, "
-        "which this trainer does not load yet (losses.skill_loss supports it given frame_t/"
-        "frame_tk); train with lambda_rec=0")
+def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
+  """The frozen LAM for L_rec: `config.lam_workdir`, else the one the label manifest names.
+
+  Its frame gap k and latent size must be those of the labels (else the pairs would not be the
+  ones the latents describe).
+  """
+  with open(os.path.join(config.data.labels_dir, labeling.MANIFEST)) as f:
+    manifest = json.load(f)
+  lam_workdir = config.get("lam_workdir")
+  if not lam_workdir:
+    checkpoint_dir = manifest.get("lam", {}).get("checkpoint_dir")
+    if not checkpoint_dir:
+      raise ValueError(f"lambda_rec > 0: set config.lam_workdir (the label manifest of "
+                       f"{config.data.labels_dir} names no LAM checkpoint)")
+    lam_workdir = os.path.dirname(checkpoint_dir)
+  lam = lam_trainer.load_frozen_lam(lam_workdir)
+  check_lam_matches_labels(lam, manifest)
+  logging.info("L_rec: frozen LAM of %s (k = %d, image size %s)", lam_workdir, lam.frame_gap,
+               lam.image_size)
+  return lam
+
+
+def check_lam_matches_labels(lam: interface.FrozenDynamicsModel, manifest: dict) -> None:
+  if lam.frame_gap != manifest["frame_gap"] or lam.latent_dim != manifest["latent_dim"]:
+    raise ValueError(f"frozen LAM (k={lam.frame_gap}, Dz={lam.latent_dim}) does not match the "
+                     f"labels (k={manifest['frame_gap']}, Dz={manifest['latent_dim']})")
+
+
+def train_and_evaluate(config: Any, workdir: str,
+                       frozen_lam: Optional[interface.FrozenDynamicsModel] = None
+                       ) -> dict[str, float]:
+  """Trains (or resumes) a skill model in `workdir`; returns the final eval metrics.
+
+  Args:
+    config: see experiments/configs/train_skill_model.py.
+    workdir: checkpoints, TensorBoard logs, run_info.json.
+    frozen_lam: the frozen model for L_rec (tests); None loads `resolve_frozen_lam(config)` when
+      `config.lambda_rec > 0`. Unused when lambda_rec == 0.
+  """
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
@@ -131,9 +292,31 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   if dims != {model_config.latent_dim}:
     raise ValueError(f"labels have latent dims {dims}, model.latent_dim is "
                      f"{model_config.latent_dim}")
+  val_latents = load_split_latents(config.data.labels_dir, config.data.val_split)
   train_windows = make_windows(train_latents, window, hop)
-  val_windows = make_windows(load_split_latents(config.data.labels_dir, config.data.val_split),
-                             window, hop)
+  val_windows = make_windows(val_latents, window, hop)
+  train_frames = val_frames = None
+  rec_positions = 0
+  if config.lambda_rec:
+    if frozen_lam is None:
+      frozen_lam = resolve_frozen_lam(config)
+    else:
+      with open(os.path.join(config.data.labels_dir, labeling.MANIFEST)) as f:
+        check_lam_matches_labels(frozen_lam, json.load(f))
+    rec_positions = min(config.data.rec_positions or window, window)
+    train_frames, val_frames = (
+        make_window_frames(
+            latents, load_split_frames(config.data.labels_dir, split, frozen_lam.image_size,
+                                       set(latents)),
+            window, hop, frozen_lam.frame_gap)
+        for latents, split in ((train_latents, config.data.train_split),
+                               (val_latents, config.data.val_split)))
+    logging.info("L_rec: %s frames of %s in memory (%.0f MB), %d positions per window",
+                 f"{len(train_frames.frames) + len(val_frames.frames):,}",
+                 frozen_lam.image_size,
+                 (train_frames.frames.nbytes + val_frames.frames.nbytes) / 2**20, rec_positions)
+  else:
+    frozen_lam = None
   logging.info("skill model data: %d train windows, %d val windows of %d frames",
                len(train_windows[0]), len(val_windows[0]), window)
 
@@ -152,7 +335,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     state = training.create_train_state(init_params, tx, jax.random.key(config.seed), mesh)
   start_step = int(state.step)
 
-  loss_fn = functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio)
+  loss_fn = functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio,
+                              lambda_rec=config.lambda_rec, frozen_lam=frozen_lam)
   train_step = training.make_train_step(loss_fn, tx, mesh)
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh)
 
@@ -162,11 +346,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   per_process = config.batch_size // jax.process_count()
   # Each process draws from its own seed; a resumed run draws under a new one (no replay).
   seed = config.seed + 1000 * jax.process_index() + start_step
-  train_batches = training.shard_batches(random_batches(train_windows, per_process, seed), mesh)
+  train_batches = training.shard_batches(
+      random_batches(train_windows, per_process, seed, train_frames, rec_positions), mesh)
 
   def eval_fn(state):
     val_batches = training.shard_batches(
-        random_batches(val_windows, per_process, config.seed + 7), mesh)
+        random_batches(val_windows, per_process, config.seed + 7, val_frames, rec_positions),
+        mesh)
     return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
@@ -178,5 +364,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       state=state, train_step=train_step, batches=train_batches, num_steps=config.num_steps,
       checkpointer=checkpointer, writer=writer, log_every=config.log_every,
       eval_every=config.eval_every, eval_fn=eval_fn,
-      progress_keys=("loss", "latent_l1", "boundary_rate/s1", "boundary_rate/s2"))
+      progress_keys=("loss", "latent_l1") + (("rec",) if frozen_lam is not None else ())
+      + ("boundary_rate/s1", "boundary_rate/s2"))
   return training.finish_run(state, eval_fn, writer, checkpointer)
