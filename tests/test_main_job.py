@@ -52,7 +52,8 @@ def test_main_job_runs_every_stage_and_writes_the_report(main_job):
   assert videos and all(v.endswith(".gif") for v in videos)
   with open(os.path.join(main_job, "run_info.json")) as f:
     info = json.load(f)
-  assert info["config"]["level"] == "BabyAI-PutNextLocal-v0"
+  from experiments.configs import main as main_config
+  assert info["config"]["level"] == main_config.LEVEL
   assert "tensorflow-datasets" in info["versions"]
 
 
