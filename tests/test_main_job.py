@@ -68,7 +68,8 @@ def test_main_job_resumes_without_redoing_stages(main_job):
 
 @pytest.mark.parametrize("mode", ["plain", "ours", "noaug", "pairs"])
 def test_benchmark_script_runs(main_job, mode):
-  dataset_dir = os.path.join(main_job, "data", "babyai_putnextlocal", "1.0.0")
+  with open(os.path.join(main_job, "stages", "1_data.json")) as f:
+    dataset_dir = json.load(f)["result"]["demos"]  # the action-labelled demos
   out = _run(["experiments.benchmark_pipeline", f"--mode={mode}", f"--dataset_dir={dataset_dir}",
               "--batch_size=8", "--num_batches=3", "--shuffle_buffer=32"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
