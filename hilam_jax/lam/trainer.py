@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from absl import logging
 
 from data_pipeline import dataset as dp
@@ -53,23 +52,6 @@ def to_model_batch(batch: dict) -> dict:
           "frame_tk": batch["next_observation"]["image_primary"]}
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
-      end_value=config.learning_rate * 0.1)
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
-                                           weight_decay=config.weight_decay))
-
-
-def _per_process_batch(global_batch: int) -> int:
-  if global_batch % jax.process_count():
-    raise ValueError(f"batch_size {global_batch} is not divisible by the "
-                     f"{jax.process_count()} processes")
-  return global_batch // jax.process_count()
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains (or resumes) a LAM in `workdir`; returns the final eval metrics."""
   os.makedirs(workdir, exist_ok=True)
@@ -81,7 +63,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                      f"{lam_config.total_stride}")
   module = lam_model.LatentActionModel(lam_config)
   mesh = training.make_mesh()
-  tx = make_optimizer(config)
+  tx = training.make_optimizer(config)
 
   def init_params(rng):
     frames = jnp.zeros((1, *image_size, 3), jnp.uint8)
@@ -103,7 +85,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   train_step = training.make_train_step(loss_fn, tx, mesh)
   eval_step = training.make_eval_step(lambda p, b, r: _loss(p, b, r, module=module)[1], mesh)
 
-  per_process = _per_process_batch(config.batch_size)
+  per_process = training.per_process_batch(config.batch_size)
   # A resumed run reads the data under a new seed: no batch of the first run is replayed first.
   train_pipe = pair_pipeline(config, "train", seed=config.seed + start_step, repeat=True,
                              batch_size=per_process)

@@ -41,7 +41,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from data_pipeline import dataset as dp
 from data_pipeline import frame_transforms
@@ -235,16 +234,6 @@ def _loss(params, batch, rng, *, module, head_cfgs, high=None, train=True):
   return heads_lib.heads_loss(head_cfgs, out.predictions, batch["targets"], batch["masks"])
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps,
-      max(config.num_steps, config.warmup_steps + 1), end_value=config.learning_rate * 0.1)
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
-                                           weight_decay=config.weight_decay))
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -258,7 +247,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   head_cfgs = cfg.heads
   image_size = tuple(config.data.image_size)
   mesh = training.make_mesh()
-  tx = make_optimizer(config)
+  tx = training.make_optimizer(config)
   encoder = CachedEncoder(make_encoder(config.lang_encoder))
   if encoder.dim != cfg.lang_dim:
     raise ValueError(f"language encoder {config.lang_encoder!r} gives {encoder.dim}-d "
@@ -309,7 +298,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       lambda p, b, r: _loss(p, b, r, module=module, head_cfgs=head_cfgs, high=high,
                             train=False)[1], mesh)
   convert = BatchConverter(config, encoder)
-  per_process = config.batch_size // jax.process_count()
+  per_process = training.per_process_batch(config.batch_size)
   train_pipe = make_pipeline(config, config.data.train_split, tables, batch_size=per_process,
                              seed=config.seed + start_step, episode_ids=episode_ids)
   train_batches = training.shard_batches(

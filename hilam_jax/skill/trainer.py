@@ -31,7 +31,6 @@ from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
-import optax
 from absl import logging
 
 from hilam_jax import run_info
@@ -224,17 +223,6 @@ def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed
     yield batch
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay and global-norm clipping (optimiser is OPEN in the paper)."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
-      end_value=config.learning_rate * 0.1)
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
-                                           weight_decay=config.weight_decay))
-
-
 def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam):
   return losses.skill_loss(params, module, batch, rng, frozen_lam=frozen_lam,
                            lambda_rec=lambda_rec, lambda_ratio=lambda_ratio)
@@ -285,7 +273,7 @@ def train_and_evaluate(config: Any, workdir: str,
   module = skill_model.SkillModel(model_config)
   window, hop = config.data.window, config.data.window_hop
   mesh = training.make_mesh()
-  tx = make_optimizer(config)
+  tx = training.make_optimizer(config)
 
   train_latents = load_split_latents(config.data.labels_dir, config.data.train_split)
   dims = {z.shape[-1] for z in train_latents.values()}
@@ -340,10 +328,7 @@ def train_and_evaluate(config: Any, workdir: str,
   train_step = training.make_train_step(loss_fn, tx, mesh)
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh)
 
-  if config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size {config.batch_size} not divisible by {jax.process_count()} "
-                     "processes")
-  per_process = config.batch_size // jax.process_count()
+  per_process = training.per_process_batch(config.batch_size)
   # Each process draws from its own seed; a resumed run draws under a new one (no replay).
   seed = config.seed + 1000 * jax.process_index() + start_step
   train_batches = training.shard_batches(

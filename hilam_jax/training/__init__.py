@@ -11,16 +11,17 @@ from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer
                                            params_sha256, restore_params)
 from hilam_jax.training.loop import (NonFiniteError, check_finite, finish_run, run_eval,
                                      train_loop)
-from hilam_jax.training.mesh import (data_sharding, make_mesh, replicated_sharding, shard_batch,
-                                     shard_batches)
+from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch,
+                                     replicated_sharding, shard_batch, shard_batches)
 from hilam_jax.training.metrics import MetricWriter, Progress
 from hilam_jax.training.train_state import (TrainState, abstract_train_state, create_train_state,
-                                            make_eval_step, make_train_step)
+                                            make_eval_step, make_optimizer, make_train_step)
 
 __all__ = [
     "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
     "create_train_state", "data_sharding", "finish_run", "load_checkpoint_config",
-    "make_eval_step", "make_mesh", "make_train_step", "params_sha256", "replicated_sharding",
+    "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
+    "per_process_batch", "replicated_sharding",
     "restore_params", "run_eval", "shard_batch", "shard_batches", "train_loop",
 ]

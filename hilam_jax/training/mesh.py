@@ -17,6 +17,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def per_process_batch(global_batch: int) -> int:
+  """This process's share of a global batch size (which must split evenly over processes)."""
+  if global_batch % jax.process_count():
+    raise ValueError(f"batch_size {global_batch} is not divisible by the "
+                     f"{jax.process_count()} processes")
+  return global_batch // jax.process_count()
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh with axis "data" over `devices` (default: all devices of all processes)."""
   devices = jax.devices() if devices is None else list(devices)

@@ -112,6 +112,21 @@ def learning_rate_from_opt_state(opt_state: optax.OptState) -> jax.Array | None:
   return None
 
 
+def make_optimizer(config: Any) -> optax.GradientTransformation:
+  """AdamW with linear warmup + cosine decay to 10% and global-norm clipping (every trainer).
+
+  Reads config.learning_rate, warmup_steps, num_steps, weight_decay and grad_clip. The rate is
+  injected as a hyperparameter so that `make_train_step` can report it.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
+      end_value=config.learning_rate * 0.1)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
+                                           weight_decay=config.weight_decay))
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
                     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
