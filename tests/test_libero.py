@@ -62,21 +62,30 @@ def test_schema_matches_release(tiny_dir):
     assert "Robot EEF state (6D pose, 2D gripper)." in json.dumps(json.load(f))
 
 
-def test_episodes_are_plausible(tiny_dir):
+def test_standardized_values_are_the_raw_steps(tiny_dir):
+  """Every standardized field carries the raw step values of its episode, in order (a wrong key,
+  a dropped/reordered step or a rotated image fails), and the metadata names the source file."""
   builder = tfds.builder_from_directory(tiny_dir)
-  for episode in tfds.as_numpy(builder.as_dataset(split="train")):
-    steps = list(episode["steps"])
-    num_steps = len(steps)
-    assert 6 <= num_steps <= 10
-    assert [s["is_first"] for s in steps] == [True] + [False] * (num_steps - 1)
-    assert [s["is_terminal"] for s in steps] == [s["is_last"] for s in steps]
-    assert [s["reward"] for s in steps] == [0.0] * (num_steps - 1) + [1.0]
-    actions = np.stack([s["action"] for s in steps])
-    assert np.all(np.abs(actions) <= 1.0) and set(actions[:, -1]) <= {-1.0, 1.0}
-    assert steps[0]["observation"]["image"].shape == (256, 256, 3)
-    assert np.allclose(steps[0]["observation"]["state"][6:], [0.0388, -0.0388])
-    assert len({s["language_instruction"] for s in steps}) == 1
-    assert episode["episode_metadata"]["file_path"].endswith(b"_demo.hdf5")
+  raw_episodes = list(tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False)))
+  trajs = list(reader.read_trajectories(tiny_dir).as_numpy_iterator())
+  assert len(trajs) == len(raw_episodes) == 3
+  # The reader's episode order is its own: pair episodes by their (unique) first action.
+  by_first_action = {np.asarray(list(r["steps"])[0]["action"]).tobytes(): r for r in raw_episodes}
+  assert len(by_first_action) == 3
+  for traj in trajs:
+    raw = by_first_action[traj["action"][0].tobytes()]
+    steps = list(raw["steps"])
+    np.testing.assert_array_equal(traj["observation"]["proprio"],
+                                  np.stack([s["observation"]["state"] for s in steps]))
+    np.testing.assert_array_equal(traj["action"], np.stack([s["action"] for s in steps]))
+    np.testing.assert_array_equal(traj["reward"], [s["reward"] for s in steps])
+    np.testing.assert_array_equal(traj["is_first"], [s["is_first"] for s in steps])
+    np.testing.assert_array_equal(traj["is_last"], [s["is_last"] for s in steps])
+    assert set(traj["language_instruction"]) == {steps[0]["language_instruction"]}
+    decoded = tf.io.decode_jpeg(traj["observation"]["image_primary"][-1]).numpy()
+    np.testing.assert_array_equal(decoded, steps[-1]["observation"]["image"])
+    source = traj["episode_id"][0].decode().split("|")[1]
+    assert source == raw["episode_metadata"]["file_path"].decode()
 
 
 def test_registered_for_all_suites():

@@ -259,8 +259,13 @@ def test_extraction_round_trips_and_joins(extracted, trained, tiny_data):
   episode_id = sorted(raw)[0]
   head = raw[episode_id][:window]
   out = module.apply({"params": params}, head[None], np.ones((1, len(head)), bool))
-  np.testing.assert_array_equal(np.asarray(out.stages[0].frame_boundary[0]),
-                                b1[episode_id][:window])
+  # Boundaries are p_t > 0.5 on floats computed at another batch shape (last bits may differ):
+  # equal wherever p_t is not within float noise of the threshold.
+  p = np.asarray(out.stages[0].routing.boundary_prob[0])
+  decided = np.abs(p - 0.5) > 1e-4
+  np.testing.assert_array_equal(np.asarray(out.stages[0].frame_boundary[0])[decided],
+                                b1[episode_id][:window][decided])
+  assert decided.mean() > 0.9
   np.testing.assert_allclose(np.asarray(out.stages[1].skill[0]), s2[episode_id][:window],
                              atol=1e-5)
   # Joinable onto trajectories by episode id, like the latent actions.
@@ -300,7 +305,18 @@ def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "latent_delta" in result.stdout
   report = json.load(open(os.path.join(report_dir, "skill_discovery.json")))
-  for stage in ("stage1", "stage2"):
-    for method in ("model", "fixed_length", "latent_delta"):
-      assert 0.0 <= report["results"][stage][method]["f1"] <= 1.0
+  # The script reports what the metric computes on the extracted boundaries and the ground truth
+  # it read (recomputed here independently of run_evaluation's plumbing).
+  truth, _, _ = discovery.read_ground_truth(dataset_dir, "val")
+  for stage in ("s1", "s2"):
+    predicted = extract.load_skills_dict(out_dir, f"boundary/{stage}")
+    ids = sorted(set(predicted) & set(truth))
+    assert ids and report["results"][f"stage{stage[1]}"]["episodes"] == len(ids)
+    want = discovery.precision_recall_f1(
+        {e: predicted[e] for e in ids}, {e: truth[e][:len(predicted[e])] for e in ids}, 2)
+    got = report["results"][f"stage{stage[1]}"]["model"]
+    for key in ("precision", "recall", "f1"):
+      assert abs(got[key] - want[key]) < 1e-9, (stage, key, got, want)
+    assert report["results"][f"stage{stage[1]}"]["boundary_rate"] == pytest.approx(
+        discovery.boundary_rate({e: predicted[e] for e in ids}))
   assert os.path.getsize(report["filmstrips"][0]) > 1000
