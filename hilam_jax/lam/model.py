@@ -23,12 +23,14 @@ pixels); `to_uint8` converts it for display.
 """
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from hilam_jax import config_io
 
 BOTTLENECKS = ("none", "fsq")
 POOLINGS = ("mean", "max", "mean_max", "flatten")
@@ -37,7 +39,7 @@ ACTIVATIONS = ("silu", "gelu")
 
 
 @dataclasses.dataclass(frozen=True)
-class LAMConfig:
+class LAMConfig(config_io.DictConfig):
   """Hyper-parameters of the latent action model (stored as a plain dict in checkpoints).
 
   The defaults are the "default" size (stride-1 stem, widths 32-256, about 8.3M parameters);
@@ -145,19 +147,6 @@ class LAMConfig:
   def total_stride(self) -> int:
     """S: frames must have H and W divisible by this (the larger of the two encoders)."""
     return self.stem_stride * 2 ** (max(len(self.idm_widths), len(self.fdm_widths)) - 1)
-
-  def to_dict(self) -> dict[str, Any]:
-    """Plain-JSON dict (lists for tuples); `LAMConfig.from_dict` inverts it."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, config: dict[str, Any]) -> "LAMConfig":
-    """Builds a config from a plain dict; unknown keys are an error (no silent drift)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-      raise ValueError(f"LAMConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**config)
 
   @classmethod
   def tiny(cls, **overrides) -> "LAMConfig":

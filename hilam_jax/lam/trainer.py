@@ -100,16 +100,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
-  writer = training.MetricWriter(os.path.join(workdir, "tensorboard"))
-  logging.info("training LAM (%s params) for %d steps, batch %d on %d devices",
-               f"{sum(x.size for x in jax.tree.leaves(state.params)):,}", config.num_steps,
-               config.batch_size, jax.device_count())
-  state = training.train_loop(
-      state=state, train_step=train_step, batches=train_batches, num_steps=config.num_steps,
-      checkpointer=checkpointer, writer=writer, log_every=config.log_every,
-      eval_every=config.eval_every, eval_fn=eval_fn,
+  return training.run_training(
+      what="LAM", state=state, train_step=train_step, batches=train_batches, config=config,
+      workdir=workdir, checkpointer=checkpointer, eval_fn=eval_fn,
       progress_keys=("loss", "z_gain", "z_var/mean"))
-  return training.finish_run(state, eval_fn, writer, checkpointer)
 
 
 def _loss(params, batch, rng, *, module):

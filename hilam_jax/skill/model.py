@@ -40,11 +40,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hilam_jax import config_io
 from hilam_jax.skill import chunking
 
 
 @dataclasses.dataclass(frozen=True)
-class SkillModelConfig:
+class SkillModelConfig(config_io.DictConfig):
   """Hyper-parameters of the skill model (stored as a plain dict in checkpoints).
 
   The paper (HiLAM, arXiv 2603.05815) fixes only the architecture family: a causal H-Net with two
@@ -127,19 +128,6 @@ class SkillModelConfig:
       current = _capacity(self, stage_index, current)
       capacities.append(current)
     return tuple(capacities)
-
-  def to_dict(self) -> dict[str, Any]:
-    """Plain-JSON dict (lists for tuples); `SkillModelConfig.from_dict` inverts it."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, config: dict[str, Any]) -> "SkillModelConfig":
-    """Builds a config from a plain dict; unknown keys are an error (no silent drift)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-      raise ValueError(f"SkillModelConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**config)
 
   @classmethod
   def tiny(cls, **overrides) -> "SkillModelConfig":

@@ -6,6 +6,7 @@ steps, which wait for their own step so that a checkpoint never holds an uncheck
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -214,3 +215,24 @@ def finish_run(state: Any, eval_fn: Callable[[Any], Mapping[str, Any]],
   checkpointer.close()
   logging.info("final eval: %s", {k: round(v, 5) for k, v in final.items()})
   return final
+
+
+def run_training(*, what: str, state: Any, train_step: Callable[[Any, Any], tuple[Any, Any]],
+                 batches: Iterator[Any], config: Any, workdir: str, checkpointer: Checkpointer,
+                 eval_fn: Callable[[Any], Mapping[str, Any]],
+                 progress_keys: tuple[str, ...] = ("loss",),
+                 checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None
+                 ) -> dict[str, float]:
+  """Every trainer's tail: TensorBoard writer, a log line with the model size, `train_loop` for
+  `config.num_steps` (eval every `config.eval_every`, log every `config.log_every`), then
+  `finish_run`. `what` names the model in the log line. Returns the final eval metrics."""
+  writer = MetricWriter(os.path.join(workdir, "tensorboard"))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("training %s (%s params) for %d steps, batch %d on %d devices", what,
+               f"{num_params:,}", config.num_steps, config.batch_size, jax.device_count())
+  state = train_loop(
+      state=state, train_step=train_step, batches=batches, num_steps=config.num_steps,
+      checkpointer=checkpointer, writer=writer, log_every=config.log_every,
+      eval_every=config.eval_every, eval_fn=eval_fn, checkpoint_extra=checkpoint_extra,
+      progress_keys=progress_keys)
+  return finish_run(state, eval_fn, writer, checkpointer)
