@@ -2,7 +2,8 @@
 
 The expensive reference (eager Python loops) runs once per dtype in module fixtures; one batch holds
 every case: a full-length sequence, padded ones, a one-chunk sequence (only t = 0 is a boundary),
-an all-boundary sequence (which overflows the capacity) and an all-padding sequence.
+an all-boundary sequence (which overflows the capacity) and an all-padding sequence. Routing through
+the real RoutingModule is also checked at the tiny lengths L = 1 and L = 2 (capacity 1 and 2).
 """
 import numpy as np
 import pytest
@@ -142,30 +143,88 @@ def test_matches_reference_bfloat16(impl, reference_f32):
     _assert_close(g, ref_g, 1e-1)
 
 
-def test_router_parameter_gradients():
-  """d loss / d (router params, x) through the real RoutingModule, all impls agree."""
+def _router_inputs(length, lengths, capacity):
+  """x [B, length, D], chunk_out [B, capacity, D], mask; for length 2, rows 0/1 are steered so that
+  row 0 has a boundary at t = 1 and row 1 has none (row 2 is padded after t = 0)."""
   rng = np.random.default_rng(3)
-  length, lengths = 7, [7, 4]
-  x = jnp.asarray(rng.normal(size=(2, length, D)), jnp.float32)
-  chunk_out = jnp.asarray(rng.normal(size=(2, C, D)), jnp.float32)
-  mask = _mask(lengths, length)
+  x = rng.normal(size=(len(lengths), length, D))
+  if length == 2:
+    x[0, 1] = -x[0, 0] + 0.1 * rng.normal(size=D)       # q_0 vs k_1 nearly opposite: p_1 ~ 1
+    x[1, 1] = x[1, 0] + 0.1 * rng.normal(size=D)        # nearly parallel: p_1 ~ 0
+  chunk_out = rng.normal(size=(len(lengths), capacity, D))
+  return (jnp.asarray(x, jnp.float32), jnp.asarray(chunk_out, jnp.float32),
+          _mask(lengths, length))
+
+
+@pytest.mark.parametrize("length, lengths, capacity", [
+    (7, [7, 4], C),
+    (1, [1, 1, 0], 1),          # one frame: p_0 = 1 is the whole routing
+    (2, [2, 2, 1, 0], 1),       # capacity 1: row 0's boundary at t = 1 overflows
+    (2, [2, 2, 1, 0], 2),       # row 2: only t = 0 valid (padded)
+])
+def test_router_parameter_gradients(length, lengths, capacity):
+  """Routing -> chunk -> dechunk through the real RoutingModule: the fused and Pallas paths equal
+  the reference in value and in d loss / d (router params, x, chunk_out)."""
+  x, chunk_out, mask = _router_inputs(length, lengths, capacity)
   module = ck.RoutingModule(D)
   params = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(4), w.shape),
                         module.init(jax.random.key(0), x, mask))
 
   def loss(params, x, chunk_out, impl):
     routing = module.apply(params, x, mask)
-    chunks = ck.chunk(x, routing, C, impl=impl)
+    chunks = ck.chunk(x, routing, capacity, impl=impl)
     out = ck.dechunk(chunk_out + chunks.chunks, routing, chunks, mask, impl=impl)
-    return jnp.sum(jnp.sin(out)) + ck.ratio_loss(routing, mask, 3.0)
+    return jnp.sum(jnp.sin(out)) + ck.ratio_loss(routing, mask, 3.0), (routing, chunks, out)
 
-  grad_fn = jax.grad(loss, argnums=(0, 1, 2))
-  grads = {"reference": grad_fn(params, x, chunk_out, "reference")}
+  grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+  results = {"reference": grad_fn(params, x, chunk_out, "reference")}
   for impl in IMPLS:
-    grads[impl] = jax.jit(grad_fn, static_argnums=3)(params, x, chunk_out, impl)
-  assert float(jnp.abs(grads["reference"][0]["params"]["k"]["kernel"]).sum()) > 0
+    results[impl] = jax.jit(grad_fn, static_argnums=3)(params, x, chunk_out, impl)
+  (ref_value, (routing, ref_chunks, ref_out)), ref_grads = results["reference"]
+  b = np.asarray(routing.boundary_mask)
+  np.testing.assert_array_equal(b[:, 0], np.asarray(lengths) > 0)
+  if length == 2:
+    np.testing.assert_array_equal(b, [[True, True], [True, False], [True, False], [False, False]])
+    np.testing.assert_array_equal(ref_chunks.overflow, [1, 0, 0, 0] if capacity == 1 else 0)
+  assert float(jnp.abs(ref_grads[1]).sum()) > 0 and float(jnp.abs(ref_grads[2]).sum()) > 0
+  router_grad = float(jnp.abs(ref_grads[0]["params"]["k"]["kernel"]).sum())
+  # With one frame p = (1) is a constant: nothing reaches the router.
+  assert router_grad > 0 if length > 1 else router_grad == 0
   for impl in IMPLS:
-    jax.tree.map(lambda a, b: _assert_close(a, b, 1e-5), grads[impl], grads["reference"])
+    (value, (_, chunks, out)), grads = results[impl]
+    _assert_close(value, ref_value, 1e-5)
+    for field in ("chunks", "chunk_mask", "num_chunks", "overflow", "boundary_index"):
+      _assert_close(getattr(chunks, field), getattr(ref_chunks, field), 1e-6)
+    _assert_close(out, ref_out, 1e-5)
+    jax.tree.map(lambda a, b: _assert_close(a, b, 1e-5), grads, ref_grads)
+
+
+def test_routing_module_length_one():
+  """L = 1: p_0 = 1 and a boundary at t = 0 on valid rows (0 / none on a padded row), as in the
+  streaming step; every chunk implementation keeps that one position."""
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.normal(size=(3, 1, D)), jnp.float32)
+  mask = jnp.array([[True], [True], [False]])
+  module = ck.RoutingModule(D)
+  params = module.init(jax.random.key(0), x, mask)
+  for r in (module.apply(params, x, mask), jax.jit(module.apply)(params, x, mask)):
+    assert r.boundary_prob.shape == (3, 1) and r.boundary_prob.dtype == jnp.float32
+    np.testing.assert_array_equal(r.boundary_prob, [[1.0], [1.0], [0.0]])
+    np.testing.assert_array_equal(r.boundary_mask, [[True], [True], [False]])
+    np.testing.assert_array_equal(r.confidence, [[1.0], [1.0], [1.0]])
+  chunker = ck.StreamingChunker(D, capacity=1)
+  _, step = chunker.step(params, chunker.init_state(3, D), x[:, 0], mask[:, 0])
+  np.testing.assert_array_equal(step.boundary_prob, r.boundary_prob[:, 0])
+  np.testing.assert_array_equal(step.new_chunk, [True, True, False])
+  for impl in ("reference",) + IMPLS:
+    chunks = ck.chunk(x, r, 1, impl=impl)
+    np.testing.assert_array_equal(chunks.num_chunks, [1, 1, 0])
+    np.testing.assert_array_equal(chunks.boundary_index, [[0], [0], [1]])
+    _assert_close(chunks.chunks[:2], x[:2], 0)
+    with pytest.raises(ValueError, match="capacity must be >= 1"):
+      ck.chunk(x, r, 0, impl=impl)
+  with pytest.raises(ValueError, match="capacity must be >= 1"):
+    ck.StreamingChunker(D, capacity=0)
 
 
 def test_jitted_fused_does_not_recompile():
@@ -216,13 +275,17 @@ def test_ratio_loss_minimum():
   _assert_close(np.asarray(dp)[m], 4.0 / 3.0 * (3 * f - (1 - f)) / m.sum(), 1e-6)
 
 
-@pytest.mark.parametrize("capacity", [None, 3])
-def test_streaming_matches_full_pass(capacity):
+@pytest.mark.parametrize("capacity, length, lengths", [
+    (None, 12, [12, 8, 1]), (3, 12, [12, 8, 1]), (None, 1, [1, 1, 0]), (1, 2, [2, 2, 1])])
+def test_streaming_matches_full_pass(capacity, length, lengths):
   rng = np.random.default_rng(6)
-  bsz, length = 3, 12
+  bsz = len(lengths)
   cap = capacity or length
-  x = jnp.asarray(rng.normal(size=(bsz, length, D)), jnp.float32)
-  mask = _mask([12, 8, 1], length)
+  x = rng.normal(size=(bsz, length, D))
+  if length == 2:
+    x[0, 1] = -x[0, 0]          # identity router: p_1 = 1, a second boundary (overflows C = 1)
+  x = jnp.asarray(x, jnp.float32)
+  mask = _mask(lengths, length)
   w = jnp.asarray(rng.normal(size=(D, D)), jnp.float32)
   main = lambda z: jnp.tanh(z @ w)      # position-wise stand-in for the main network
   chunker = ck.StreamingChunker(D, capacity=capacity)

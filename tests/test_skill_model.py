@@ -3,8 +3,9 @@
 Sizes are tiny (widths 16-32, one block per network) so the file runs in well under a minute on a
 CPU. Checks: shapes and config round trip, causality through routing/chunking/dechunking, padding
 invariance, the boundary hierarchy (stage 2 => stage 1) and skill read-off, no recompiles across
-boundary patterns, learning on a synthetic piecewise-constant dataset, and the reconstruction
-term's gradient reaching the skill model but not the frozen LAM.
+boundary patterns, learning on a synthetic piecewise-constant dataset, the reconstruction
+term's gradient reaching the skill model but not the frozen LAM, and windows of 1 and 2 frames
+(default config: stage 2 then routes over a single chunk).
 """
 import functools
 
@@ -325,3 +326,98 @@ def test_pallas_chunking_end_to_end_matches_fused():
   g_pallas = jax.grad(functools.partial(loss, pallas_config))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                g_pallas, g_fused)
+
+
+@pytest.mark.parametrize("length", [1, 2])
+def test_default_config_tiny_lengths(length):
+  """Windows of 1 and 2 frames with the default config: stage 2 then routes over one chunk.
+
+  init, forward, loss and gradient work with finite values and the right shapes, and the fused
+  and Pallas chunking agree. Rows: all frames valid, only frame 0 valid, no frame valid.
+  """
+  import dataclasses
+  config = skill_model.SkillModelConfig()
+  assert config.capacities(length) == (1, 1)
+  params = skill_model.init_params(config, jax.random.key(0), length)
+  rng = np.random.RandomState(7)
+  latents = jnp.asarray(rng.randn(3, length, config.latent_dim), jnp.float32)
+  mask = jnp.asarray(np.arange(length)[None] < np.array([length, 1, 0])[:, None])
+  batch = {"latents": latents, "mask": mask}
+
+  def loss(impl, p):
+    module = skill_model.SkillModel(dataclasses.replace(config, chunk_impl=impl))
+    return skill_losses.skill_loss(p, module, batch, jax.random.key(0), lambda_rec=0.0,
+                                   lambda_ratio=0.03, return_output=True)
+
+  results = {impl: jax.jit(jax.value_and_grad(functools.partial(loss, impl), has_aux=True),
+                           compiler_options=FAST_COMPILE)(params)
+             for impl in ("fused", "pallas")}
+  (value, (metrics, out)), grads = results["fused"]
+  assert out.prediction.shape == (3, length, config.latent_dim)
+  assert np.all(np.isfinite(out.prediction)) and np.isfinite(value)
+  np.testing.assert_array_equal(np.asarray(out.prediction)[~np.asarray(mask)], 0.0)
+  for stage, seq_len, width in zip(out.stages, (length, 1), config.widths):
+    assert stage.routing.boundary_prob.shape == (3, seq_len)
+    assert stage.chunks.chunks.shape == (3, 1, width)
+    assert stage.skill.shape == (3, length, width) and np.all(np.isfinite(stage.skill))
+    # One chunk, starting at frame 0, on every row with a valid frame; later frames join it.
+    np.testing.assert_array_equal(stage.chunks.num_chunks, [1, 1, 0])
+    np.testing.assert_array_equal(stage.frame_boundary[:, 0], [True, True, False])
+    assert not np.any(np.asarray(stage.frame_boundary)[:, 1:])
+    np.testing.assert_array_equal(stage.segment_id, np.asarray(mask, np.int32))
+  assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(g)) for g in leaves)
+  if length == 1:
+    # No (t, t+1) pair to predict and p = (1) at both stages: ratio loss N^1 + N^2, no gradient.
+    assert float(metrics["latent_l1"]) == 0.0
+    np.testing.assert_allclose(value, 0.03 * sum(config.target_ratios), rtol=1e-6)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in leaves)
+  else:
+    assert float(metrics["latent_l1"]) > 0
+    assert float(jnp.sum(jnp.abs(grads["head"]["kernel"]))) > 0
+  (p_value, (_, p_out)), p_grads = results["pallas"]
+  np.testing.assert_allclose(p_value, value, rtol=1e-5)
+  np.testing.assert_allclose(p_out.prediction, out.prediction, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               p_grads, grads)
+  with pytest.raises(ValueError, match="L >= 1"):
+    skill_model.SkillModel(config).apply({"params": params}, latents[:, :0], mask[:, :0])
+
+
+def test_extractor_one_frame_windows():
+  """A 1-frame window (default hop then 1, not 0): every frame is its own window, so it starts a
+  chunk at both stages and its skill is read off that window."""
+  from hilam_jax.skill import extract  # pylint: disable=g-import-not-at-top
+  extractor = extract.SkillExtractor(skill_model.SkillModel(CONFIG), tiny_params(), window=1,
+                                     batch_size=4)
+  assert extractor.hop == 1
+  latents = np.random.RandomState(8).randn(3, CONFIG.latent_dim).astype(np.float32)
+  result = extractor.extract({"episode": latents})["episode"]
+  for stage in (1, 2):
+    np.testing.assert_array_equal(result[f"boundary/s{stage}"], [True, True, True])
+  single = run(latents[:, None], np.ones((3, 1), bool))
+  for stage in (1, 2):
+    np.testing.assert_allclose(result[f"skill/s{stage}"], single.stages[stage - 1].skill[:, 0],
+                               atol=1e-6)
+
+
+def test_reconstruction_term_one_frame_window():
+  """L = 1 has no (t - 1, t) pair: L_rec is 0 (not a reshape error) and the gradient is finite."""
+  lam_config = lam.LAMConfig.tiny(**MICRO_LAM)
+  frozen = lam.FrozenLAM(lam.LatentActionModel(lam_config),
+                         lam.init_params(lam_config, jax.random.key(3), (16, 16)), frame_gap=1,
+                         image_size=(16, 16))
+  module = skill_model.SkillModel(CONFIG)
+  rng = np.random.RandomState(9)
+  frames = rng.randint(0, 256, (2, 1, 16, 16, 3)).astype(np.uint8)
+  batch = {"latents": rng.randn(2, 1, CONFIG.latent_dim).astype(np.float32),
+           "mask": np.ones((2, 1), bool), "frame_t": frames, "frame_tk": frames}
+
+  def loss(p):
+    return skill_losses.skill_loss(p, module, batch, jax.random.key(0), frozen_lam=frozen,
+                                   lambda_rec=1.0, lambda_ratio=0.0)
+
+  (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(tiny_params())
+  assert float(metrics["rec"]) == 0.0 and float(value) == 0.0
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))

@@ -122,7 +122,9 @@ class RoutingModule(nn.Module):
   def __call__(self, x, mask) -> RoutingOutput:
     q, k = self.project(x)                                      # [B, L, D] each
     p_rest = boundary_prob_from_qk(q[:, :-1], k[:, 1:])         # [B, L - 1]
-    p = jnp.concatenate([jnp.ones_like(p_rest[:, :1]), p_rest], axis=1)
+    # p_0 from the shape of x, not of p_rest: p_rest is empty when L = 1.
+    p_first = jnp.ones((p_rest.shape[0], 1), p_rest.dtype)      # [B, 1]
+    p = jnp.concatenate([p_first, p_rest], axis=1)              # [B, L]
     return routing_from_prob(p, mask)
 
 
@@ -349,9 +351,17 @@ def _check_impl(impl):
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
+def _check_capacity(capacity):
+  # C = 0 would clip chunk indices to -1 and silently gather garbage: a valid sequence always has
+  # its boundary at t = 0, so it needs at least one chunk.
+  if int(capacity) < 1:
+    raise ValueError(f"chunk capacity must be >= 1, got {capacity}")
+
+
 def chunk(x, routing: RoutingOutput, capacity: int, *, impl="fused") -> ChunkOutput:
   """Downsample x [B, L, D] to the encoder outputs at the first C boundaries, [B, C, D]."""
   _check_impl(impl)
+  _check_capacity(capacity)
   if impl == "reference":
     return _chunk_reference(x, routing, capacity)
   boundary_index, chunk_index, num, over = chunk_indices(routing.boundary_mask, capacity)
@@ -437,6 +447,8 @@ class StreamingChunker:
   """
 
   def __init__(self, dim: int, capacity: Optional[int] = None):
+    if capacity is not None:
+      _check_capacity(capacity)
     self.module = RoutingModule(dim)
     self.capacity = capacity
 

@@ -64,7 +64,9 @@ class SkillExtractor:
   def __init__(self, module: skill_model.SkillModel, params: Any, window: int,
                hop: int | None = None, batch_size: int = 64):
     self.module, self.params = module, params
-    self.window, self.hop = int(window), int(hop or window // 2)
+    self.window = int(window)
+    # Default hop L / 2, at least 1 (a one-frame window would otherwise get hop 0).
+    self.hop = int(hop or max(1, self.window // 2))
     if not 0 < self.hop <= self.window:
       raise ValueError(f"hop {self.hop} must be in (0, window={self.window}]")
     self.batch_size = batch_size

@@ -75,7 +75,8 @@ def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
   if positions is not None:
     batch, num = positions.shape
     previous = jnp.maximum(positions - 1, 0)[..., None]  # [B, K, 1]
-    z = jnp.take_along_axis(prediction, previous, axis=1).reshape(batch * num, -1)  # [N, Dz]
+    z = jnp.take_along_axis(prediction, previous, axis=1)  # [B, K, Dz]
+    z = z.reshape(batch * num, prediction.shape[-1])  # [N, Dz]; explicit Dz: N may be 0
     per_pair = frozen_lam.reconstruction_loss(
         frame_t.reshape(batch * num, *frame_t.shape[2:]), z,
         frame_tk.reshape(batch * num, *frame_tk.shape[2:]), rng=rng, per_sample=True)  # [N]
@@ -83,7 +84,8 @@ def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
   batch, length = valid.shape
   pair_valid = valid[:, 1:] & valid[:, :-1]  # [B, L-1]: ẑ_t exists and the pair is real
   n = batch * (length - 1)
-  z = prediction[:, :-1].reshape(n, -1)  # [N, Dz]
+  # Explicit Dz: reshape(0, -1) is ambiguous (L = 1 has no pair).
+  z = prediction[:, :-1].reshape(n, prediction.shape[-1])  # [N, Dz]
   images_t = frame_t[:, 1:].reshape(n, *frame_t.shape[2:])  # [N, H, W, 3]
   images_tk = frame_tk[:, 1:].reshape(n, *frame_tk.shape[2:])
   per_pair = frozen_lam.reconstruction_loss(images_t, z, images_tk, rng=rng,

@@ -364,8 +364,8 @@ class SkillModel(nn.Module):
   @nn.compact
   def __call__(self, latents: jax.Array, mask: Optional[jax.Array] = None) -> SkillModelOutput:
     cfg = self.config
-    if latents.ndim != 3 or latents.shape[-1] != cfg.latent_dim:
-      raise ValueError(f"latents: expected [B, L, {cfg.latent_dim}], got {latents.shape}")
+    if latents.ndim != 3 or latents.shape[-1] != cfg.latent_dim or latents.shape[1] < 1:
+      raise ValueError(f"latents: expected [B, L >= 1, {cfg.latent_dim}], got {latents.shape}")
     mask = (jnp.ones(latents.shape[:2], bool) if mask is None else mask.astype(bool))
     x = nn.Dense(cfg.widths[0], name="input_proj")(latents.astype(jnp.float32))  # [B, L, D_0]
     y, records = HNetStage(cfg, 0, name="stage")(x, mask)
