@@ -72,6 +72,31 @@ def _config(dataset_dir, variant="tiny", **overrides):
   return config
 
 
+def _imported_modules(module) -> set[str]:
+  """Every module a source file imports, at any depth (function-level imports included)."""
+  import ast
+  import importlib
+  path = importlib.import_module(module).__file__
+  names = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names.update(f"{node.module}.{alias.name}" for alias in node.names)
+  return names
+
+
+def test_layering_test_time_code_and_library_do_not_import_upwards():
+  """Item 6: policies.py (test time) does not import the trainer; the library's experiment does
+  not import the launch layer (experiments/)."""
+  assert "hilam_jax.policy.trainer" not in _imported_modules("hilam_jax.policy.policies")
+  assert "hilam_jax.policy.networks" in _imported_modules("hilam_jax.policy.policies")
+  imported = _imported_modules("hilam_jax.experiment")
+  assert not [m for m in imported if m == "experiments" or m.startswith("experiments.")]
+  assert "hilam_jax.policy" in imported  # the walk does see function-level imports
+
+
 def test_select_episodes_nested_and_deterministic(babyai_data):
   dataset_dir, _ = babyai_data
   spec = {"dataset_dir": dataset_dir, "split": "train"}

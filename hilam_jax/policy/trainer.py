@@ -44,7 +44,6 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import dataset as dp
