@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-_SIZE = flags.DEFINE_string("model_size", "cpu", "Model size preset (train_policy.model).")
+_SIZE = flags.DEFINE_string("model_size", "cpu", "Model size preset (hilam_jax.policy.config.model).")
 _CALLS = flags.DEFINE_integer("num_calls", 500, "Timed act() calls per policy.")
 _ENCODER = flags.DEFINE_string("lang_encoder", "minilm", "Language encoder (cached per string).")
 _SKILL_DIM = flags.DEFINE_integer("skill_dim", 64, "Size of the skill z̄^2 given to pi^l.")
@@ -26,14 +26,16 @@ TARGET_MS = 5.0
 
 def _network(size: str, heads: dict, encoder, condition_dim: int = 0):
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments.configs import train_policy  # pylint: disable=g-import-not-at-top
-  from hilam_jax.policy import baku, policies, trainer  # pylint: disable=g-import-not-at-top
-  config = train_policy.get_config("baku")
-  config.model = train_policy.model(size, proprio_dim=4, condition_dim=condition_dim)
+  from hilam_jax.policy import baku, networks, policies  # pylint: disable=g-import-not-at-top
+  from hilam_jax.policy import config as policy_defaults  # pylint: disable=g-import-not-at-top
+  config = policy_defaults.default_config("baku")
+  if condition_dim:  # pi^l(o, skill): role "low", no language (the default lang_for_low=False)
+    config.role = "low"
+  config.model = policy_defaults.model(size, proprio_dim=4, condition_dim=condition_dim)
   config.heads = heads
-  cfg = trainer.model_config(config)
+  cfg = networks.model_config(config)
   module = baku.BakuPolicy(cfg)
-  params = module.init(jax.random.key(0), trainer._example_inputs(cfg, (56, 56)))["params"]
+  params = module.init(jax.random.key(0), networks.example_inputs(cfg, (56, 56)))["params"]
   return policies.PolicyNetwork(module, params, image_size=(56, 56), encoder=encoder)
 
 

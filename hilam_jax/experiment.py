@@ -174,9 +174,9 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, labels: 
                   init_from: str | None = None, num_steps: int,
                   condition_dim: int = 0) -> ml_collections.ConfigDict:
   """A `train_policy` config for one run of the experiment (shared sizes from config.policy)."""
-  from experiments.configs import train_policy  # pylint: disable=g-import-not-at-top
+  from hilam_jax.policy import config as policy_defaults  # pylint: disable=g-import-not-at-top
   p = config.policy
-  c = train_policy.get_config("baku")
+  c = policy_defaults.default_config("baku")
   c.seed = config.seed
   c.role = role
   c.data.train = ({"dataset_dir": dataset},)
@@ -188,7 +188,7 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, labels: 
   c.chunk = p.chunk
   c.head_hidden = tuple(p.head_hidden)
   c.heads = heads
-  c.model = train_policy.model(p.model_size, proprio_dim=4, condition_dim=condition_dim,
+  c.model = policy_defaults.model(p.model_size, proprio_dim=4, condition_dim=condition_dim,
                                condition_mode=p.condition_mode)
   if condition:
     for k, v in condition.items():

@@ -1,4 +1,5 @@
-"""BAKU policy: shapes, jit, causality, conditioning, masked losses, temporal aggregation, overfit."""
+"""BAKU policy: shapes, jit, causality, conditioning, language (or none), masked losses, temporal
+aggregation, overfit."""
 import functools
 import json
 import math
@@ -109,7 +110,12 @@ def test_jit_values_and_no_recompile():
   chex.assert_shape(second.readout, (2, 2, FULL.gpt_width))
   chex.assert_shape(second.predictions["discrete"], (2, 2, 4, 5))
   chex.assert_tree_all_finite(second)
-  assert float(jnp.max(jnp.abs(second.predictions["action"]))) <= 1.0  # tanh
+  # The continuous head by hand from the readout: tanh(relu(x W0 + b0) W1 + b1), per chunk step.
+  head = params["head_action"]
+  x = np.asarray(second.readout, np.float64)
+  hidden = np.maximum(x @ head["hidden_0"]["kernel"] + head["hidden_0"]["bias"], 0.0)
+  by_hand = np.tanh(hidden @ head["out"]["kernel"] + head["out"]["bias"]).reshape(2, 2, 4, 3)
+  np.testing.assert_allclose(second.predictions["action"], by_hand, rtol=1e-4, atol=1e-5)
   assert not np.allclose(first.predictions["action"], second.predictions["action"])
 
 
@@ -155,10 +161,47 @@ def test_film_identity_at_init_and_language_modulates_after_perturbation():
                 - forward(FULL, params, other).predictions["action"]).max() > 1e-5
 
 
+# pi^l without language: hist 2 x (2 cameras, proprio, condition, ACTION) = 10 tokens, no prompt.
+NO_LANG = tiny_config(proprio_dim=4, condition_dim=5, use_lang=False, max_tokens=10)
+
+
+def test_without_language_there_is_no_language_input():
+  batch, params = setup(NO_LANG, **FULL_SETUP)
+  assert "lang_mlp" not in params
+  assert not any(k.startswith("film_") for k in params["image_encoder"])  # FiLM had only lang
+  params = perturb(params)
+  out = forward(NO_LANG, params, batch)
+  other_lang = forward(NO_LANG, params, dict(batch, lang=batch["lang"] + 1.0))
+  no_lang = forward(NO_LANG, params, {k: v for k, v in batch.items() if k != "lang"})
+  for other in (other_lang, no_lang):
+    np.testing.assert_array_equal(out.predictions["action"], other.predictions["action"])
+  # The condition still reaches the output (ACTION readout read at the right tokens) ...
+  moved = forward(NO_LANG, params, dict(batch, condition=batch["condition"] + 1.0))
+  assert np.abs(out.predictions["action"] - moved.predictions["action"]).max() > 1e-5
+  # ... and the sequence has no prompt token: 10 tokens fit max_tokens=10 only without language.
+  with_lang = tiny_config(proprio_dim=4, condition_dim=5, use_lang=True, max_tokens=10)
+  with pytest.raises(ValueError, match="max_tokens"):
+    jax.eval_shape(lambda b: init_params(with_lang, jax.random.PRNGKey(0), b), batch)
+
+
+def test_without_language_film_mode_modulates_with_the_condition_alone():
+  cfg = tiny_config(condition_dim=5, condition_mode="film", use_lang=False)
+  batch = make_batch(cfg)
+  params = jax.eval_shape(lambda b: init_params(cfg, jax.random.PRNGKey(0), b), batch)
+  assert "lang_mlp" not in params
+  film = params["image_encoder"]["film_0"]["Dense_0"]["kernel"]
+  assert film.shape[0] == 5  # FiLM input = the condition (Cz), no language part
+
+
 def test_config_round_trip():
   for cfg in (tiny_config(condition_dim=3, condition_mode="concat"), BakuConfig.small(),
-              BakuConfig.paper()):
+              BakuConfig.paper(), tiny_config(use_lang=False)):
     assert BakuConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  # Checkpoints written before `use_lang` existed were trained with language.
+  older = {k: v for k, v in tiny_config().to_dict().items() if k != "use_lang"}
+  assert BakuConfig.from_dict(older).use_lang
+  with pytest.raises(ValueError, match="film"):
+    tiny_config(condition_dim=3, condition_mode="film", film=False)
   as_mapping = dict(tiny_config().to_dict(), heads={"a": {"kind": "latent", "dim": 2}})
   assert BakuConfig.from_dict(as_mapping).head_configs["a"].kind == "latent"
   with pytest.raises(ValueError):
@@ -214,7 +257,10 @@ def test_heads_loss_weights_and_prefixes():
   masks = {k: jnp.ones((1, 1, 1), bool) for k in preds}
   total, metrics = heads_loss(heads, preds, targets, masks)
   np.testing.assert_allclose(total, 1.5)
-  assert {"a/loss", "b/mse", "loss"} <= set(metrics)
+  # Per-head metrics are unweighted: both heads have MSE 1; "loss" is the weighted total.
+  for key in ("a/loss", "a/mse", "b/loss", "b/mse"):
+    np.testing.assert_allclose(metrics[key], 1.0)
+  np.testing.assert_allclose(metrics["loss"], 1.5)
 
 
 def test_temporal_ensembler_by_hand():

@@ -1,4 +1,5 @@
-"""Policy training and test-time policies: fractions, parameter transfer, frozen pi^h, hierarchy."""
+"""Policy training and test-time policies: fractions, parameter transfer, frozen pi^h, the low
+level's language and skill condition in fine-tuning and at test time, hierarchy."""
 import json
 import os
 
@@ -6,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline import dataset as dp
-from experiments.configs import train_policy
 from hilam_jax import training
 from hilam_jax.lam import labeling
 from hilam_jax.language import CachedEncoder, make_encoder
 from hilam_jax.policy import baku
+from hilam_jax.policy import config as policy_defaults
+from hilam_jax.policy import networks
 from hilam_jax.policy import policies
 from hilam_jax.policy import trainer
 
@@ -48,7 +49,7 @@ def babyai_data(tmp_path_factory):
 
 
 def _config(dataset_dir, variant="tiny", **overrides):
-  config = train_policy.get_config(variant)
+  config = policy_defaults.default_config(variant)
   config.lang_encoder = "hash"
   config.data.train = ({"dataset_dir": dataset_dir},)
   config.data.val = ({"dataset_dir": dataset_dir},)
@@ -71,6 +72,31 @@ def _config(dataset_dir, variant="tiny", **overrides):
   return config
 
 
+def _imported_modules(module) -> set[str]:
+  """Every module a source file imports, at any depth (function-level imports included)."""
+  import ast
+  import importlib
+  path = importlib.import_module(module).__file__
+  names = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names.update(f"{node.module}.{alias.name}" for alias in node.names)
+  return names
+
+
+def test_layering_test_time_code_and_library_do_not_import_upwards():
+  """Item 6: policies.py (test time) does not import the trainer; the library's experiment does
+  not import the launch layer (experiments/)."""
+  assert "hilam_jax.policy.trainer" not in _imported_modules("hilam_jax.policy.policies")
+  assert "hilam_jax.policy.networks" in _imported_modules("hilam_jax.policy.policies")
+  imported = _imported_modules("hilam_jax.experiment")
+  assert not [m for m in imported if m == "experiments" or m.startswith("experiments.")]
+  assert "hilam_jax.policy" in imported  # the walk does see function-level imports
+
+
 def test_select_episodes_nested_and_deterministic(babyai_data):
   dataset_dir, _ = babyai_data
   spec = {"dataset_dir": dataset_dir, "split": "train"}
@@ -84,29 +110,45 @@ def test_select_episodes_nested_and_deterministic(babyai_data):
 
 
 def test_transfer_params_is_strict_about_the_body():
-  small = train_policy.model("tiny", proprio_dim=4)
+  small = policy_defaults.model("tiny", proprio_dim=4)
   heads = {"latent": {"kind": "latent", "dim": 3, "target": "z0"}}
-  c = train_policy.get_config("tiny")
+  c = policy_defaults.default_config("tiny")
   c.heads = heads
   c.model = small
-  cfg_old = trainer.model_config(c)
+  cfg_old = networks.model_config(c)
   c.heads = {"action": {"kind": "categorical", "dim": 7, "target": "action"}}
-  cfg_new = trainer.model_config(c)
-  example = trainer._example_inputs(cfg_old, (56, 56))
+  cfg_new = networks.model_config(c)
+  example = networks.example_inputs(cfg_old, (56, 56))
   old = baku.BakuPolicy(cfg_old).init(jax.random.key(0), example)["params"]
   new = baku.BakuPolicy(cfg_new).init(jax.random.key(1), example)["params"]
   merged, fresh = trainer.transfer_params(old, new, source="test")
   assert fresh == ["head_action"] and "head_latent" not in merged
   np.testing.assert_array_equal(merged["action_token"], old["action_token"])
-  c.model = train_policy.model("tiny", proprio_dim=4, num_keypoints=4)
-  other = baku.BakuPolicy(trainer.model_config(c)).init(jax.random.key(2), example)["params"]
+  c.model = policy_defaults.model("tiny", proprio_dim=4, num_keypoints=4)
+  other = baku.BakuPolicy(networks.model_config(c)).init(jax.random.key(2), example)["params"]
   with pytest.raises(ValueError, match="shapes"):
     trainer.transfer_params(old, other, source="test")
 
 
+INSTRUCTIONS = ("put the red ball next to the key", "pick up the blue box")
+
+
+def _raw_batch(n=2, seed=0, chunk=4, instructions=None):
+  """A batch as the tf.data pipeline yields it (numpy), n rows of random frames."""
+  rng = np.random.default_rng(seed)
+  instructions = instructions or [INSTRUCTIONS[i % 2] for i in range(n)]
+  return {"observation": {"image_primary": rng.integers(0, 256, (n, 56, 56, 3), dtype=np.uint8),
+                          "proprio": rng.normal(size=(n, 4)).astype(np.float32)},
+          "language_instruction": np.array([i.encode() for i in instructions]),
+          "action": rng.integers(0, 6, (n, chunk)).astype(np.int32),
+          "action_pad_mask": np.ones((n, chunk), bool),
+          "z0": rng.normal(size=(n, LATENT_DIM)).astype(np.float32)}
+
+
 def test_batch_converter_masks_the_placeholder_action():
-  config = train_policy.get_config("tiny")
-  convert = trainer.BatchConverter(config, CachedEncoder(make_encoder("hash")))
+  config = policy_defaults.default_config("tiny")
+  encoder = CachedEncoder(make_encoder("hash"))
+  convert = trainer.BatchConverter(config, encoder)
   batch = {"observation": {"image_primary": np.zeros((2, 56, 56, 3), np.uint8),
                            "proprio": np.zeros((2, 4), np.float32)},
            "language_instruction": np.array([b"a", b"b"]),
@@ -115,7 +157,50 @@ def test_batch_converter_masks_the_placeholder_action():
   out = convert(batch)
   np.testing.assert_array_equal(out["masks"]["action"][:, 0], [[1, 1, 0, 0], [1, 1, 1, 1]])
   assert out["inputs"]["images"]["image_primary"].shape == (2, 1, 56, 56, 3)
-  assert out["inputs"]["lang"].shape == (2, 384)
+  np.testing.assert_array_equal(out["inputs"]["lang"], encoder.embed([b"a", b"b"]))
+  assert not np.array_equal(out["inputs"]["lang"][0], out["inputs"]["lang"][1])
+
+
+def _low_config(lang_for_low, source="labels"):
+  config = policy_defaults.default_config("tiny")
+  config.role, config.lang_for_low = "low", lang_for_low
+  config.data.labels = {"z0": {"dir": "unused"}}
+  config.condition.key, config.condition.source = "z0", source
+  config.model = policy_defaults.model("tiny", proprio_dim=4, condition_dim=LATENT_DIM)
+  return config
+
+
+@pytest.mark.parametrize("lang_for_low", [False, True])
+def test_low_level_reads_the_instruction_only_with_lang_for_low(lang_for_low):
+  """Item 3: pi^l(o, skill) by default, in training (loss) and at test time (PolicyNetwork)."""
+  config = _low_config(lang_for_low)
+  cfg = networks.model_config(config)
+  assert cfg.use_lang == lang_for_low
+  module = baku.BakuPolicy(cfg)
+  params = module.init(jax.random.key(0), networks.example_inputs(cfg, (56, 56)))["params"]
+  noise = np.random.default_rng(1)  # non-zero FiLM, so language could act through it too
+  params = jax.tree.map(lambda x: x + 0.3 * noise.normal(size=x.shape).astype(np.float32), params)
+  encoder = CachedEncoder(make_encoder("hash"))
+  convert = trainer.BatchConverter(config, encoder)
+  losses, predictions = [], []
+  network = policies.PolicyNetwork(module, params, image_size=(56, 56), encoder=encoder)
+  for instruction in INSTRUCTIONS:
+    raw = _raw_batch(instructions=[instruction] * 2)
+    batch = convert(raw)
+    assert ("lang" in batch["inputs"]) == lang_for_low
+    losses.append(trainer.policy_loss(params, batch, jax.random.key(0), module=module,
+                                      head_cfgs=cfg.heads, train=False)[0])
+    predictions.append(network.predict(raw["observation"], [instruction] * 2,
+                                       condition=raw["z0"])["action"])
+  if lang_for_low:
+    assert abs(float(losses[0]) - float(losses[1])) > 1e-6
+    assert np.abs(predictions[0] - predictions[1]).max() > 1e-5
+  else:
+    np.testing.assert_array_equal(losses[0], losses[1])
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+  # pi^h fine-tuning source: the batch carries the instruction for pi^h, whatever pi^l reads.
+  assert "lang" in trainer.BatchConverter(_low_config(lang_for_low, "high_policy"),
+                                          encoder)(_raw_batch())["inputs"]
 
 
 @pytest.fixture(scope="module")
@@ -128,24 +213,110 @@ def trained_levels(babyai_data, tmp_path_factory):
                  heads={"skill": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}})
   high_dir = os.path.join(root, "high")
   trainer.train_and_evaluate(high, high_dir)
-  high_params_before = training.restore_params(os.path.join(high_dir, "checkpoints"))
   low = _config(dataset_dir, role="low", init_from=None,
-                model=train_policy.model("tiny", proprio_dim=4, condition_dim=LATENT_DIM),
+                model=policy_defaults.model("tiny", proprio_dim=4, condition_dim=LATENT_DIM),
                 **{"condition.key": "z0", "condition.source": "high_policy",
                    "condition.high_workdir": high_dir, "data.ignore_action": 6})
   low_dir = os.path.join(root, "low")
   metrics = trainer.train_and_evaluate(low, low_dir)
-  return high_dir, low_dir, high_params_before, metrics
+  return high_dir, low_dir, low, metrics
 
 
-def test_frozen_high_policy_is_bit_identical_after_fine_tuning(trained_levels):
-  high_dir, low_dir, before, metrics = trained_levels
-  after = training.restore_params(os.path.join(high_dir, "checkpoints"))
-  jax.tree.map(np.testing.assert_array_equal, before, after)
-  with open(os.path.join(low_dir, "policy.json")) as f:
-    info = json.load(f)
-  assert info["high_policy"]["params_sha256"] == training.params_sha256(before)
-  assert np.isfinite(metrics["loss"]) and "action/accuracy" in metrics
+class _RecordingModule:
+  """A module whose `apply` records the inputs it is given (the condition pi^l is fed)."""
+
+  def __init__(self, module):
+    self.module, self.inputs = module, []
+
+  def apply(self, variables, inputs, **kwargs):
+    self.inputs.append(inputs)
+    return self.module.apply(variables, inputs, **kwargs)
+
+
+def _fine_tuning_condition(low_config, low_dir, high, raw, encoder):
+  """[N, Cz]: the condition the fine-tuning loss feeds pi^l for the raw batch."""
+  low_module, low_params, _ = networks.load_policy(low_dir)
+  recorder = _RecordingModule(low_module)
+  batch = trainer.BatchConverter(low_config, encoder)(raw)
+  trainer.policy_loss(low_params, batch, jax.random.key(0), module=recorder,
+                      head_cfgs=low_module.config.heads, high=high, train=False)
+  (inputs,) = recorder.inputs
+  return np.asarray(inputs["condition"])[:, 0]
+
+
+def test_fine_tuning_condition_is_the_frozen_high_policys_prediction(trained_levels):
+  """Item 5a: the condition is pi^h's (offset-0) prediction, it moves with pi^h's parameters, and
+  pi^h's parameters are no part of the fine-tuned TrainState."""
+  high_dir, low_dir, low_config, metrics = trained_levels
+  assert "action/accuracy" in metrics
+  high_module, high_params, _ = networks.load_policy(high_dir)
+  encoder = CachedEncoder(make_encoder("hash"))
+  raw = _raw_batch(n=3)
+  condition = _fine_tuning_condition(low_config, low_dir, (high_module, high_params, "skill"),
+                                     raw, encoder)
+  high_net = policies.PolicyNetwork(high_module, high_params, image_size=(56, 56),
+                                    encoder=encoder, heads=("skill",))
+  predicted = high_net.predict(raw["observation"], list(INSTRUCTIONS) + [INSTRUCTIONS[0]])
+  np.testing.assert_allclose(condition, predicted["skill"][:, 0], rtol=1e-5, atol=1e-5)
+  assert np.abs(predicted["skill"][:, 1] - predicted["skill"][:, 0]).max() > 1e-4  # not trivial
+
+  noise = np.random.default_rng(0)
+  perturbed = jax.tree.map(lambda x: x + 0.1 * noise.normal(size=x.shape).astype(np.float32),
+                           high_params)
+  moved = _fine_tuning_condition(low_config, low_dir, (high_module, perturbed, "skill"), raw,
+                                 encoder)
+  assert np.abs(moved - condition).max() > 1e-3
+
+  # The stored TrainState restores strictly (missing or unexpected keys, shapes are errors)
+  # against pi^l's params and the optimizer state of pi^l's params alone.
+  directory = os.path.join(low_dir, "checkpoints")
+  low_module, _, stored = networks.load_policy(low_dir)
+  assert stored["model_config"]["use_lang"] is False
+  tx = training.make_optimizer(low_config)
+  init = lambda rng: low_module.init(rng, networks.example_inputs(low_module.config, (56, 56)))[
+      "params"]
+  checkpointer = training.Checkpointer(directory, stored)
+  state = checkpointer.restore(training.abstract_train_state(init, tx, training.make_mesh()))
+  checkpointer.close()
+  assert set(state.params) == set(jax.eval_shape(init, jax.random.key(0)))
+  assert "head_skill" not in state.params and "lang_mlp" not in state.params
+
+
+def _spy_conditions(network):
+  """Replaces network.predict by a wrapper recording the `condition` argument."""
+  seen, predict = [], network.predict
+
+  def spy(obs, instructions, condition=None):
+    seen.append(np.array(condition))
+    return predict(obs, instructions, condition=condition)
+
+  network.predict = spy
+  return seen
+
+
+@pytest.mark.parametrize("high_every", [1, 2])
+def test_fine_tuning_and_test_time_condition_pi_l_on_the_same_skill(trained_levels, high_every):
+  """Item 4: for the same observations and instruction, the skill HierarchicalPolicy gives pi^l
+  at step t equals the fine-tuning condition of the observation of its last refresh."""
+  high_dir, low_dir, low_config, _ = trained_levels
+  high_module, high_params, _ = networks.load_policy(high_dir)
+  encoder = CachedEncoder(make_encoder("hash"))
+  steps = 4
+  raw = _raw_batch(n=steps, seed=3, instructions=[INSTRUCTIONS[0]] * steps)
+  expected = _fine_tuning_condition(low_config, low_dir, (high_module, high_params, "skill"),
+                                    raw, encoder)
+  high = policies.PolicyNetwork.load(high_dir, heads=("skill",), encoder=encoder)
+  low = policies.PolicyNetwork.load(low_dir, heads=("action",), encoder=high.encoder)
+  seen = _spy_conditions(low)
+  policy = policies.HierarchicalPolicy(high, low, high_every=high_every)
+  policy.reset(1)
+  for t in range(steps):
+    obs = {k: v[t:t + 1] for k, v in raw["observation"].items()}
+    policy.act(obs, [INSTRUCTIONS[0]], np.array([t == 0]))
+  for t in range(steps):
+    refreshed_at = t - t % high_every
+    np.testing.assert_allclose(seen[t][0], expected[refreshed_at], rtol=1e-5, atol=1e-5,
+                               err_msg=f"step {t}")
 
 
 def test_hierarchical_policy_acts_in_the_simulator(trained_levels):
@@ -153,10 +324,27 @@ def test_hierarchical_policy_acts_in_the_simulator(trained_levels):
   high_dir, low_dir, _, _ = trained_levels
   high = policies.PolicyNetwork.load(high_dir, heads=("skill",))
   low = policies.PolicyNetwork.load(low_dir, heads=("action",), encoder=high.encoder)
+  assert not low.config.use_lang  # the stored run config tells the test-time network
   policy = policies.HierarchicalPolicy(high, low, high_every=2)
-  result = babyai_eval.evaluate_babyai(policy, "BabyAI-PutNextLocal-v0", num_episodes=2,
-                                       num_envs=2, max_steps=6)
-  assert result.num_episodes == 2 and 0 <= result.success_rate <= 1
+  actions = []
+
+  class Recording:
+    def reset(self, num_envs):
+      actions.append([])
+      policy.reset(num_envs)
+
+    def act(self, obs, instructions, first):
+      action = policy.act(obs, instructions, first)
+      actions[-1].append(np.array(action))
+      return action
+
+  results = [babyai_eval.evaluate_babyai(Recording(), "BabyAI-PutNextLocal-v0", num_episodes=3,
+                                         num_envs=2, max_steps=6) for _ in range(2)]
+  assert results[0].num_episodes == 3 and len(actions[0]) >= 6
+  # reset() clears every per-env state (held skills, action buffers): the same seeds give the
+  # same actions and episodes again.
+  np.testing.assert_array_equal(np.stack(actions[0]), np.stack(actions[1]))
+  assert results[0].episodes == results[1].episodes
   # high_every=2: the skill changes only at refresh steps.
   policy.reset(1)
   obs = {"image_primary": np.zeros((1, 56, 56, 3), np.uint8), "proprio": np.eye(4)[:1]}

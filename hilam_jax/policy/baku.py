@@ -3,8 +3,13 @@
 See ../shared/METHOD.md, section 4. Per camera, a shared FiLM-conditioned ResNet-18-style encoder
 (stem + first two stages, GroupNorm) ends in a spatial softmax and a Linear to `repr_dim`; language
 and proprioception go through MLPs; a causal GPT trunk reads
-    [lang] + per history step [camera_1 .. camera_n, proprio?, condition?, ACTION]
+    [lang]? + per history step [camera_1 .. camera_n, proprio?, condition?, ACTION]
 and the outputs at the ACTION tokens feed one or more heads (heads.py).
+
+Language (`use_lang`): True for BAKU and HiLAM's π^h; False for HiLAM's π^l(o, skill), whose
+network then has no language MLP, no language prompt token and no language FiLM input (the input is
+absent, not zeroed). FiLM layers exist only if they have an input: the language, and/or the
+condition in "film" mode; a π^l without language in "token"/"concat" mode has no FiLM layers.
 
 Dimension glossary:
   B        batch
@@ -14,7 +19,7 @@ Dimension glossary:
   K        spatial-softmax keypoints (`num_keypoints`)
   R        token representation size before the trunk (`repr_dim`)
   S        tokens per history step (cameras + proprio? + condition token? + ACTION)
-  T        trunk sequence length, 1 + H·S
+  T        trunk sequence length, 1 + H·S (H·S without language)
   D        trunk width (`gpt_width`)
   L        language embedding size (`lang_dim`)
   P        proprio size (`proprio_dim`), Cz condition size (`condition_dim`)
@@ -22,7 +27,8 @@ Dimension glossary:
 Batch dict (inputs of `BakuPolicy.__call__`):
   images     dict camera name → uint8 [B, H, h, w, 3] (float inputs are taken to be in [0, 1]);
              cameras are processed in sorted-name order, each may have its own resolution.
-  lang       float32 [B, L] sentence embedding (MiniLM 384-d by default).
+  lang       float32 [B, L] sentence embedding (MiniLM 384-d by default); required iff use_lang
+             (ignored otherwise).
   proprio    float32 [B, H, P]; required iff proprio_dim > 0.
   condition  float32 [B, H, Cz]; required iff condition_dim > 0 (HiLAM: the skill z̄² for π^l).
 
@@ -63,11 +69,13 @@ class BakuConfig:
     norm_groups: GroupNorm groups (capped at the channel count; must divide it).
     film: FiLM after each of the 4 residual blocks, h ← (1 + γ)·h + β, (γ, β) = Linear(film input),
       zero-initialised (identity at init). The film input is the projected language embedding
-      [+ the condition in "film" mode].
+      (if use_lang) [+ the condition in "film" mode]; without any film input there are no FiLM
+      layers.
     num_keypoints: K of the spatial softmax (2K coordinates → Linear → repr_dim).
     camera_embedding: add a learned per-camera embedding (one parameter per camera name) to each
       camera token, so the trunk can tell views apart.
     repr_dim: R, the size of every token before the trunk.
+    use_lang: whether the network reads the instruction (prompt token + FiLM input).
     lang_dim, proprio_dim, condition_dim: input sizes; 0 disables proprio / condition.
     condition_mode: "token", "film" or "concat" (see the module docstring).
     gpt_layers, gpt_heads, gpt_width, gpt_mlp_ratio: the pre-LN causal GPT trunk.
@@ -84,6 +92,7 @@ class BakuConfig:
   num_keypoints: int = 256
   camera_embedding: bool = True
   repr_dim: int = 512
+  use_lang: bool = True
   lang_dim: int = 384
   proprio_dim: int = 0
   condition_dim: int = 0
@@ -110,6 +119,8 @@ class BakuConfig:
         raise ValueError(f"channels {c} not divisible by norm_groups {self.norm_groups}")
     if self.gpt_width % self.gpt_heads:
       raise ValueError("gpt_width must be divisible by gpt_heads")
+    if self.condition_dim and self.condition_mode == "film" and not self.film:
+      raise ValueError("condition_mode 'film' needs film=True (the condition would be unused)")
 
   @property
   def head_configs(self) -> dict[str, HeadConfig]:
@@ -306,19 +317,27 @@ class BakuPolicy(nn.Module):
     b, hist = batch["images"][cameras[0]].shape[:2]
     r = cfg.repr_dim
 
-    lang = MLP((r, r), name="lang_mlp")(batch["lang"].astype(jnp.float32))  # [B, R]
+    lang = None  # [B, R]; absent for a network without language (HiLAM's π^l)
+    if cfg.use_lang:
+      lang = MLP((r, r), name="lang_mlp")(batch["lang"].astype(jnp.float32))
     condition = None
     if cfg.condition_dim:
       condition = batch["condition"].astype(jnp.float32)  # [B, H, Cz]
       if condition.shape != (b, hist, cfg.condition_dim):
         raise ValueError(f"condition shape {condition.shape} != {(b, hist, cfg.condition_dim)}")
 
+    film_parts = []  # per step: [B, H, R] language, [B, H, Cz] condition ("film" mode)
+    if cfg.film and lang is not None:
+      film_parts.append(jnp.broadcast_to(lang[:, None], (b, hist, r)))
+    if cfg.film and condition is not None and cfg.condition_mode == "film":
+      film_parts.append(condition)
     film_input = None
-    if cfg.film:
-      film_input = jnp.broadcast_to(lang[:, None], (b, hist, r))  # [B, H, R]
-      if condition is not None and cfg.condition_mode == "film":
-        film_input = jnp.concatenate([film_input, condition], axis=-1)
-      film_input = film_input.reshape(b * hist, -1)
+    if film_parts:
+      film_input = jnp.concatenate(film_parts, axis=-1).reshape(b * hist, -1)
+    elif cfg.film:
+      # Nothing to modulate with (no language, condition not in "film" mode): no FiLM layers,
+      # rather than FiLM of a constant (which would only be a learned per-channel affine).
+      cfg = dataclasses.replace(cfg, film=False)
 
     step_tokens = []  # each [B, H, R], in token order within a step
     encoder = ImageEncoder(cfg, name="image_encoder")  # shared by all cameras
@@ -339,7 +358,10 @@ class BakuPolicy(nn.Module):
 
     s = len(step_tokens)
     tokens = jnp.stack(step_tokens, axis=2).reshape(b, hist * s, r)  # [B, H·S, R], step-major
-    tokens = jnp.concatenate([lang[:, None], tokens], axis=1)  # [B, T, R]
+    prefix = 0  # tokens before the first step: the language prompt, if any
+    if lang is not None:
+      tokens = jnp.concatenate([lang[:, None], tokens], axis=1)  # [B, T, R]
+      prefix = 1
     t = tokens.shape[1]
     if t > cfg.max_tokens:
       raise ValueError(f"sequence of {t} tokens exceeds max_tokens={cfg.max_tokens}")
@@ -351,7 +373,7 @@ class BakuPolicy(nn.Module):
       x = GPTBlock(cfg.gpt_width, cfg.gpt_heads, cfg.gpt_mlp_ratio, cfg.dropout,
                    name=f"gpt_block_{i}")(x, mask, train)
     x = nn.LayerNorm(name="ln_final")(x)
-    readout = x[:, 1:].reshape(b, hist, s, cfg.gpt_width)[:, :, -1]  # ACTION tokens, [B, H, D]
+    readout = x[:, prefix:].reshape(b, hist, s, cfg.gpt_width)[:, :, -1]  # ACTION, [B, H, D]
 
     features = readout
     if condition is not None and cfg.condition_mode == "concat":

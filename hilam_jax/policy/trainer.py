@@ -14,10 +14,15 @@ Every head predicts a chunk of `chunk` future steps (BAKU's action chunking). Wh
                `condition` (BakuConfig.condition_mode), from
                  condition.source "labels":      the extracted skill of frame t (teacher forcing,
                                                  the default for pretraining), or
-                 condition.source "high_policy": a frozen π^h's prediction for frame t (the
-                                                 paper's fine-tuning; π^h's params are a constant
-                                                 of the jitted step and never updated).
-               The low level gets no language (the paper's π^l(o, skill)); `lang_for_low` adds it.
+                 condition.source "high_policy": a frozen π^h's offset-0 prediction for frame t
+                                                 (`networks.high_level_skill`, the same function
+                                                 the test-time HierarchicalPolicy uses; the
+                                                 paper's fine-tuning). π^h's params are a
+                                                 constant of the jitted step, not part of the
+                                                 TrainState, and never updated.
+               The low level gets no language (the paper's π^l(o, skill)): its network has no
+               language prompt token and no language FiLM input (BakuConfig.use_lang=False,
+               stored with the checkpoint). `lang_for_low=True` gives it the instruction.
 
 Fine-tuning starts from another run's parameters (`init_from`): the image encoder, trunk and
 embeddings must match exactly (strict), heads that the new config does not have are dropped and
@@ -39,7 +44,6 @@ from typing import Any, Mapping
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import dataset as dp
@@ -50,23 +54,13 @@ from hilam_jax.lam import labeling
 from hilam_jax.language import CachedEncoder, make_encoder
 from hilam_jax.policy import baku
 from hilam_jax.policy import heads as heads_lib
+from hilam_jax.policy import networks
 from hilam_jax.skill import extract as skill_extract
 
 ROLES = ("flat", "high", "low")
-CAMERA = "image_primary"
 
 
 # ----------------------------------------------------------------------------- configuration
-
-
-def model_config(config: Any) -> baku.BakuConfig:
-  """The BakuConfig of a run: `config.model` fields + one head per `config.heads` entry."""
-  heads = tuple(
-      heads_lib.HeadConfig(name, h["kind"], dim=int(h["dim"]), chunk=int(config.chunk),
-                           hidden=tuple(config.head_hidden), loss=h.get("loss"),
-                           loss_weight=float(h.get("loss_weight", 1.0)))
-      for name, h in config.heads.items())
-  return baku.BakuConfig.from_dict({**dict(config.model), "heads": heads})
 
 
 def _check_config(config: Any) -> None:
@@ -127,17 +121,21 @@ class BatchConverter:
 
   def __init__(self, config: Any, encoder: CachedEncoder):
     self.config, self.encoder = config, encoder
-    self.uses_labels_condition = (config.role == "low" and config.condition.source == "labels")
+    self.model_config = networks.model_config(config)
+    low = config.role == "low"
+    self.uses_labels_condition = low and config.condition.source == "labels"
+    # Instructions are embedded for the network if it reads them, and for a frozen π^h
+    # (which always does) that computes the low level's skill from the same batch.
+    self.embeds_lang = self.model_config.use_lang or (low and
+                                                      config.condition.source == "high_policy")
 
   def inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     obs = batch["observation"]
-    inputs = {"images": {CAMERA: obs[CAMERA][:, None]},
-              "lang": self.encoder.embed(batch["language_instruction"])}
-    if self.config.model.proprio_dim:
-      inputs["proprio"] = obs["proprio"][:, None].astype(np.float32)
-    if self.uses_labels_condition:
-      inputs["condition"] = batch[self.config.condition.key][:, None].astype(np.float32)
-    return inputs
+    return networks.model_inputs(
+        self.model_config, obs[networks.CAMERA],
+        lang=self.encoder.embed(batch["language_instruction"]) if self.embeds_lang else None,
+        proprio=obs.get("proprio"),
+        condition=batch[self.config.condition.key] if self.uses_labels_condition else None)
 
   def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     targets, masks = {}, {}
@@ -176,14 +174,6 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
 # ----------------------------------------------------------------------------- models
 
 
-def load_policy(workdir: str, step: int | None = None) -> tuple[baku.BakuPolicy, Any, dict]:
-  """(module, params, run config dict) of a trained policy's checkpoint."""
-  directory = os.path.join(workdir, "checkpoints")
-  config = training.load_checkpoint_config(directory, step)
-  module = baku.BakuPolicy(baku.BakuConfig.from_dict(config["model_config"]))
-  return module, training.restore_params(directory, step=step), config
-
-
 def transfer_params(pretrained: Any, fresh: Any, *, source: str) -> tuple[Any, list[str]]:
   """`fresh` with every non-head parameter taken from `pretrained` (strict) and heads that exist
   in both (same shapes) kept from `pretrained`. Returns (params, names of fresh heads)."""
@@ -212,22 +202,17 @@ def transfer_params(pretrained: Any, fresh: Any, *, source: str) -> tuple[Any, l
   return out, new_heads
 
 
-def _example_inputs(cfg: baku.BakuConfig, image_size: tuple[int, int]) -> dict[str, Any]:
-  inputs = {"images": {CAMERA: np.zeros((1, 1, *image_size, 3), np.uint8)},
-            "lang": np.zeros((1, cfg.lang_dim), np.float32)}
-  if cfg.proprio_dim:
-    inputs["proprio"] = np.zeros((1, 1, cfg.proprio_dim), np.float32)
-  if cfg.condition_dim:
-    inputs["condition"] = np.zeros((1, 1, cfg.condition_dim), np.float32)
-  return inputs
+def policy_loss(params, batch, rng, *, module, head_cfgs, high=None, train=True):
+  """(loss, metrics) of `module` on a model batch (`BatchConverter`).
 
-
-def _loss(params, batch, rng, *, module, head_cfgs, high=None, train=True):
+  high: None, or (module, params, head) of a frozen π^h whose skill
+    (`networks.high_level_skill`) becomes the low level's `condition`; its params are constants
+    here (closed over by the jitted step), never differentiated.
+  """
   inputs = batch["inputs"]
-  if high is not None:  # frozen π^h: its offset-0 prediction is the low level's skill condition
+  if high is not None:
     high_module, high_params, high_head = high
-    skill = high_module.apply({"params": high_params}, inputs, train=False,
-                              heads=(high_head,)).predictions[high_head][:, :, 0]
+    skill = networks.high_level_skill(high_module, high_params, inputs, high_head)
     inputs = dict(inputs, condition=jax.lax.stop_gradient(skill))
   out = module.apply({"params": params}, inputs, train=train,
                      heads=tuple(h.name for h in head_cfgs), rngs={"dropout": rng})
@@ -242,7 +227,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   _check_config(config)
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
-  cfg = model_config(config)
+  cfg = networks.model_config(config)
   module = baku.BakuPolicy(cfg)
   head_cfgs = cfg.heads
   image_size = tuple(config.data.image_size)
@@ -255,22 +240,27 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
   high, extra = None, {"model_config": cfg.to_dict()}
   if config.role == "low" and config.condition.source == "high_policy":
-    high_module, high_params, high_config = load_policy(config.condition.high_workdir)
+    high_module, high_params, _ = networks.load_policy(config.condition.high_workdir)
     high_head = config.condition.high_head
     if high_head not in high_module.config.head_configs:
       raise ValueError(f"high policy {config.condition.high_workdir} has no head {high_head!r}")
+    if high_module.config.head_configs[high_head].dim != cfg.condition_dim:
+      raise ValueError(f"high policy head {high_head!r} predicts "
+                       f"{high_module.config.head_configs[high_head].dim}-d skills, "
+                       f"model.condition_dim is {cfg.condition_dim}")
     high = (high_module, high_params, high_head)
     extra["high_policy"] = {"workdir": os.path.abspath(config.condition.high_workdir),
                             "params_sha256": training.params_sha256(high_params)}
 
   pretrained = None
   if config.init_from:
-    _, pretrained, _ = load_policy(config.init_from)
+    _, pretrained, _ = networks.load_policy(config.init_from)
     extra["init_from"] = {"workdir": os.path.abspath(config.init_from),
                           "params_sha256": training.params_sha256(pretrained)}
 
   def init_params(rng):
-    params = module.init({"params": rng}, _example_inputs(cfg, image_size), train=False)["params"]
+    params = module.init({"params": rng}, networks.example_inputs(cfg, image_size),
+                         train=False)["params"]
     if pretrained is not None:
       params, _ = transfer_params(pretrained, params, source=config.init_from)
     return params
@@ -292,10 +282,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     state = training.create_train_state(init_params, tx, jax.random.key(config.seed), mesh)
   start_step = int(state.step)
 
-  loss_fn = functools.partial(_loss, module=module, head_cfgs=head_cfgs, high=high)
+  loss_fn = functools.partial(policy_loss, module=module, head_cfgs=head_cfgs, high=high)
   train_step = training.make_train_step(loss_fn, tx, mesh)
   eval_step = training.make_eval_step(
-      lambda p, b, r: _loss(p, b, r, module=module, head_cfgs=head_cfgs, high=high,
+      lambda p, b, r: policy_loss(p, b, r, module=module, head_cfgs=head_cfgs, high=high,
                             train=False)[1], mesh)
   convert = BatchConverter(config, encoder)
   per_process = training.per_process_batch(config.batch_size)
