@@ -49,6 +49,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hilam_jax import config_io
 from hilam_jax.policy.heads import HeadConfig, PolicyHead
 
 CONDITION_MODES = ("token", "film", "concat")
@@ -57,7 +58,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
-class BakuConfig:
+class BakuConfig(config_io.DictConfig):
   """Hyper-parameters of the BAKU policy (stored as a plain dict in checkpoints).
 
   Defaults are BAKU's sizes (`BakuConfig.paper()`); `BakuConfig.small()` trains on a CPU.
@@ -127,33 +128,16 @@ class BakuConfig:
     """The heads as a dict name → HeadConfig (in config order)."""
     return {h.name: h for h in self.heads}
 
-  def to_dict(self) -> dict[str, Any]:
-    """Plain-JSON dict (lists for tuples, heads as a list of dicts); `from_dict` inverts it."""
-    out = {}
-    for f in dataclasses.fields(self):
-      v = getattr(self, f.name)
-      if f.name == "heads":
-        v = [h.to_dict() for h in v]
-      elif isinstance(v, tuple):
-        v = list(v)
-      out[f.name] = v
-    return out
-
   @classmethod
-  def from_dict(cls, config: Mapping[str, Any]) -> "BakuConfig":
-    """Builds a config from a plain dict; unknown keys are an error (no silent drift)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-      raise ValueError(f"BakuConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-    config = dict(config)
+  def _fields_from_dict(cls, config: dict[str, Any]) -> dict[str, Any]:
+    """Heads from dicts: a list of head dicts, or a mapping name → head dict."""
     if "heads" in config:
       heads = config["heads"]
       if isinstance(heads, Mapping):  # name → head dict
         heads = [dict(h, name=name) for name, h in heads.items()]
       config["heads"] = tuple(HeadConfig.from_dict(h) if isinstance(h, Mapping) else h
                               for h in heads)
-    return cls(**config)
+    return config
 
   @classmethod
   def paper(cls, **overrides) -> "BakuConfig":

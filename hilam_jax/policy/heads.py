@@ -27,19 +27,21 @@ replaced by a constant before use so that they influence neither the loss nor it
 they hold NaN padding.
 """
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from hilam_jax import config_io
+
 HEAD_KINDS = ("continuous", "categorical", "latent")
 _LOSSES = {"continuous": ("mse", "l1"), "latent": ("mse", "l1"), "categorical": ("cross_entropy",)}
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(config_io.DictConfig):
   """One named head on the ACTION-token readout.
 
   Attributes:
@@ -72,17 +74,6 @@ class HeadConfig:
   @property
   def loss_name(self) -> str:
     return self.loss or _LOSSES[self.kind][0]
-
-  def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, config: Mapping[str, Any]) -> "HeadConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-      raise ValueError(f"HeadConfig: unknown keys {unknown}; known keys are {sorted(known)}")
-    return cls(**config)
 
 
 class PolicyHead(nn.Module):

@@ -303,17 +303,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     return training.run_eval(eval_step, state.params, batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
-  writer = training.MetricWriter(os.path.join(workdir, "tensorboard"))
-  logging.info("training %s policy (%s params, heads %s, %s train episodes) for %d steps",
-               config.role, f"{baku.count_params(state.params):,}", list(config.heads),
-               extra["episodes"], config.num_steps)
-  progress_keys = ("loss",) + tuple(
-      f"{n}/accuracy" for n, h in config.heads.items() if h["kind"] == "categorical")
-  state = training.train_loop(
-      state=state, train_step=train_step, batches=train_batches, num_steps=config.num_steps,
-      checkpointer=checkpointer, writer=writer, log_every=config.log_every,
-      eval_every=config.eval_every, eval_fn=eval_fn, checkpoint_extra=lambda: extra,
-      progress_keys=progress_keys)
   with open(os.path.join(workdir, "policy.json"), "w") as f:
     json.dump(extra, f, indent=1)
-  return training.finish_run(state, eval_fn, writer, checkpointer)
+  progress_keys = ("loss",) + tuple(
+      f"{n}/accuracy" for n, h in config.heads.items() if h["kind"] == "categorical")
+  return training.run_training(
+      what=f"{config.role} policy (heads {list(config.heads)}, {extra['episodes']} train "
+      "episodes)", state=state, train_step=train_step, batches=train_batches, config=config,
+      workdir=workdir, checkpointer=checkpointer, eval_fn=eval_fn, progress_keys=progress_keys,
+      checkpoint_extra=lambda: extra)
