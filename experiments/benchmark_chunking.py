@@ -455,7 +455,7 @@ def main(argv):
                   "matmul_peak_flops_per_second": peak})
   summarize(results, peak)
   try:
-    from hilam_jax import run_info
+    from data_pipeline import run_info
     results["versions"] = run_info.package_versions()
   except Exception:  # pylint: disable=broad-except
     pass

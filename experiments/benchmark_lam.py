@@ -39,7 +39,7 @@ def main(argv):
   import numpy as np
   from experiments.configs import train_lam
   from hilam_jax import logs
-  from hilam_jax import run_info
+  from data_pipeline import run_info
   from hilam_jax.lam import interface
   from hilam_jax.lam import labeling
   from hilam_jax.lam import model as lam_model

@@ -189,7 +189,7 @@ def main(argv):
     for name, g in results["generators"].items():
       print(f"generator {name}: {g['episodes_per_second']:.2f} episodes/s "
             f"({g['episodes']} episodes in {g['seconds']} s)")
-  from hilam_jax import run_info
+  from data_pipeline import run_info
   results["versions"] = run_info.package_versions()
   os.makedirs("runs", exist_ok=True)
   with open(os.path.join("runs", "benchmark_pipeline.json"), "w") as f:

@@ -26,7 +26,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from data_pipeline import reader
   from hilam_jax import logs
-  from hilam_jax import run_info
+  from data_pipeline import run_info
   from hilam_jax.lam import probe
   from hilam_jax.lam import trainer
   logs.quiet_library_logs()

@@ -31,7 +31,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from hilam_jax import run_info
+from data_pipeline import run_info
 
 METHODS = ("baku", "flat_z0", "flat_z2", "hilam", "hilam_no_pretrain")
 ABLATIONS = ("hilam_s1_z0", "hilam_s2_s1")

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax.training import metrics as metrics_lib
 
 LABELS = {

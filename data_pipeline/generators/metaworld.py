@@ -40,7 +40,7 @@ import tensorflow_datasets as tfds
 
 from data_pipeline import rlds_writer
 from data_pipeline.generators import metaworld_sim
-from hilam_jax import run_info
+from data_pipeline import run_info
 
 # Config fields that do not change the data (left out of the writer's resume check).
 _RUNTIME_FIELDS = ("num_workers",)

@@ -29,7 +29,7 @@ from absl import logging
 from data_pipeline import frame_transforms as ft
 from data_pipeline import reader
 from data_pipeline import traj_transforms as tt
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax.lam import interface
 
 MANIFEST = "manifest.json"

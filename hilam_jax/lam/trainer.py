@@ -21,7 +21,7 @@ from absl import logging
 
 from data_pipeline import dataset as dp
 from data_pipeline import frame_transforms as ft
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax import training
 from hilam_jax.lam import interface
 from hilam_jax.lam import losses

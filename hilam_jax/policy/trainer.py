@@ -48,7 +48,7 @@ import numpy as np
 
 from data_pipeline import dataset as dp
 from data_pipeline import frame_transforms
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax import training
 from hilam_jax.lam import labeling
 from hilam_jax.language import CachedEncoder, make_encoder

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline import traj_transforms as tt
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax import training
 from hilam_jax.lam import labeling
 from hilam_jax.skill import model as skill_model

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax import training
 from hilam_jax.lam import interface
 from hilam_jax.lam import labeling

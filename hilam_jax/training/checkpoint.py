@@ -5,7 +5,7 @@ Every saved step `<directory>/<step>/` holds five items:
   state     the full `TrainState` (resuming training),
   params    the params alone (frozen use by later stages: reads only these arrays),
   config    the run's config as JSON,
-  versions  package versions (`hilam_jax.run_info.package_versions`) as JSON,
+  versions  package versions (`data_pipeline.run_info.package_versions`) as JSON,
   extra     free-form JSON from the trainer (data-iterator position, dataset statistics, ...).
 
 Restores are strict: the target's tree paths, shapes and dtypes are compared against the
@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from hilam_jax import run_info
+from data_pipeline import run_info
 from hilam_jax.training import mesh as mesh_lib
 
 ITEMS = ("state", "params", "config", "versions", "extra")
