@@ -16,6 +16,7 @@ from data_pipeline import reader
 from data_pipeline import registry
 from data_pipeline import schema
 from data_pipeline.generators import babyai
+from data_pipeline.sim import babyai as babyai_sim
 from experiments.configs import generate_babyai as generate_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -66,31 +67,31 @@ def test_dataset_name():
 
 
 def test_episode_seeds_are_disjoint_across_splits_and_shards():
-  seeds = {babyai.episode_seed(7, split, shard, attempt)
+  seeds = {babyai_sim.episode_seed(7, split, shard, attempt)
            for split in ("train", "val") for shard in range(20) for attempt in range(30)}
   assert len(seeds) == 2 * 20 * 30
   with pytest.raises(ValueError, match="split"):
-    babyai.episode_seed(7, "test", 0, 0)
+    babyai_sim.episode_seed(7, "test", 0, 0)
 
 
 @pytest.mark.parametrize("level", ["BabyAI-GoToSeq-v0", "BabyAI-SynthSeq-v0"])
 def test_other_levels_and_determinism(level):
-  first = babyai.simulate_episode(level, seed=3)
-  again = babyai.simulate_episode(level, seed=3)
+  first = babyai_sim.simulate_episode(level, seed=3)
+  again = babyai_sim.simulate_episode(level, seed=3)
   assert first is not None and first["level"] == level
   np.testing.assert_array_equal(first["image"], again["image"])
   np.testing.assert_array_equal(first["subgoal_done_steps"], again["subgoal_done_steps"])
   num_steps = len(first["image"])
   assert first["image"].shape == (num_steps, 56, 56, 3)
-  assert first["action"].shape == (num_steps,) and first["action"][-1] == babyai.DONE_ACTION
+  assert first["action"].shape == (num_steps,) and first["action"][-1] == babyai_sim.DONE_ACTION
 
 
 def test_tracing_bot_acts_like_the_shipped_bot():
   """TracingBot re-implements BabyAIBot.replan; it must choose exactly the same actions."""
   from minigrid.utils.baby_ai_bot import BabyAIBot
   for seed in range(4):
-    ep = babyai.simulate_episode(LEVEL, seed)
-    env = babyai.make_env(LEVEL)
+    ep = babyai_sim.simulate_episode(LEVEL, seed)
+    env = babyai_sim.make_env(LEVEL)
     env.reset(seed=seed)
     bot, actions = BabyAIBot(env), []
     for _ in range(len(ep["action"]) - 1):
@@ -104,7 +105,7 @@ def test_subtask_labels_follow_the_bots_actions():
   expected_action = {"Pickup": "pickup", "Drop": "drop"}
   checked = 0
   for seed in range(8):
-    ep = babyai.simulate_episode(LEVEL, seed)
+    ep = babyai_sim.simulate_episode(LEVEL, seed)
     if ep is None:
       continue
     last = len(ep["image"]) - 1
@@ -119,7 +120,8 @@ def test_subtask_labels_follow_the_bots_actions():
     np.testing.assert_array_equal(instr_done, last_of_leaf)
     for name, step in zip(ep["subgoal_names"], done):
       if name in expected_action and 0 < step < last:
-        assert babyai.ACTION_NAMES[ep["action"][step - 1]] == expected_action[name], (seed, name)
+        action_name = babyai_sim.ACTION_NAMES[ep["action"][step - 1]]
+        assert action_name == expected_action[name], (seed, name)
         checked += 1
   assert checked > 0
 
@@ -147,7 +149,7 @@ def test_replay_reproduces_the_recorded_frames(tiny):
   for ep in episodes:
     meta, steps = ep["episode_metadata"], ep["steps"]
     recorded = steps["observation"]["image"].astype(np.float32)  # JPEG-decoded
-    replayed = babyai.replay_episode(meta["level"].decode(), meta["seed"], steps["action"])
+    replayed = babyai_sim.replay_episode(meta["level"].decode(), meta["seed"], steps["action"])
     replayed = replayed.astype(np.float32)
     assert recorded.shape == replayed.shape
     err = np.abs(recorded - replayed).mean(axis=(1, 2, 3))

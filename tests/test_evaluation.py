@@ -10,8 +10,8 @@ import numpy as np
 import psutil
 import pytest
 
-from data_pipeline.generators import babyai as babyai_gen
-from data_pipeline.generators import metaworld_sim
+from data_pipeline.sim import babyai as babyai_sim
+from data_pipeline.sim import metaworld as metaworld_sim
 from hilam_jax.evaluation import babyai
 from hilam_jax.evaluation import metaworld
 from hilam_jax.evaluation import policy_api
@@ -65,7 +65,7 @@ def test_eval_result_to_dict():
 
 
 def test_test_seeds_disjoint_from_generator_seeds():
-  train_val = {babyai_gen.episode_seed(s, split, shard, a) for s in (0, 1, 7)
+  train_val = {babyai_sim.episode_seed(s, split, shard, a) for s in (0, 1, 7)
                for split in ("train", "val") for shard in (0, 1) for a in range(200)}
   test = {babyai.test_seed(s, i) for s in (0, 1, 7) for i in list(range(200)) + [10_000, 10_001]}
   assert len(test) == 3 * 202 and not train_val & test
@@ -119,7 +119,7 @@ def test_babyai_observations_match_training_data():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   seed = babyai.test_seed(0, 0)
-  episode = babyai_gen.simulate_episode(GOTO, seed)
+  episode = babyai_sim.simulate_episode(GOTO, seed)
   assert episode is not None
   frame = episode["image"][0]
   raw = Recorder(policy_api.ConstantPolicy(0))

@@ -15,7 +15,7 @@ from data_pipeline import reader
 from data_pipeline import registry
 from data_pipeline import schema
 from data_pipeline.generators import metaworld
-from data_pipeline.generators import metaworld_sim
+from data_pipeline.sim import metaworld as metaworld_sim
 from data_pipeline.standardize.metaworld import standardize_metaworld
 from experiments.configs import generate_metaworld as config_lib
 

@@ -24,6 +24,9 @@ stored in execution order, hence non-decreasing. Leaf instructions (the action c
 and/then/after) are tracked while `_process_instr` pushes their subgoals; a leaf is done when its
 last-executed subgoal is.
 
+The simulation (environments, views, the tracing bot, seeds) is `data_pipeline/sim/babyai.py`,
+shared with the evaluation harness; this module shards, encodes and writes.
+
 Generation is deterministic in the config: the environment seeds of shard i are a function of
 (config seed, split, shard index, attempt) only, so the bytes written do not depend on the number
 of worker processes. Workers ("spawn") simulate whole shards and return numpy episodes; the parent
@@ -32,8 +35,6 @@ previous run finished. TensorFlow is imported lazily: simulation workers never l
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import multiprocessing
 import os
 import re
@@ -41,210 +42,11 @@ import time
 from typing import Any, Iterator, Mapping
 
 from absl import logging
-import gymnasium as gym
-import minigrid  # noqa: F401  (registers the BabyAI environments with gymnasium)
-from minigrid.envs.babyai.core import verifier
-from minigrid.utils import baby_ai_bot
-from minigrid.wrappers import RGBImgPartialObsWrapper
 import numpy as np
 
-IMAGE_SIZE = 56  # 7x7 egocentric view x 8-pixel tiles.
-NUM_DIRECTIONS = 4
-ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
-DONE_ACTION = ACTION_NAMES.index("done")
-SPLIT_IDS = {"train": 0, "val": 1}
-# Environment seed = ((seed * 10 + split) * 10^4 + shard) * 10^4 + attempt: disjoint across
-# splits and shards (train and val never share a layout), readable in `episode_metadata/source`.
-_MAX_SHARDS = 10_000
-_MAX_ATTEMPTS = 10_000
+from data_pipeline.sim import babyai as sim
 
-
-# ----------------------------------------------------------------------------- simulation
-
-
-def _desc_text(desc: Any) -> str:
-  """'red ball', 'door (left)': an ObjDesc as text, without `surface()`, which re-scans the grid."""
-  text = " ".join(x for x in (desc.color, desc.type or "object") if x)
-  return f"{text} ({desc.loc})" if desc.loc else text
-
-
-def _instr_text(instr: Any) -> str:
-  if isinstance(instr, verifier.GoToInstr):
-    return f"go to {_desc_text(instr.desc)}"
-  if isinstance(instr, verifier.OpenInstr):
-    return f"open {_desc_text(instr.desc)}"
-  if isinstance(instr, verifier.PickupInstr):
-    return f"pick up {_desc_text(instr.desc)}"
-  if isinstance(instr, verifier.PutNextInstr):
-    return f"put {_desc_text(instr.desc_move)} next to {_desc_text(instr.desc_fixed)}"
-  return type(instr).__name__
-
-
-def _subgoal_text(subgoal: baby_ai_bot.Subgoal) -> str:
-  """'GoNextTo(red ball, PutNext)', 'Pickup': a short name for an initial subgoal."""
-  args = []
-  if isinstance(subgoal.datum, verifier.ObjDesc):
-    args.append(_desc_text(subgoal.datum))
-  elif subgoal.datum is not None:
-    args.append(str(subgoal.datum))
-  if subgoal.reason:
-    args.append(subgoal.reason)
-  name = type(subgoal).__name__.removesuffix("Subgoal")
-  return f"{name}({', '.join(args)})" if args else name
-
-
-class TracingBot(baby_ai_bot.BabyAIBot):
-  """BabyAIBot that records when its initial subgoals and leaf instructions are done.
-
-  Attributes (valid after the episode; positions count from the stack bottom):
-    leaf_spans: per leaf instruction, (instr, first, end) stack positions of its subgoals.
-    initial_names: text of the initial subgoal at each position.
-    done_frame: per position, the frame at which that subgoal was done (-1: not yet).
-  """
-
-  def __init__(self, env: gym.Env):
-    self.leaf_spans: list[tuple[Any, int, int]] = []
-    self._num_replans = 0
-    super().__init__(env)  # Calls _process_instr, which fills leaf_spans.
-    self.initial_names = [_subgoal_text(s) for s in self.stack]
-    self.done_frame = [-1] * len(self.stack)
-
-  def _process_instr(self, instr):
-    if isinstance(instr, (verifier.BeforeInstr, verifier.AfterInstr, verifier.AndInstr)):
-      return super()._process_instr(instr)  # Recurses into this method for each clause.
-    first = len(self.stack)
-    super()._process_instr(instr)
-    self.leaf_spans.append((instr, first, len(self.stack)))
-
-  def _note_depth(self) -> None:
-    """Marks initial subgoals at positions >= the stack height as done at this frame."""
-    for position in range(len(self.stack), len(self.done_frame)):
-      if self.done_frame[position] < 0:
-        self.done_frame[position] = self._num_replans
-
-  def replan(self, action_taken=None):
-    """`BabyAIBot.replan` of minigrid 3.2, checking the stack height after each subgoal method.
-
-    Checking after every method (not once per frame) tells a finished subgoal, after which the
-    subgoal below may push helpers back to the same height within the same frame, from a subgoal
-    that replaced itself (pop + push inside one method), which is not finished.
-    """
-    self._process_obs()
-    self._check_erroneous_box_opening(action_taken)
-    for subgoal in self.stack:
-      subgoal.update_agent_attributes()
-    if self.stack:
-      self.stack[-1].replan_after_action(action_taken)
-      self._note_depth()
-    while self.stack and self.stack[-1].is_exploratory():
-      self.stack.pop()
-      self._note_depth()
-    suggested_action = None
-    while self.stack:
-      suggested_action = self.stack[-1].replan_before_action()
-      self._note_depth()
-      if suggested_action is not None:
-        break
-    if not self.stack:
-      suggested_action = self.mission.unwrapped.actions.done
-    self._remember_current_state()
-    self._num_replans += 1
-    return suggested_action
-
-  def subtask_labels(self, last_frame: int) -> dict[str, Any]:
-    """Done frames in execution order; subgoals never done count as done at `last_frame`."""
-    done = [d if d >= 0 else last_frame for d in self.done_frame]
-    order = list(range(len(done)))[::-1]  # The top of the stack is executed first.
-    leaves = sorted(self.leaf_spans, key=lambda span: -span[1])
-    leaf_of_position = {}
-    for leaf_index, (_, first, end) in enumerate(leaves):
-      for position in range(first, end):
-        leaf_of_position[position] = leaf_index
-    return {
-        "subgoal_done_steps": np.array([done[p] for p in order], np.int32),
-        "subgoal_names": [self.initial_names[p] for p in order],
-        "subgoal_instruction_index": np.array([leaf_of_position[p] for p in order], np.int32),
-        "instruction_done_steps": np.array([done[first] for _, first, _ in leaves], np.int32),
-        "instruction_names": [_instr_text(instr) for instr, _, _ in leaves],
-    }
-
-
-def make_env(level: str, tile_size: int = 8) -> gym.Env:
-  return RGBImgPartialObsWrapper(gym.make(level), tile_size=tile_size)
-
-
-def _reset(env: gym.Env, seed: int) -> dict:
-  # BabyAI prints every rejected level sample ("Sampling rejected: ..."); keep the console clean.
-  with contextlib.redirect_stdout(io.StringIO()):
-    obs, _ = env.reset(seed=int(seed))
-  return obs
-
-
-def simulate_episode(level: str, seed: int, tile_size: int = 8,
-                     env: gym.Env | None = None) -> dict[str, Any] | None:
-  """Runs the bot on `level` from `seed`; returns a numpy episode, or None if the bot failed.
-
-  Returns:
-    dict with `image` uint8 [T, H, W, 3], `direction`, `action` int64 [T], `reward`, `discount`
-    float32 [T], `mission` str, `level`, `seed` and the `TracingBot.subtask_labels`.
-  """
-  env = env or make_env(level, tile_size)
-  obs = _reset(env, seed)
-  images, directions, actions, rewards = [obs["image"]], [obs["direction"]], [], []
-  reward, terminated = 0.0, False
-  try:
-    bot = TracingBot(env)
-    while True:
-      action = int(bot.replan())
-      obs, reward, terminated, truncated, _ = env.step(action)
-      actions.append(action)
-      rewards.append(reward)
-      images.append(obs["image"])
-      directions.append(obs["direction"])
-      if terminated or truncated:
-        break
-  except (baby_ai_bot.DisappearedBoxError, AssertionError, IndexError):
-    return None  # The bot gave up; the level may still be solvable, but not by this expert.
-  except Exception as e:
-    raise RuntimeError(f"BabyAI bot crashed on {level} seed {seed}: {e!r}") from e
-  if not (terminated and reward > 0):
-    return None
-  num_steps = len(images)
-  return {
-      "image": np.stack(images).astype(np.uint8),
-      "direction": np.asarray(directions, np.int64),
-      "action": np.asarray(actions + [DONE_ACTION], np.int64),
-      "reward": np.asarray(rewards + [0.0], np.float32),
-      # The final action ends the episode: no future after it.
-      "discount": (np.arange(num_steps) < num_steps - 2).astype(np.float32),
-      "mission": str(obs["mission"]),
-      "level": level,
-      "seed": int(seed),
-      **bot.subtask_labels(last_frame=num_steps - 1),
-  }
-
-
-def replay_episode(level: str, seed: int, actions: Any, tile_size: int = 8) -> np.ndarray:
-  """Replays recorded per-step `actions` [T] from `seed`; returns the frames uint8 [T, H, W, 3].
-
-  Frame t is the observation before action t (the layout of the dataset), so the last action,
-  the terminal step's placeholder, is not executed.
-  """
-  env = make_env(level, tile_size)
-  frames = [_reset(env, seed)["image"]]
-  for action in np.asarray(actions)[:-1]:
-    obs, _, _, _, _ = env.step(int(action))
-    frames.append(obs["image"])
-  return np.stack(frames).astype(np.uint8)
-
-
-def episode_seed(base_seed: int, split: str, shard_index: int, attempt: int) -> int:
-  """Environment seed of `attempt` in shard `shard_index` of `split` (disjoint across all)."""
-  if split not in SPLIT_IDS:
-    raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_IDS)}")
-  if not 0 <= shard_index < _MAX_SHARDS or not 0 <= attempt < _MAX_ATTEMPTS:
-    raise ValueError(f"shard {shard_index} / attempt {attempt} out of range")
-  return ((base_seed * 10 + SPLIT_IDS[split]) * _MAX_SHARDS + shard_index) * _MAX_ATTEMPTS + attempt
+# ----------------------------------------------------------------------------- shards
 
 
 def simulate_shard(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,15 +56,15 @@ def simulate_shard(task: Mapping[str, Any]) -> dict[str, Any]:
   Top-level and picklable so that "spawn" workers can run it.
   """
   start = time.perf_counter()
-  env = make_env(task["level"], task["tile_size"])
+  env = sim.make_env(task["level"], task["tile_size"])
   episodes, attempt = [], 0
   while len(episodes) < task["num_episodes"]:
     if attempt >= task["max_attempts"]:
       raise RuntimeError(
           f"{task['level']}: only {len(episodes)} of {task['num_episodes']} bot successes in "
           f"{attempt} attempts for {task['split']} shard {task['index']}")
-    seed = episode_seed(task["seed"], task["split"], task["index"], attempt)
-    episode = simulate_episode(task["level"], seed, task["tile_size"], env=env)
+    seed = sim.episode_seed(task["seed"], task["split"], task["index"], attempt)
+    episode = sim.simulate_episode(task["level"], seed, task["tile_size"], env=env)
     if episode is not None:
       episodes.append(episode)
     attempt += 1
@@ -300,7 +102,7 @@ def episode_features(action_free: bool = False, tile_size: int = 8):
       "is_terminal": tf.bool,
   }
   if not action_free:
-    steps["action"] = tfds.features.Scalar(tf.int64, doc=f"discrete: {ACTION_NAMES}")
+    steps["action"] = tfds.features.Scalar(tf.int64, doc=f"discrete: {sim.ACTION_NAMES}")
     steps["reward"] = tfds.features.Scalar(tf.float32)
     steps["discount"] = tfds.features.Scalar(tf.float32)
   steps_int32 = tfds.features.Tensor(shape=(None,), dtype=tf.int32)
@@ -343,14 +145,14 @@ def shard_tasks(config: Any) -> list[dict[str, Any]]:
   tasks = []
   for split, total in (("train", config.num_train_episodes), ("val", config.num_val_episodes)):
     num_shards = -(-total // config.episodes_per_shard)
-    if num_shards > _MAX_SHARDS:
+    if num_shards > sim.MAX_SHARDS:
       raise ValueError(f"{split}: {num_shards} shards; raise episodes_per_shard")
     for index in range(num_shards):
       count = min(config.episodes_per_shard, total - index * config.episodes_per_shard)
       tasks.append({
           "level": config.level, "tile_size": config.tile_size, "seed": config.seed,
           "split": split, "index": index, "num_shards": num_shards, "num_episodes": count,
-          "max_attempts": min(_MAX_ATTEMPTS, config.max_attempts_per_episode * count + 10),
+          "max_attempts": min(sim.MAX_ATTEMPTS, config.max_attempts_per_episode * count + 10),
       })
   return tasks
 

@@ -39,8 +39,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipeline import rlds_writer
-from data_pipeline.generators import metaworld_sim
 from data_pipeline import run_info
+from data_pipeline.sim import metaworld as metaworld_sim
 
 # Config fields that do not change the data (left out of the writer's resume check).
 _RUNTIME_FIELDS = ("num_workers",)
@@ -139,7 +139,7 @@ def generate(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, Any]
     num_workers = max(1, min(config.num_workers, len(todo)))
     logging.info("generating %d shards (%d episodes) with %d spawned workers into %s",
                  len(todo), total_episodes, num_workers, writer.dataset_dir)
-    # Spawned, not forked: the workers must not inherit TensorFlow (see metaworld_sim).
+    # Spawned, not forked: the workers must not inherit TensorFlow (data_pipeline.sim.metaworld).
     with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
       for done, result in enumerate(pool.imap_unordered(metaworld_sim.simulate_shard, todo), 1):
         spec = result["spec"]

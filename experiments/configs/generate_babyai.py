@@ -19,7 +19,7 @@ shards are skipped; the worker count may change between runs, the output does no
   python -m experiments.generate_babyai --config=experiments/configs/generate_babyai.py:tiny \
       --data_dir=/tmp/babyai_tiny
 
-Field meanings are in `data_pipeline.generators.babyai`.
+Field meanings are in `data_pipeline.generators.babyai` (simulation: `data_pipeline.sim.babyai`).
 """
 import ml_collections
 from ml_collections import config_dict

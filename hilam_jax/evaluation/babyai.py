@@ -1,14 +1,15 @@
 """BabyAI (minigrid) evaluation: N environments in this process, one batched `act` per step.
 
 Observations are made exactly as the dataset generator (`data_pipeline/generators/babyai.py`)
-records them and the standardize function (`data_pipeline/standardize/babyai.py`) maps them:
+records them (both render through `data_pipeline/sim/babyai.py`) and the standardize function
+(`data_pipeline/standardize/babyai.py`) maps them:
 `image_primary` = the egocentric `RGBImgPartialObsWrapper` view with 8-pixel tiles (56x56), after
 the tfds JPEG round trip (`jpeg=True`); `proprio` = one-hot facing direction (4).
 
 Held-out seeds. The generator draws env seeds `((seed * 10 + split) * 10^4 + shard) * 10^4 +
-attempt` with split ids train 0 / val 1 (`babyai.episode_seed`). Evaluation episode i uses the same
-formula with split id TEST_SPLIT_ID = 2 and (shard, attempt) = divmod(i, 10^4): the split digit
-differs, so evaluation seeds never coincide with any train / val seed, for any base seeds.
+attempt` with split ids train 0 / val 1 (`sim.episode_seed`). Evaluation episode i uses the same
+formula with split id `sim.TEST_SPLIT_ID` = 2 and (shard, attempt) = divmod(i, 10^4): the split
+digit differs, so evaluation seeds never coincide with any train / val seed, for any base seeds.
 
 The evaluated seed list is fixed by (seed, num_episodes); environments that finish take the next
 unused seed, so which seeds are evaluated (and, for a policy whose actions depend only on its own
@@ -24,30 +25,18 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from data_pipeline.generators import babyai as babyai_gen
+from data_pipeline.sim import babyai as sim
 from hilam_jax.evaluation import policy_api
 from hilam_jax.evaluation import stats
 from hilam_jax.evaluation import video
 
-TEST_SPLIT_ID = 2
-assert TEST_SPLIT_ID not in babyai_gen.SPLIT_IDS.values()
-_PER_SHARD = 10_000  # babyai_gen._MAX_ATTEMPTS
-
-
-def test_seed(base_seed: int, episode_index: int) -> int:
-  """Env seed of evaluation episode `episode_index` (module docstring: disjoint from train/val)."""
-  shard, attempt = divmod(int(episode_index), _PER_SHARD)
-  if base_seed < 0 or shard >= _PER_SHARD:
-    raise ValueError(f"base seed {base_seed} / episode {episode_index} out of range")
-  return ((base_seed * 10 + TEST_SPLIT_ID) * _PER_SHARD + shard) * _PER_SHARD + attempt
+test_seed = sim.test_seed
 
 
 def observation(raw_obs: dict[str, Any], jpeg: bool = True) -> dict[str, np.ndarray]:
   """One env's RGBImgPartialObsWrapper observation -> {image_primary, proprio} as in training."""
-  proprio = np.zeros(babyai_gen.NUM_DIRECTIONS, np.float32)
-  proprio[int(raw_obs["direction"])] = 1.0
   return {"image_primary": policy_api.preprocess_image(raw_obs["image"], jpeg),
-          "proprio": proprio}
+          "proprio": sim.proprio(raw_obs["direction"])}
 
 
 class ExpertPolicy:
@@ -65,16 +54,16 @@ class ExpertPolicy:
     self._bots = [None] * num_envs
 
   def on_episode_start(self, env_index: int, env: Any) -> None:
-    self._bots[env_index] = babyai_gen.baby_ai_bot.BabyAIBot(env)
+    self._bots[env_index] = sim.baby_ai_bot.BabyAIBot(env)
 
   def act(self, obs, instructions, first):
-    actions = np.full(len(instructions), babyai_gen.DONE_ACTION, np.int64)
+    actions = np.full(len(instructions), sim.DONE_ACTION, np.int64)
     for i, bot in enumerate(self._bots):
       if bot is None:
         continue
       try:
         actions[i] = int(bot.replan())
-      except (babyai_gen.baby_ai_bot.DisappearedBoxError, AssertionError, IndexError):
+      except sim.BOT_FAILURES:
         self._bots[i] = None  # gave up: `done` until the next episode
     return actions
 
@@ -105,7 +94,7 @@ def evaluate_babyai(policy: policy_api.Policy, level: str, *, num_episodes: int,
   if num_episodes <= 0:
     raise ValueError(f"num_episodes={num_episodes}")
   num_envs = max(1, min(num_envs, num_episodes))
-  envs = [babyai_gen.make_env(level, tile_size) for _ in range(num_envs)]
+  envs = [sim.make_env(level, tile_size) for _ in range(num_envs)]
   hook = policy.on_episode_start if isinstance(policy, policy_api.EpisodeStartHook) else None
   policy.reset(num_envs)
 

@@ -10,7 +10,7 @@ Also the generic lockstep machinery that `libero.py` reuses:
 
 Env slot s lives in worker s % num_workers. Observations are preprocessed inside the workers
 (`image_primary` 64x64 from the `corner2` camera rotated 180 degrees, fast rendering, as
-`data_pipeline/generators/metaworld_sim.py` records them; tfds JPEG round trip; `proprio` = the
+`data_pipeline/sim/metaworld.py` records them; tfds JPEG round trip; `proprio` = the
 first 4 state values as in `data_pipeline/standardize/metaworld.py`).
 
 Episodes: for each task, `episodes_per_task` seeds `metaworld_sim.episode_seed(seed, "test", task,
@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import numpy as np
 
-from data_pipeline.generators import metaworld_sim
+from data_pipeline.sim import metaworld as metaworld_sim
 from hilam_jax.evaluation import policy_api
 from hilam_jax.evaluation import stats
 from hilam_jax.evaluation import video

@@ -1,9 +1,10 @@
-"""Meta-World v3 simulation for the dataset generator: scripted experts, rendering, phase labels.
+"""Meta-World v3 simulation (generator and evaluation): scripted experts, rendering, phase labels.
 
 This module runs inside spawned worker processes and must never import TensorFlow, directly or
 through project modules: TensorFlow and a MuJoCo GL context in one process segfault. MuJoCo and
 Meta-World are imported lazily (`_import_sim`) after `MUJOCO_GL` is set, so the TF-side parent
 (`data_pipeline/generators/metaworld.py`) can import this module for its function references.
+The evaluation harness (`hilam_jax/evaluation/metaworld.py`) renders through the same `TaskSim`.
 
 Episodes are numpy dicts in the raw RLDS layout written by the parent (T = episode length):
 
@@ -228,9 +229,10 @@ def _import_sim():
   """Imports MuJoCo and Meta-World, refusing to do so in a process that has TensorFlow."""
   if "tensorflow" in sys.modules:
     raise RuntimeError(
-        "metaworld_sim: TensorFlow is imported in this process and a MuJoCo GL context would "
-        "segfault beside it. Simulate in a spawned process that never imports TF (if this is a "
-        "spawned worker, the launching __main__ module imports TF at top level: import it lazily).")
+        "data_pipeline.sim.metaworld: TensorFlow is imported in this process and a MuJoCo GL "
+        "context would segfault beside it. Simulate in a spawned process that never imports TF "
+        "(if this is a spawned worker, the launching __main__ module imports TF at top level: "
+        "import it lazily).")
   os.environ.setdefault("MUJOCO_GL", "egl")
   warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
   import metaworld.env_dict  # pylint: disable=g-import-not-at-top
