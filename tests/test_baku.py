@@ -266,6 +266,24 @@ def test_temporal_ensembler_categorical():
   np.testing.assert_allclose(logit.aggregate(), [[0.5, 0.5]])
 
 
+def test_temporal_ensembler_samples_categorical_actions_with_their_probabilities():
+  probs = np.array([0.1, 0.6, 0.0, 0.3])
+  ens = TemporalEnsembler(num_envs=4000, chunk=1, action_shape_or_num_classes=4,
+                          kind="categorical", from_logits=False)
+  ens.add(np.broadcast_to(probs, (4000, 1, 4)))
+  actions = ens.action(np.random.default_rng(0))
+  frequencies = np.bincount(actions, minlength=4) / 4000
+  np.testing.assert_allclose(frequencies, probs, atol=0.025)  # ~3.5 binomial sd
+  assert frequencies[2] == 0  # a zero-probability class is never drawn
+  np.testing.assert_array_equal(ens.action(np.random.default_rng(5)),
+                                ens.action(np.random.default_rng(5)))
+  np.testing.assert_array_equal(ens.action(), np.ones(4000))  # argmax without an rng
+  continuous = TemporalEnsembler(1, 1, 2, "continuous")
+  continuous.add(np.zeros((1, 1, 2)))
+  with pytest.raises(ValueError, match="categorical"):
+    continuous.action(np.random.default_rng(0))
+
+
 def test_small_config_overfits_fixed_batch():
   cfg = BakuConfig.small(heads=(HeadConfig("action", "categorical", dim=6, chunk=2,
                                            hidden=(128,)),))
