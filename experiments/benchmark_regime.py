@@ -137,13 +137,14 @@ def _train_and_evaluate(config, run: dict, dataset_dir: str, root: str) -> dict:
            "num_steps": policy_config.num_steps,
            "train_seconds": round(time.perf_counter() - start, 1), "curves": curves,
            **_flattened(curves["eval/loss"]), "evaluations": {}}
-  for mode in config.eval.modes:
+  modes = config.plateau.eval_modes if run["regime"] == "plateau" else config.eval.modes
+  for mode in modes:
     if mode not in out["evaluations"]:
       out["evaluations"][mode] = _evaluate(config, workdir, dataset_dir, mode)
       logging.info("%s: %s success %.3f over %d seeds", run["name"], mode,
                    out["evaluations"][mode]["success_rate"], config.eval.num_episodes)
-  primary = out["evaluations"][config.eval.modes[0]]
-  out.update(success_rate=primary["success_rate"], eval_mode=config.eval.modes[0],
+  primary = out["evaluations"][modes[0]]
+  out.update(success_rate=primary["success_rate"], eval_mode=modes[0],
              num_eval_episodes=primary["num_episodes"], eval_seed=config.eval.seed)
   with open(done + ".tmp", "w") as f:
     json.dump(out, f, indent=1)
@@ -171,7 +172,7 @@ def _markdown(summary: dict) -> str:
     loss = " ".join(f"{s}:{v:.3f}" for s, v in run["curves"]["eval/loss"])
     acc = " ".join(f"{s}:{v:.2f}" for s, v in run["curves"]["eval/action/accuracy"])
     success = ", ".join(f"{run['evaluations'][m]['success_rate']:.2f}"
-                        for m in summary["eval_modes"])
+                        if m in run["evaluations"] else "-" for m in summary["eval_modes"])
     lines.append(f"| {run['name']} | {success} | {run['chunk']} | {run['augment']} | {loss} | "
                  f"{acc} | {run['last_quarter_change']} | {run['train_seconds']} |")
   return "\n".join(lines) + "\n"

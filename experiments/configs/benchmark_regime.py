@@ -72,6 +72,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.plateau.augment = True
   config.plateau.eval_every = 250
   config.plateau.num_steps = 3000  # the probe: the former regime stays on the plateau >= 3,000
+  config.plateau.eval_modes = ("argmax",)  # its curves are the point; one evaluation
   config.eval = ml_collections.ConfigDict()
   config.eval.num_episodes = 100
   config.eval.num_envs = 20
