@@ -313,7 +313,8 @@ def build_policy(spec: dict, config: Any):
   return policies.HierarchicalPolicy(high, low, high_every=config.policy.high_every)
 
 
-def _evaluate(config: Any, paths: Paths, name: str, spec: dict) -> dict:
+def _evaluate(config: Any, paths: Paths, name: str, spec: dict, demos_dir: str) -> dict:
+  from data_pipeline.sim import babyai as sim  # pylint: disable=g-import-not-at-top
   from hilam_jax.evaluation import babyai as babyai_eval  # pylint: disable=g-import-not-at-top
   out = os.path.join(paths.evaluation, name.replace("@", "_"))
   done = os.path.join(out, "result.json")
@@ -321,10 +322,14 @@ def _evaluate(config: Any, paths: Paths, name: str, spec: dict) -> dict:
     with open(done) as f:
       return json.load(f)
   policy = build_policy(spec, config)
+  # Render exactly as the demonstrations were generated (view, tile size).
+  render = sim.render_settings(demos_dir)
+  babyai_eval.check_render_settings(demos_dir, config.level, render["view"], render["tile_size"])
   start = time.perf_counter()
   result = babyai_eval.evaluate_babyai(
       policy, config.level, num_episodes=config.eval.num_episodes, num_envs=config.eval.num_envs,
-      seed=config.eval.seed, max_steps=config.eval.max_steps,
+      seed=config.eval.seed, max_steps=config.eval.max_steps, view=render["view"],
+      tile_size=render["tile_size"],
       video_dir=os.path.join(out, "videos"),
       num_videos=config.eval.num_videos).to_dict()
   result["seconds"] = round(time.perf_counter() - start, 1)
@@ -344,12 +349,12 @@ def _policies_and_evaluation(config: Any, paths: Paths, data: dict) -> dict:
     for method in config.methods:
       spec = planner.finetune(method, fraction)
       results.setdefault(method, {})[f"{fraction:g}"] = _evaluate(
-          config, paths, f"{method}@{fraction:g}", spec)
+          config, paths, f"{method}@{fraction:g}", spec, data["demos"])
   ablation_fraction = max(config.fractions)
   for method in config.ablations:
     spec = planner.finetune(method, ablation_fraction)
     results.setdefault(method, {})[f"{ablation_fraction:g}"] = _evaluate(
-        config, paths, f"{method}@{ablation_fraction:g}", spec)
+        config, paths, f"{method}@{ablation_fraction:g}", spec, data["demos"])
   return {"success": results, "train_metrics": planner.metrics, "label_dims": planner.dims}
 
 

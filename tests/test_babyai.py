@@ -86,6 +86,43 @@ def test_other_levels_and_determinism(level):
   assert first["action"].shape == (num_steps,) and first["action"][-1] == babyai_sim.DONE_ACTION
 
 
+def test_room_view_is_the_agents_room_of_the_full_render():
+  """The room view equals the fully observable render cropped to the agent's room, follows the
+  agent's direction, and shows what the egocentric view cannot (the whole room)."""
+  level = "BabyAI-UnlockLocal-v0"
+  env = babyai_sim.make_env(level, tile_size=7, view="room")
+  assert env.observation_space["image"].shape == (56, 56, 3)
+  assert babyai_sim.image_size(level, 7, "room") == 56
+  assert babyai_sim.image_size(level, 8, "egocentric") == 56
+  for seed in range(3):
+    obs = babyai_sim.reset(env, seed)
+    base = env.unwrapped
+    x, y, width, height = env.room_box()
+    assert (width, height) == (8, 8) and x <= base.agent_pos[0] < x + 8
+    full = base.get_frame(highlight=False, tile_size=7, agent_pov=False)
+    np.testing.assert_array_equal(obs["image"], full[7 * y:7 * (y + 8), 7 * x:7 * (x + 8)])
+    turned, *_ = env.step(0)  # turning left changes only the agent's cell
+    changed = np.argwhere(np.any(turned["image"] != obs["image"], axis=-1))
+    cell = (np.asarray(base.agent_pos) - (x, y))[::-1]
+    assert changed.size and (changed // 7 == cell).all()
+  with pytest.raises(ValueError, match="view"):
+    babyai_sim.make_env(level, view="topdown")
+
+
+def test_room_view_dataset_records_its_render_settings(tmp_path):
+  config = tiny_config()
+  config.level, config.view, config.tile_size = "BabyAI-UnlockLocal-v0", "room", 7
+  stats = babyai.generate(config, str(tmp_path))
+  assert babyai_sim.render_settings(stats["dataset_dir"]) == {
+      "level": "BabyAI-UnlockLocal-v0", "view": "room", "tile_size": 7}
+  episode = dense_episodes(stats["dataset_dir"])[0]
+  frames = episode["steps"]["observation"]["image"]
+  expected = babyai_sim.simulate_episode(config.level, int(episode["episode_metadata"]["seed"]),
+                                         tile_size=7, view="room")["image"]
+  assert frames.shape == expected.shape and frames.shape[1:] == (56, 56, 3)
+  assert np.abs(frames.astype(int) - expected).mean() < 3  # JPEG
+
+
 def test_tracing_bot_acts_like_the_shipped_bot():
   """TracingBot re-implements BabyAIBot.replan; it must choose exactly the same actions."""
   from minigrid.utils.baby_ai_bot import BabyAIBot

@@ -13,7 +13,7 @@ import pytest
 
 from hilam_jax.policy import (BakuConfig, BakuPolicy, HeadConfig, TemporalEnsembler, head_loss,
                               heads_loss, init_params)
-from hilam_jax.policy.baku import ImageEncoder
+from hilam_jax.policy.baku import GridEncoder, ImageEncoder
 
 ALL_HEADS = (HeadConfig("action", "continuous", dim=3, chunk=4, hidden=(16,)),
              HeadConfig("discrete", "categorical", dim=5, chunk=4, hidden=()),
@@ -312,6 +312,24 @@ def test_temporal_ensembler_categorical():
   np.testing.assert_allclose(logit.aggregate(), [[0.5, 0.5]])
 
 
+def test_temporal_ensembler_samples_categorical_actions_with_their_probabilities():
+  probs = np.array([0.1, 0.6, 0.0, 0.3])
+  ens = TemporalEnsembler(num_envs=4000, chunk=1, action_shape_or_num_classes=4,
+                          kind="categorical", from_logits=False)
+  ens.add(np.broadcast_to(probs, (4000, 1, 4)))
+  actions = ens.action(np.random.default_rng(0))
+  frequencies = np.bincount(actions, minlength=4) / 4000
+  np.testing.assert_allclose(frequencies, probs, atol=0.025)  # ~3.5 binomial sd
+  assert frequencies[2] == 0  # a zero-probability class is never drawn
+  np.testing.assert_array_equal(ens.action(np.random.default_rng(5)),
+                                ens.action(np.random.default_rng(5)))
+  np.testing.assert_array_equal(ens.action(), np.ones(4000))  # argmax without an rng
+  continuous = TemporalEnsembler(1, 1, 2, "continuous")
+  continuous.add(np.zeros((1, 1, 2)))
+  with pytest.raises(ValueError, match="categorical"):
+    continuous.action(np.random.default_rng(0))
+
+
 def test_small_config_overfits_fixed_batch():
   cfg = BakuConfig.small(heads=(HeadConfig("action", "categorical", dim=6, chunk=2,
                                            hidden=(128,)),))
@@ -346,3 +364,100 @@ def test_small_config_overfits_fixed_batch():
       if acc > 0.9:
         break
   assert acc > 0.9, f"accuracy {acc} after {i + 1} steps (loss {float(loss):.3f})"
+
+
+# ----------------------------------------------------------------------------- grid encoder
+
+
+def grid_config(pooling="flatten", **overrides) -> BakuConfig:
+  return tiny_config(encoder="grid", grid_cell=4, grid_blocks=2, pooling=pooling, **overrides)
+
+
+def grid_images(batch=2, cells=4, cell=4, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (batch, cells * cell, cells * cell, 3),
+                                             dtype=np.uint8)
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "spatial_softmax"])
+def test_grid_encoder_shapes_and_one_vector_per_cell(pooling):
+  cfg = grid_config(pooling)
+  images = grid_images()
+  film = np.zeros((2, cfg.repr_dim), np.float32)
+  encoder = GridEncoder(cfg)
+  variables = encoder.init(jax.random.PRNGKey(0), images, film)
+  params = variables["params"]
+  assert params["cell_conv"]["kernel"].shape == (4, 4, 3, cfg.encoder_channels[0])
+  assert sorted(k for k in params if k.startswith("block_")) == ["block_0", "block_1"]
+  out = encoder.apply(variables, images, film)
+  assert out.shape == (2, cfg.repr_dim)
+  # Flatten keeps every cell: proj reads cells² · C inputs; spatial softmax reads 2K coordinates.
+  expected_in = 16 * cfg.encoder_channels[0] if pooling == "flatten" else 2 * cfg.num_keypoints
+  assert params["proj"]["kernel"].shape == (expected_in, cfg.repr_dim)
+  # Changing one pixel inside cell (0, 0) (before the 3x3 blocks spread it) changes the output;
+  # an image whose side is not a multiple of the cell is refused.
+  changed = images.copy()
+  changed[:, 1, 2] = 255 - changed[:, 1, 2]
+  assert np.abs(encoder.apply(variables, changed, film) - out).max() > 1e-6
+  with pytest.raises(ValueError, match="multiple"):
+    encoder.apply(variables, grid_images()[:, :15, :15], film)
+
+
+def test_grid_encoder_cells_are_aligned_and_flatten_sees_where():
+  """Swapping two whole cells swaps their cell-conv vectors exactly and changes the flat code."""
+  cfg = grid_config("flatten", film=False)
+  images = grid_images(cells=4, cell=4)
+  swapped = images.copy()
+  swapped[:, 0:4, 0:4], swapped[:, 0:4, 12:16] = images[:, 0:4, 12:16], images[:, 0:4, 0:4]
+  encoder = GridEncoder(cfg)
+  variables = encoder.init(jax.random.PRNGKey(0), images, None)
+  assert np.abs(encoder.apply(variables, swapped, None)
+                - encoder.apply(variables, images, None)).max() > 1e-4
+  # The cell conv (kernel = stride = cell) is per-cell: swapping two cells swaps their vectors.
+  kernel = variables["params"]["cell_conv"]["kernel"]
+  def conv(x):
+    x = (x / 255.0 - np.asarray((0.485, 0.456, 0.406))) / np.asarray((0.229, 0.224, 0.225))
+    return jax.lax.conv_general_dilated(x.astype(np.float32), kernel, (4, 4), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  a, b = np.asarray(conv(images)), np.asarray(conv(swapped))
+  np.testing.assert_allclose(a[:, 0, 0], b[:, 0, 3], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(a[:, 1:], b[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_grid_encoder_film_identity_at_init_and_effect_after_perturbation():
+  cfg = grid_config("flatten")
+  images = grid_images()
+  film_a = np.zeros((2, cfg.repr_dim), np.float32)
+  film_b = np.ones((2, cfg.repr_dim), np.float32)
+  encoder = GridEncoder(cfg)
+  params = encoder.init(jax.random.PRNGKey(0), images, film_a)["params"]
+  encode = jax.jit(lambda p, f: encoder.apply({"params": p}, images, f))
+  np.testing.assert_array_equal(encode(params, film_a), encode(params, film_b))
+  params = perturb(params)
+  assert np.abs(encode(params, film_a) - encode(params, film_b)).max() > 1e-4
+
+
+@pytest.mark.parametrize("pooling", ["flatten", "spatial_softmax"])
+def test_grid_policy_end_to_end_gradients_finite(pooling):
+  """The grid encoder inside BakuPolicy (trunk + chunked heads): finite, non-zero gradients."""
+  cfg = grid_config(pooling, proprio_dim=4)
+  rng = np.random.RandomState(0)
+  batch = {"images": {"front": grid_images()[:, None]},
+           "lang": rng.randn(2, cfg.lang_dim).astype(np.float32),
+           "proprio": rng.randn(2, 1, 4).astype(np.float32)}
+  params = init_params(cfg, jax.random.PRNGKey(0), batch)
+  assert "cell_conv" in params["image_encoder"]
+  targets = {"discrete": rng.randint(0, 5, (2, 1, 4)), "action": rng.randn(2, 1, 4, 3),
+             "latent": rng.randn(2, 1, 4, 6)}
+  masks = {k: np.ones((2, 1, 4), bool) for k in targets}
+  def loss(p):
+    out = BakuPolicy(cfg).apply({"params": p}, batch)
+    return heads_loss(cfg.heads, out.predictions, targets, masks)[0]
+  grads = jax.jit(jax.grad(loss))(params)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert np.abs(np.asarray(grads["image_encoder"]["cell_conv"]["kernel"])).max() > 0
+  with pytest.raises(ValueError):
+    grid_config(pooling="mean")
+  with pytest.raises(ValueError):
+    tiny_config(encoder="vit")
+  assert BakuConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

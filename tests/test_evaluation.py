@@ -3,6 +3,7 @@
 BabyAI runs in this process. Meta-World runs in spawned workers (this process imports TensorFlow
 for the JPEG comparison, which is exactly the situation the workers must survive).
 """
+import json
 import multiprocessing
 import os
 
@@ -49,6 +50,20 @@ def test_wilson_interval_hand_computed():
   assert stats.wilson_interval(0, 0) == (0.0, 1.0)
   with pytest.raises(ValueError):
     stats.wilson_interval(3, 2)
+
+
+def test_seed_interval_hand_computed():
+  # [0.8, 0.86, 0.82]: mean 0.82667, sd 0.030551, t_0.975(2) = 4.3027 -> half 0.075893.
+  out = stats.seed_interval([0.8, 0.86, 0.82])
+  np.testing.assert_allclose([out["mean"], out["std"], out["ci_low"], out["ci_high"]],
+                             [0.826667, 0.030551, 0.750774, 0.902559], atol=1e-5)
+  assert out["num_seeds"] == 3 and out["values"] == [0.8, 0.86, 0.82]
+  assert np.isnan(stats.seed_interval([0.5])["ci_low"])
+  # Beyond the table: the expansion is within 3e-3 of t_0.975(df) (scipy: 2.2010, 2.0423).
+  assert abs(stats.t_quantile_975(11) - 2.2010) < 3e-3
+  assert abs(stats.t_quantile_975(30) - 2.0423) < 3e-4
+  with pytest.raises(ValueError):
+    stats.seed_interval([])
 
 
 def test_eval_result_to_dict():
@@ -135,6 +150,48 @@ def test_babyai_observations_match_training_data():
   ours = jpeg.obs[0]["image_primary"][0].astype(int)
   assert np.abs(ours - stored).mean() < 0.5 and np.abs(ours - stored).max() <= 8
   assert np.abs(ours - frame).mean() > 0.1  # the round trip did happen
+
+
+class ReplayPolicy:
+  """Replays one recorded action sequence in env row 0 (a single-episode evaluation)."""
+
+  def __init__(self, actions):
+    self.actions, self.t = list(actions), 0
+
+  def reset(self, num_envs):
+    self.t = 0
+
+  def act(self, obs, instructions, first):
+    action = self.actions[min(self.t, len(self.actions) - 1)]
+    self.t += 1
+    return np.array([action], np.int64)
+
+
+def test_babyai_room_view_observations_equal_the_generators_frames_at_every_step(tmp_path):
+  """Evaluation and generator render the same room view: equal frames at each step of a seed."""
+  level = "BabyAI-UnlockLocal-v0"
+  seed = babyai.test_seed(0, 0)
+  episode = babyai_sim.simulate_episode(level, seed, tile_size=7, view="room")
+  assert episode is not None and episode["image"].shape[1:] == (56, 56, 3)
+  num_actions = len(episode["action"]) - 1  # the last step is the terminal placeholder
+  raw = Recorder(ReplayPolicy(episode["action"][:-1]))
+  result = babyai.evaluate_babyai(raw, level, num_episodes=1, num_envs=1, jpeg=False,
+                                  tile_size=7, view="room")
+  assert result.episodes[0].success and result.episodes[0].length == num_actions
+  assert len(raw.obs) == num_actions
+  for t, obs in enumerate(raw.obs):
+    np.testing.assert_array_equal(obs["image_primary"][0], episode["image"][t], err_msg=f"t={t}")
+  # The views differ: the egocentric evaluation does not see these frames.
+  ego = Recorder(policy_api.ConstantPolicy(0))
+  babyai.evaluate_babyai(ego, level, num_episodes=1, num_envs=1, max_steps=1, jpeg=False)
+  assert np.abs(ego.obs[0]["image_primary"][0].astype(int) - episode["image"][0]).mean() > 1
+  # Render settings are read back from a generated dataset; a mismatch is refused.
+  info = {"config": {"level": level, "view": "room", "tile_size": 7}}
+  with open(os.path.join(tmp_path, "generation_info.json"), "w") as f:
+    json.dump(info, f)
+  babyai.check_render_settings(str(tmp_path), level, "room", 7)
+  with pytest.raises(ValueError, match="generated with"):
+    babyai.check_render_settings(str(tmp_path), level, "egocentric", 8)
 
 
 def test_babyai_videos(tmp_path):

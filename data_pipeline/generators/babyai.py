@@ -1,8 +1,11 @@
 """BabyAI benchmark data: expert demonstrations with ground-truth subtask boundaries, as RLDS.
 
 The shipped BabyAI expert (`minigrid.utils.baby_ai_bot.BabyAIBot`) solves a level from a seed;
-we record its egocentric RGB view (56x56, `RGBImgPartialObsWrapper` with 8-pixel tiles), its
-actions and, from its plan, when each part of the instruction was done. Only successful episodes
+we record an RGB view (config `view`: "egocentric", 56x56 from `RGBImgPartialObsWrapper` with
+8-pixel tiles, or "room", the agent's whole room fully observed, 8x8 cells of `tile_size` px; see
+`data_pipeline/sim/babyai.py`), its actions and, from its plan, when each part of the instruction
+was done. The view and tile size are in the dataset's generation_info.json (`sim.render_settings`),
+from which the evaluation renders identically. Only successful episodes
 are kept.
 
 Episode layout (T = number of actions + 1): step t holds the frame *before* action t, action t,
@@ -52,11 +55,11 @@ from data_pipeline.sim import babyai as sim
 def simulate_shard(task: Mapping[str, Any]) -> dict[str, Any]:
   """Simulates one shard: tries seeds in order until `num_episodes` bot successes.
 
-  `task` holds level, tile_size, seed, split, index, num_shards, num_episodes, max_attempts.
+  `task` holds level, tile_size, view, seed, split, index, num_shards, num_episodes, max_attempts.
   Top-level and picklable so that "spawn" workers can run it.
   """
   start = time.perf_counter()
-  env = sim.make_env(task["level"], task["tile_size"])
+  env = sim.make_env(task["level"], task["tile_size"], task["view"])
   episodes, attempt = [], 0
   while len(episodes) < task["num_episodes"]:
     if attempt >= task["max_attempts"]:
@@ -84,16 +87,18 @@ def dataset_name(level: str, action_free: bool = False, name: str | None = None)
   return name + "_video" if action_free else name
 
 
-def episode_features(action_free: bool = False, tile_size: int = 8):
-  """tfds features of one episode (see the module docstring for the step layout)."""
+def episode_features(action_free: bool = False, image_size: int = sim.IMAGE_SIZE):
+  """tfds features of one episode (see the module docstring for the step layout).
+
+  `image_size`: side of the square frames in pixels (`sim.image_size(level, tile_size, view)`).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from data_pipeline import rlds_writer  # pylint: disable=g-import-not-at-top
 
-  size = 7 * tile_size
   steps = {
       "observation": {
-          "image": tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"),
+          "image": tfds.features.Image(shape=(image_size, image_size, 3), encoding_format="jpeg"),
           "direction": tfds.features.Scalar(tf.int64, doc="agent facing: 0 east .. 3 north"),
       },
       "language_instruction": tfds.features.Text(),
@@ -150,11 +155,17 @@ def shard_tasks(config: Any) -> list[dict[str, Any]]:
     for index in range(num_shards):
       count = min(config.episodes_per_shard, total - index * config.episodes_per_shard)
       tasks.append({
-          "level": config.level, "tile_size": config.tile_size, "seed": config.seed,
+          "level": config.level, "tile_size": config.tile_size, "view": view(config),
+          "seed": config.seed,
           "split": split, "index": index, "num_shards": num_shards, "num_episodes": count,
           "max_attempts": min(sim.MAX_ATTEMPTS, config.max_attempts_per_episode * count + 10),
       })
   return tasks
+
+
+def view(config: Any) -> str:
+  """The config's view; configs written before the knob existed are egocentric."""
+  return config.get("view", "egocentric")
 
 
 def _simulated(tasks: list[dict[str, Any]], num_workers: int) -> Iterator[dict[str, Any]]:
@@ -183,10 +194,11 @@ def generate(config: Any, data_dir: str) -> dict[str, Any]:
   name = dataset_name(config.level, config.action_free, config.get("name"))
   # The worker count does not change the output, so a resumed run may use another one.
   identity = {k: v for k, v in config.to_dict().items() if k != "num_workers"}
+  size = sim.image_size(config.level, config.tile_size, view(config))
   writer = rlds_writer.ShardedRLDSWriter(
-      data_dir, name, episode_features(config.action_free, config.tile_size),
+      data_dir, name, episode_features(config.action_free, size),
       description=(f"BabyAI bot demonstrations on {config.level} (minigrid BabyAIBot), "
-                   f"egocentric RGB {7 * config.tile_size}px, successful episodes only"
+                   f"{view(config)} RGB {size}px, successful episodes only"
                    + (", action-free video" if config.action_free else "")
                    + f". Config: {identity}"),
       config=identity)

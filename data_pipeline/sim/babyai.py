@@ -4,6 +4,14 @@ The generator (`data_pipeline/generators/babyai.py`) records what `make_env` ren
 evaluation (`hilam_jax/evaluation/babyai.py`) renders through the same `make_env`, so a policy
 sees at test time exactly the frames it was trained on.
 
+Views (`make_env(level, tile_size, view)`; the dataset records both in its generation_info):
+  "egocentric"  minigrid's `RGBImgPartialObsWrapper`: the agent's 7x7-cell partial view, the agent
+                at the bottom centre facing up (8-px tiles -> 56x56). What BabyAI's agents see.
+  "room"        `RoomObsWrapper`: the whole room the agent stands in (walls and doors included,
+                8x8 cells in BabyAI's default rooms), fully observed, agent drawn as a triangle
+                pointing its way (7-px tiles -> 56x56). A carried object is not drawn (as in
+                minigrid); it has left the room's floor. One room of a multi-room level is what
+                the local levels (GoToLocal, PickupLoc, UnlockLocal, PutNextLocal) need.
 
 Expert and labels: `TracingBot` is minigrid's `BabyAIBot` recording when its initial subgoals and
 leaf instructions are done (the generator's docstring explains the labelling rule);
@@ -17,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -25,6 +35,8 @@ from minigrid.envs.babyai.core import verifier
 from minigrid.utils import baby_ai_bot
 from minigrid.wrappers import RGBImgPartialObsWrapper
 import numpy as np
+
+VIEWS = ("egocentric", "room")
 
 IMAGE_SIZE = 56  # 7x7 egocentric view x 8-pixel tiles.
 NUM_DIRECTIONS = 4
@@ -150,8 +162,70 @@ class TracingBot(baby_ai_bot.BabyAIBot):
     }
 
 
-def make_env(level: str, tile_size: int = 8) -> gym.Env:
-  return RGBImgPartialObsWrapper(gym.make(level), tile_size=tile_size)
+class RoomObsWrapper(gym.ObservationWrapper):
+  """obs["image"] = RGB render of the agent's room, [room_h * tile, room_w * tile, 3] uint8.
+
+  Levels without rooms (plain minigrid envs) render the whole grid.
+  """
+
+  def __init__(self, env: gym.Env, tile_size: int = 7):
+    super().__init__(env)
+    self.tile_size = tile_size
+    base = env.unwrapped
+    if hasattr(base, "room_size"):
+      height = width = base.room_size
+    else:
+      width, height = base.width, base.height
+    image = gym.spaces.Box(0, 255, (height * tile_size, width * tile_size, 3), np.uint8)
+    self.observation_space = gym.spaces.Dict({**self.observation_space.spaces, "image": image})
+
+  def room_box(self) -> tuple[int, int, int, int]:
+    """(x, y, width, height) in cells of the room the agent stands in."""
+    base = self.env.unwrapped
+    if hasattr(base, "room_from_pos"):
+      room = base.room_from_pos(*base.agent_pos)
+      return (*room.top, *room.size)
+    return 0, 0, base.width, base.height
+
+  def observation(self, obs):
+    base = self.env.unwrapped
+    x, y, width, height = self.room_box()
+    agent_x, agent_y = base.agent_pos
+    image = base.grid.slice(x, y, width, height).render(
+        self.tile_size, agent_pos=(agent_x - x, agent_y - y), agent_dir=base.agent_dir)
+    return {**obs, "image": image}
+
+
+def make_env(level: str, tile_size: int = 8, view: str = "egocentric") -> gym.Env:
+  """The level's env with obs["image"] rendered as `view` (module docstring) at `tile_size` px."""
+  if view == "egocentric":
+    return RGBImgPartialObsWrapper(gym.make(level), tile_size=tile_size)
+  if view == "room":
+    return RoomObsWrapper(gym.make(level), tile_size=tile_size)
+  raise ValueError(f"unknown BabyAI view {view!r}; views: {VIEWS}")
+
+
+def render_settings(dataset_dir: str) -> dict[str, Any]:
+  """{level, view, tile_size} a generated BabyAI dataset was rendered with (generation_info.json).
+
+  Datasets generated before the view knob existed are egocentric.
+  """
+  with open(os.path.join(dataset_dir, "generation_info.json")) as f:
+    config = json.load(f)["config"]
+  return {"level": config["level"], "view": config.get("view", "egocentric"),
+          "tile_size": int(config["tile_size"])}
+
+
+def image_size(level: str, tile_size: int, view: str) -> int:
+  """Side in pixels of `view`'s square frames on `level` (egocentric: 7 cells)."""
+  if view == "egocentric":
+    return 7 * tile_size
+  env = make_env(level, tile_size, view)
+  size = env.observation_space["image"].shape
+  env.close()
+  if size[0] != size[1]:
+    raise ValueError(f"{level}: the room view is not square ({size})")
+  return size[0]
 
 
 def reset(env: gym.Env, seed: int) -> dict:
@@ -161,15 +235,15 @@ def reset(env: gym.Env, seed: int) -> dict:
   return obs
 
 
-def simulate_episode(level: str, seed: int, tile_size: int = 8,
-                     env: gym.Env | None = None) -> dict[str, Any] | None:
+def simulate_episode(level: str, seed: int, tile_size: int = 8, env: gym.Env | None = None,
+                     view: str = "egocentric") -> dict[str, Any] | None:
   """Runs the bot on `level` from `seed`; returns a numpy episode, or None if the bot failed.
 
   Returns:
     dict with `image` uint8 [T, H, W, 3], `direction`, `action` int64 [T], `reward`, `discount`
     float32 [T], `mission` str, `level`, `seed` and the `TracingBot.subtask_labels`.
   """
-  env = env or make_env(level, tile_size)
+  env = env or make_env(level, tile_size, view)
   obs = reset(env, seed)
   images, directions, actions, rewards = [obs["image"]], [obs["direction"]], [], []
   reward, terminated = 0.0, False
@@ -205,13 +279,14 @@ def simulate_episode(level: str, seed: int, tile_size: int = 8,
   }
 
 
-def replay_episode(level: str, seed: int, actions: Any, tile_size: int = 8) -> np.ndarray:
+def replay_episode(level: str, seed: int, actions: Any, tile_size: int = 8,
+                   view: str = "egocentric") -> np.ndarray:
   """Replays recorded per-step `actions` [T] from `seed`; returns the frames uint8 [T, H, W, 3].
 
   Frame t is the observation before action t (the layout of the dataset), so the last action,
   the terminal step's placeholder, is not executed.
   """
-  env = make_env(level, tile_size)
+  env = make_env(level, tile_size, view)
   frames = [reset(env, seed)["image"]]
   for action in np.asarray(actions)[:-1]:
     obs, _, _, _, _ = env.step(int(action))

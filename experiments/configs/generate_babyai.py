@@ -45,7 +45,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.max_attempts_per_episode = 3
   # Environment seeds are a function of (seed, split, shard index, attempt) only.
   config.seed = 0
-  # Pixels per grid cell; the egocentric view is 7x7 cells, so 8 -> 56x56 frames.
+  # What is recorded: "egocentric" (the agent's 7x7-cell partial view) or "room" (its whole room,
+  # fully observed: 8x8 cells in BabyAI's rooms). See data_pipeline/sim/babyai.py.
+  config.view = "egocentric"
+  # Pixels per grid cell; egocentric 7 cells x 8 -> 56x56 frames; room 8 cells x 7 -> 56x56.
   config.tile_size = 8
   # Simulation processes ("spawn"); 1 simulates in the main process. Does not change the output.
   config.num_workers = 1

@@ -3,8 +3,11 @@
 Observations are made exactly as the dataset generator (`data_pipeline/generators/babyai.py`)
 records them (both render through `data_pipeline/sim/babyai.py`) and the standardize function
 (`data_pipeline/standardize/babyai.py`) maps them:
-`image_primary` = the egocentric `RGBImgPartialObsWrapper` view with 8-pixel tiles (56x56), after
-the tfds JPEG round trip (`jpeg=True`); `proprio` = one-hot facing direction (4).
+`image_primary` = the view the dataset was generated with (`view` "egocentric": minigrid's
+`RGBImgPartialObsWrapper`, 8-pixel tiles, 56x56; "room": the agent's room fully observed, 7-pixel
+tiles, 56x56; `sim.render_settings(dataset_dir)` reads them back and `check_render_settings`
+refuses a mismatch), after the tfds JPEG round trip (`jpeg=True`); `proprio` = one-hot facing
+direction (4).
 
 Held-out seeds. The generator draws env seeds `((seed * 10 + split) * 10^4 + shard) * 10^4 +
 attempt` with split ids train 0 / val 1 (`sim.episode_seed`). Evaluation episode i uses the same
@@ -39,6 +42,15 @@ def observation(raw_obs: dict[str, Any], jpeg: bool = True) -> dict[str, np.ndar
           "proprio": sim.proprio(raw_obs["direction"])}
 
 
+def check_render_settings(dataset_dir: str, level: str, view: str, tile_size: int) -> None:
+  """Raises if the evaluation would render differently from the dataset the policy learnt from."""
+  recorded = sim.render_settings(dataset_dir)
+  asked = {"level": level, "view": view, "tile_size": int(tile_size)}
+  if recorded != asked:
+    raise ValueError(f"evaluation renders {asked} but {dataset_dir} was generated with "
+                     f"{recorded}: the policy would see frames unlike its training data")
+
+
 class ExpertPolicy:
   """minigrid's BabyAIBot as a `Policy`; the harness hands it each env on episode start.
 
@@ -71,7 +83,8 @@ class ExpertPolicy:
 def evaluate_babyai(policy: policy_api.Policy, level: str, *, num_episodes: int,
                     num_envs: int = 16, seed: int = 0, max_steps: int | None = None,
                     video_dir: str | None = None, num_videos: int = 2, jpeg: bool = True,
-                    tile_size: int = 8, log_every_seconds: float = 60.0) -> stats.EvalResult:
+                    tile_size: int = 8, view: str = "egocentric",
+                    log_every_seconds: float = 60.0) -> stats.EvalResult:
   """Evaluates `policy` on `num_episodes` held-out seeds of `level`.
 
   Args:
@@ -85,7 +98,8 @@ def evaluate_babyai(policy: policy_api.Policy, level: str, *, num_episodes: int,
     video_dir: if set, GIFs of episodes 0..num_videos-1 are written there.
     num_videos: how many episodes to record.
     jpeg: apply the tfds JPEG round trip to the images (as in the training data).
-    tile_size: pixels per grid cell (the generator's default 8 gives 56x56).
+    tile_size: pixels per grid cell, as the training data was rendered.
+    view: "egocentric" or "room", as the training data was rendered (`check_render_settings`).
     log_every_seconds: progress logging period.
 
   Returns:
@@ -94,7 +108,7 @@ def evaluate_babyai(policy: policy_api.Policy, level: str, *, num_episodes: int,
   if num_episodes <= 0:
     raise ValueError(f"num_episodes={num_episodes}")
   num_envs = max(1, min(num_envs, num_episodes))
-  envs = [sim.make_env(level, tile_size) for _ in range(num_envs)]
+  envs = [sim.make_env(level, tile_size, view) for _ in range(num_envs)]
   hook = policy.on_episode_start if isinstance(policy, policy_api.EpisodeStartHook) else None
   policy.reset(num_envs)
 

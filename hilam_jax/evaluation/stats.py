@@ -76,3 +76,37 @@ class EvalResult:
   def summary(self) -> str:
     return (f"success {self.success_rate:.3f} [95% CI {self.ci_low:.3f}, {self.ci_high:.3f}] "
             f"over {self.num_episodes} episodes, mean length {self.mean_episode_length:.1f}")
+
+
+# Two-sided 95% Student-t quantiles t_{0.975}(df), df = 1..10.
+_T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)
+
+
+def t_quantile_975(df: int) -> float:
+  """t_{0.975}(df): the table for df <= 10, the Cornish-Fisher expansion beyond (error < 3e-3)."""
+  if df < 1:
+    raise ValueError(f"df={df}")
+  if df <= len(_T_975):
+    return _T_975[df - 1]
+  z = Z_95
+  return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def seed_interval(values: Sequence[float]) -> dict[str, Any]:
+  """Mean and 95% t-interval across training seeds (one value per seed).
+
+  Returns {"values", "mean", "std" (sample, ddof 1), "ci_low", "ci_high", "num_seeds"}; with one
+  seed the interval is undefined (NaN bounds).
+  """
+  values = [float(v) for v in values]
+  n = len(values)
+  if n == 0:
+    raise ValueError("seed_interval of no values")
+  mean = sum(values) / n
+  if n == 1:
+    return {"values": values, "mean": mean, "std": float("nan"), "ci_low": float("nan"),
+            "ci_high": float("nan"), "num_seeds": 1}
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+  half = t_quantile_975(n - 1) * std / math.sqrt(n)
+  return {"values": values, "mean": mean, "std": std, "ci_low": mean - half,
+          "ci_high": mean + half, "num_seeds": n}

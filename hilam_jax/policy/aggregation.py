@@ -103,9 +103,20 @@ class TemporalEnsembler:
     weights = weights.reshape(weights.shape + (1,) * len(self.item_shape))
     return np.sum(weights * oldest_first, axis=1)
 
-  def action(self) -> np.ndarray:
-    """The action to execute now: [N, *shape] (float32), or [N] class ids for categorical."""
+  def action(self, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """The action to execute now: [N, *shape] (float32), or [N] class ids for categorical.
+
+    Categorical: the argmax of the aggregated probabilities, or a sample from them if `rng` is
+    given (BabyAI's convention for evaluating imitation policies; a deterministic policy can
+    repeat one action forever in a state that the action does not change).
+    """
     agg = self.aggregate()
     if self.kind == "categorical":
-      return np.argmax(agg, axis=-1)
+      if rng is None:
+        return np.argmax(agg, axis=-1)
+      cumulative = np.cumsum(agg, axis=-1)
+      draws = rng.random((agg.shape[0], 1)) * cumulative[:, -1:]
+      return np.minimum((cumulative < draws).sum(-1), agg.shape[-1] - 1)
+    if rng is not None:
+      raise ValueError(f"sampling needs a categorical head, not {self.kind!r}")
     return agg.astype(np.float32)

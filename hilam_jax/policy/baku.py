@@ -1,7 +1,9 @@
 """The BAKU policy network (Haldar, Peng, Pinto 2024) in Flax Linen, as used by both HiLAM levels.
 
 See ../shared/METHOD.md, section 4. Per camera, a shared FiLM-conditioned ResNet-18-style encoder
-(stem + first two stages, GroupNorm) ends in a spatial softmax and a Linear to `repr_dim`; language
+(stem + first two stages, GroupNorm) ends in a spatial softmax and a Linear to `repr_dim` (or, with
+`encoder="grid"`, a grid-aligned encoder for cell-rendered worlds; `pooling` picks spatial softmax
+or flatten + Linear for either); language
 and proprioception go through MLPs; a causal GPT trunk reads
     [lang]? + per history step [camera_1 .. camera_n, proprio?, condition?, ACTION]
 and the outputs at the ACTION tokens feed one or more heads (heads.py).
@@ -53,6 +55,8 @@ from hilam_jax import config_io
 from hilam_jax.policy.heads import HeadConfig, PolicyHead
 
 CONDITION_MODES = ("token", "film", "concat")
+ENCODERS = ("resnet", "grid")
+POOLINGS = ("spatial_softmax", "flatten")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,6 +77,14 @@ class BakuConfig(config_io.DictConfig):
       (if use_lang) [+ the condition in "film" mode]; without any film input there are no FiLM
       layers.
     num_keypoints: K of the spatial softmax (2K coordinates → Linear → repr_dim).
+    encoder: "resnet" (BAKU's, the default) or "grid": for images drawn on a grid of square
+      cells (BabyAI: 7 px per cell), a first conv with kernel = stride = `grid_cell`, so one
+      vector per cell, then `grid_blocks` residual blocks of 3x3 convs at `encoder_channels[0]`
+      channels, each followed by FiLM (if `film`). The image side must be a multiple of the cell.
+    grid_cell, grid_blocks: the grid encoder's cell size in pixels and residual block count.
+    pooling: the encoder's last step, "spatial_softmax" (BAKU) or "flatten" (every position's
+      features, then Linear → repr_dim; keeps *what* is at each cell, which keypoint coordinates
+      lose).
     camera_embedding: add a learned per-camera embedding (one parameter per camera name) to each
       camera token, so the trunk can tell views apart.
     repr_dim: R, the size of every token before the trunk.
@@ -91,6 +103,10 @@ class BakuConfig(config_io.DictConfig):
   norm_groups: int = 16
   film: bool = True
   num_keypoints: int = 256
+  encoder: str = "resnet"
+  grid_cell: int = 7
+  grid_blocks: int = 2
+  pooling: str = "spatial_softmax"
   camera_embedding: bool = True
   repr_dim: int = 512
   use_lang: bool = True
@@ -109,6 +125,10 @@ class BakuConfig(config_io.DictConfig):
   def __post_init__(self):
     if self.condition_mode not in CONDITION_MODES:
       raise ValueError(f"condition_mode {self.condition_mode!r} not in {CONDITION_MODES}")
+    if self.encoder not in ENCODERS:
+      raise ValueError(f"encoder {self.encoder!r} not in {ENCODERS}")
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling {self.pooling!r} not in {POOLINGS}")
     heads = tuple(HeadConfig.from_dict(h) if isinstance(h, Mapping) else h for h in self.heads)
     names = [h.name for h in heads]
     if len(set(names)) != len(names):
@@ -221,6 +241,46 @@ class SpatialSoftmax(nn.Module):
     return jnp.concatenate([expected_x, expected_y], axis=-1)  # [N, 2K]
 
 
+def _pool(cfg: BakuConfig, x: jax.Array) -> jax.Array:
+  """[N, h, w, C] → [N, R] by `cfg.pooling`, then the Linear to repr_dim."""
+  if cfg.pooling == "spatial_softmax":
+    x = SpatialSoftmax(cfg.num_keypoints, name="spatial_softmax")(x)  # [N, 2K]
+  else:
+    x = x.reshape(x.shape[0], -1)  # [N, h·w·C]
+  return nn.Dense(cfg.repr_dim, name="proj")(x)
+
+
+def _normalize(images: jax.Array) -> jax.Array:
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    x = x / 255.0
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+class GridEncoder(nn.Module):
+  """Grid-aligned encoder: [N, h, w, 3] (+ FiLM input [N, F]) → [N, R], one vector per cell.
+
+  Conv(kernel = stride = cell) → GroupNorm → ReLU → `grid_blocks` x (BasicBlock → FiLM) → pool.
+  """
+  config: BakuConfig
+
+  @nn.compact
+  def __call__(self, images: jax.Array, film_input: Optional[jax.Array]) -> jax.Array:
+    cfg = self.config
+    cell, channels = cfg.grid_cell, cfg.encoder_channels[0]
+    if images.shape[1] % cell or images.shape[2] % cell:
+      raise ValueError(f"grid encoder: image {images.shape[1:3]} is not a multiple of the "
+                       f"{cell}-px cell")
+    x = nn.Conv(channels, (cell, cell), strides=(cell, cell), padding="VALID", use_bias=False,
+                name="cell_conv")(_normalize(images))  # [N, h/cell, w/cell, C]
+    x = nn.relu(_group_norm(channels, cfg.norm_groups, "cell_norm")(x))
+    for i in range(cfg.grid_blocks):
+      x = BasicBlock(channels, 1, cfg.norm_groups, name=f"block_{i}")(x)
+      if cfg.film:
+        x = FiLM(name=f"film_{i}")(x, film_input)
+    return _pool(cfg, x)
+
+
 class ImageEncoder(nn.Module):
   """Shared per-camera encoder: uint8 [N, h, w, 3] (+ FiLM input [N, F]) → [N, R]."""
   config: BakuConfig
@@ -228,10 +288,7 @@ class ImageEncoder(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, film_input: Optional[jax.Array]) -> jax.Array:
     cfg = self.config
-    x = images.astype(jnp.float32)
-    if images.dtype == jnp.uint8:
-      x = x / 255.0
-    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = _normalize(images)
     stem_c, stage1_c, stage2_c = cfg.encoder_channels
     k = cfg.stem_kernel
     x = nn.Conv(stem_c, (k, k), strides=(cfg.stem_stride,) * 2, padding=k // 2, use_bias=False,
@@ -244,8 +301,7 @@ class ImageEncoder(nn.Module):
       x = BasicBlock(channels, stride, cfg.norm_groups, name=f"block_{i}")(x)
       if cfg.film:
         x = FiLM(name=f"film_{i}")(x, film_input)
-    x = SpatialSoftmax(cfg.num_keypoints, name="spatial_softmax")(x)  # [N, 2K]
-    return nn.Dense(cfg.repr_dim, name="proj")(x)
+    return _pool(cfg, x)
 
 
 class MLP(nn.Module):
@@ -324,7 +380,8 @@ class BakuPolicy(nn.Module):
       cfg = dataclasses.replace(cfg, film=False)
 
     step_tokens = []  # each [B, H, R], in token order within a step
-    encoder = ImageEncoder(cfg, name="image_encoder")  # shared by all cameras
+    encoder_cls = GridEncoder if cfg.encoder == "grid" else ImageEncoder
+    encoder = encoder_cls(cfg, name="image_encoder")  # shared by all cameras
     for name in cameras:
       images = batch["images"][name]  # [B, H, h, w, 3]
       if images.shape[:2] != (b, hist):

@@ -35,11 +35,14 @@ VARIANTS = ("baku", "flat_latent", "high", "low", "tiny")
 
 
 def model(size: str = "small", **overrides) -> dict:
-  """BakuConfig fields (without heads) of a size preset: paper, small, cpu or tiny.
+  """BakuConfig fields (without heads) of a size preset: paper, small, cpu, grid or tiny.
 
   "cpu" is the experiment's size for 56x56 BabyAI frames: a 4x4 stride-4 stem (56 -> 14 px, two
   per grid tile), channels (16, 32, 32), 16 keypoints, repr/GPT width 64, 2 layers (~250k
   params; ~4x fewer FLOPs than "small").
+  "grid" is for BabyAI's room view (8x8 cells of 7 px): the grid-aligned encoder (7x7 stride-7
+  cell conv, 32 channels, 2 FiLM'd residual blocks, flatten + Linear), repr/GPT width 128, 2
+  layers (the probe of issue 10 and `experiments/benchmark_regime.py`).
   """
   if size == "paper":
     cfg = baku.BakuConfig.paper()
@@ -49,11 +52,14 @@ def model(size: str = "small", **overrides) -> dict:
     cfg = baku.BakuConfig.small(encoder_channels=(16, 32, 32), stem_kernel=4, stem_stride=4,
                                 norm_groups=8, num_keypoints=16, repr_dim=64, gpt_layers=2,
                                 gpt_heads=2, gpt_width=64)
+  elif size == "grid":
+    cfg = baku.BakuConfig.small(encoder="grid", grid_cell=7, grid_blocks=2, pooling="flatten",
+                                encoder_channels=(32, 32, 32), norm_groups=8)
   elif size == "tiny":
     cfg = baku.BakuConfig.small(encoder_channels=(8, 8, 16), norm_groups=4, num_keypoints=8,
                                 repr_dim=32, gpt_layers=1, gpt_heads=2, gpt_width=32)
   else:
-    raise ValueError(f"unknown model size {size!r}; sizes: paper, small, cpu, tiny")
+    raise ValueError(f"unknown model size {size!r}; sizes: paper, small, cpu, grid, tiny")
   # heads come from config.heads, use_lang from the role (networks.model_config).
   fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.to_dict().items()
             if k not in ("heads", "use_lang")}

@@ -102,22 +102,29 @@ def _ensembler(network: PolicyNetwork, head: str, num_envs: int, decay: float,
       aggregation="temporal" if temporal else "none")
 
 
+def _rng(sample_seed: int | None) -> np.random.Generator | None:
+  """None: argmax actions; a seed: categorical actions sampled (aggregation.TemporalEnsembler)."""
+  return None if sample_seed is None else np.random.default_rng(sample_seed)
+
+
 class FlatPolicy:
-  """One network's action head, ACT-aggregated."""
+  """One network's action head, ACT-aggregated; `sample_seed` samples categorical actions."""
 
   def __init__(self, network: PolicyNetwork, head: str = "action", decay: float = 0.01,
-               temporal_aggregation: bool = True):
+               temporal_aggregation: bool = True, sample_seed: int | None = None):
     self.network, self.head = network, head
     self.decay, self.temporal = decay, temporal_aggregation
+    self.sample_seed = sample_seed
     self._ensembler = None
 
   def reset(self, num_envs: int) -> None:
     self._ensembler = _ensembler(self.network, self.head, num_envs, self.decay, self.temporal)
+    self._rng = _rng(self.sample_seed)
 
   def act(self, obs, instructions, first) -> np.ndarray:
     self._ensembler.reset(np.asarray(first, bool))
     self._ensembler.add(self.network.predict(obs, instructions)[self.head])
-    return self._ensembler.action()
+    return self._ensembler.action(self._rng)
 
 
 class HierarchicalPolicy:
@@ -129,14 +136,16 @@ class HierarchicalPolicy:
 
   def __init__(self, high: PolicyNetwork, low: PolicyNetwork, *, high_head: str = "skill",
                low_head: str = "action", high_every: int = 1, decay: float = 0.01,
-               temporal_aggregation: bool = True):
+               temporal_aggregation: bool = True, sample_seed: int | None = None):
     if high_every < 1:
       raise ValueError(f"high_every must be >= 1, got {high_every}")
     self.high, self.low = high, low
     self.high_head, self.low_head, self.high_every = high_head, low_head, high_every
     self.decay, self.temporal = decay, temporal_aggregation
+    self.sample_seed = sample_seed  # None: argmax actions; else sampled (the skill never is)
 
   def reset(self, num_envs: int) -> None:
+    self._rng = _rng(self.sample_seed)
     self._actions = _ensembler(self.low, self.low_head, num_envs, self.decay, self.temporal)
     self._skill = None  # [N, Cz], the skill each env's pi^l is conditioned on
     self._age = np.zeros(num_envs, np.int64)  # steps since each env's skill was refreshed
@@ -152,4 +161,4 @@ class HierarchicalPolicy:
                                                                 self._skill)
     self._age = np.where(first, 1, self._age + 1)
     self._actions.add(self.low.predict(obs, instructions, condition=self._skill)[self.low_head])
-    return self._actions.action()
+    return self._actions.action(self._rng)
