@@ -143,6 +143,10 @@ def test_trailing_mean_by_hand_and_subtask_type():
   np.testing.assert_allclose(discovery.trailing_mean(z, 1), z)
   assert discovery.subtask_type("GoNextTo(red ball, PutNext)") == "GoNextTo"
   assert discovery.subtask_type("Pickup") == "Pickup"
+  assert discovery.subtask_target("GoNextTo(red ball, PutNext)") == "GoNextTo(ball, PutNext)"
+  assert discovery.subtask_target("GoNextTo(purple door (behind))") == "GoNextTo(door)"
+  assert discovery.subtask_target("Open(Unlock)") == "Open(Unlock)"
+  assert discovery.subtask_target("grasp") == "grasp"
 
 
 def test_current_subtask_name_from_done_steps():
@@ -177,7 +181,8 @@ def test_summarize_seeds_mean_and_std():
     stage = {"boundary_rate": 0.1, "mean_chunk_length": 10.0, "val": {"model": {"f1": f1}},
              "model": {"precision": f1, "recall": f1, "f1": f1}, "gt_rate": {}}
     return {"results": {"stage1": stage}, "probe": {"z2": {"accuracy": f1,
-                                                           "balanced_accuracy": f1}}}
+                                                           "balanced_accuracy": f1}},
+            "probe_type": None}
   s = discovery.summarize_seeds([seed(0.2), seed(0.4), seed(0.6)])
   assert s["seeds"] == 3
   assert s["stage1"]["model"]["f1"] == pytest.approx((0.4, 0.2))

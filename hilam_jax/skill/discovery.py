@@ -11,9 +11,12 @@ by construction on both sides (every sequence starts a chunk, every episode star
 is ignored. Counts are summed over episodes before dividing (micro average).
 
 2. A linear probe (multinomial logistic regression, `fit_linear_probe`) from per-frame features
-(z̄^1, z̄^2, z^0, a trailing window mean of z^0) to the ground-truth subtask identity: the type of
-the subgoal the frame belongs to (BabyAI: "GoNextTo", "Pickup", "Open", ...; Meta-World: the
-expert phase).
+(z̄^1, z̄^2, z^0, a trailing window mean of z^0) to the ground-truth subtask identity of the
+frame, at two granularities: "target" (`subtask_target`: the subgoal without colours and
+locations, e.g. BabyAI "GoNextTo(door, Open)", "GoNextTo(ball)", "Pickup"; Meta-World: the expert
+phase) and "type" (`subtask_type`: "GoNextTo", "Pickup", "Drop", "Open"). On BossLevel the
+Pickup / Drop / Open subgoals last 1-2 frames (one bot action) and GoNextTo ~40, so balanced
+accuracy (mean per-class recall) is reported beside accuracy.
 
 Held-out protocol (`run_evaluation`). The generator's held-out episodes (split `val` of the
 dataset) are divided by a hash of their episode id (`heldout_split`: sha256 parity) into a
@@ -245,10 +248,22 @@ class ChangePointBaseline:
     self.latents = {e: np.asarray(z, np.float64) for e, z in latents.items()}
     # Binseg caches its splits per fitted estimator, so refitting for every penalty is wasted.
     self._fitted = {e: fit_change_point(z, method) for e, z in self.latents.items() if len(z) > 1}
+    self._cache: dict[float, dict[str, np.ndarray]] = {}
+    self._penalties: dict[int, float] = {}
 
   def boundaries(self, penalty: float) -> dict[str, np.ndarray]:
-    return {e: change_point_boundaries(z, penalty, self.method, self._fitted.get(e))
-            for e, z in self.latents.items()}
+    """{episode id: bool [T]} at one penalty (memoised: PELT reruns per penalty)."""
+    if penalty not in self._cache:
+      self._cache[penalty] = {e: change_point_boundaries(z, penalty, self.method,
+                                                         self._fitted.get(e))
+                              for e, z in self.latents.items()}
+    return self._cache[penalty]
+
+  def penalty_for(self, target: int) -> float:
+    """`calibrate_penalty` to `target` boundaries on these episodes (memoised per target)."""
+    if target not in self._penalties:
+      self._penalties[target] = calibrate_penalty(self.boundaries, target)
+    return self._penalties[target]
 
 
 # ---------------------------------------------------------------- held-out stage evaluation
@@ -299,7 +314,7 @@ def baselines_at_budget(latents: Mapping[str, np.ndarray], truth: Mapping[str, n
       on_val, on_test = change_points[method]
     else:
       on_val, on_test = ChangePointBaseline(val_lat, method), ChangePointBaseline(test_lat, method)
-    penalty = calibrate_penalty(on_val.boundaries, target)
+    penalty = on_val.penalty_for(target)
     score(f"ruptures_{method}", on_val.boundaries(penalty), on_test.boundaries(penalty),
           penalty=penalty)
   return out
@@ -348,9 +363,32 @@ def evaluate_stage_heldout(predicted: Mapping[str, np.ndarray], latents: Mapping
 # ---------------------------------------------------------------- linear probe
 
 
+COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
+
+
 def subtask_type(name: str) -> str:
   """'GoNextTo(red ball, PutNext)' -> 'GoNextTo'; a name without arguments is its own type."""
   return name.split("(", 1)[0].strip()
+
+
+def subtask_target(name: str) -> str:
+  """The subtask without colours and locations: what is done to which kind of object, and why.
+
+  'GoNextTo(red ball, PutNext)' -> 'GoNextTo(ball, PutNext)'; 'GoNextTo(purple door (behind))'
+  -> 'GoNextTo(door)'; 'Pickup' -> 'Pickup'; a Meta-World phase name is kept as it is.
+  """
+  if "(" not in name or not name.endswith(")"):
+    return name.strip()
+  head, inner = name.split("(", 1)
+  args = []
+  for arg in inner[:-1].split(", "):
+    arg = arg.split(" (", 1)[0]  # drop the location
+    words = [w for w in arg.split() if w not in COLOURS]
+    args.append(" ".join(words))
+  return f"{head.strip()}({', '.join(a for a in args if a)})"
+
+
+PROBE_LABELS = {"target": subtask_target, "type": subtask_type}
 
 
 def trailing_mean(latents: np.ndarray, window: int) -> np.ndarray:
@@ -494,11 +532,12 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         entry["gt_rate"][method] = {k: _mean_std([r["gt_rate"][method][k] for r in rows])
                                     for k in ("precision", "recall", "f1")}
     out[stage] = entry
-  probes = [s["probe"] for s in per_seed if s.get("probe")]
-  if probes:
-    out["probe"] = {name: {k: _mean_std([p[name][k] for p in probes])
-                           for k in ("accuracy", "balanced_accuracy")}
-                    for name in list(PROBE_FEATURES) + ["majority"] if name in probes[0]}
+  for key in ("probe", "probe_type"):
+    probes = [s[key] for s in per_seed if s.get(key)]
+    if probes:
+      out[key] = {name: {k: _mean_std([p[name][k] for p in probes])
+                         for k in ("accuracy", "balanced_accuracy")}
+                  for name in list(PROBE_FEATURES) + ["majority"] if name in probes[0]}
   return out
 
 
@@ -525,11 +564,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
     for method, m in entry["gt_rate"].items():
       lines.append(f"| {stage} | {method} | GT rate | {_cell(m['precision'], n)} | "
                    f"{_cell(m['recall'], n)} | {_cell(m['f1'], n)} |")
-  if "probe" in summary:
-    lines += ["", "Linear probe to the ground-truth subtask type (fit on the validation half, "
+  for key, what in (("probe", "subtask (kind, target object class, purpose)"),
+                    ("probe_type", "subtask type")):
+    if key not in summary:
+      continue
+    lines += ["", f"Linear probe to the ground-truth {what} (fit on the validation half, "
               "scored on the test half):", "", "| features | accuracy | balanced accuracy |",
               "|---|---|---|"]
-    for name, m in summary["probe"].items():
+    for name, m in summary[key].items():
       lines.append(f"| {name} | {_cell(m['accuracy'], n)} | {_cell(m['balanced_accuracy'], n)} |")
   return "\n".join(lines)
 
@@ -585,7 +627,7 @@ def boundary_filmstrip(frames: np.ndarray, true: np.ndarray, predicted: Mapping[
 def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None = None,
                       keep_frames: set[str] | None = None) -> tuple[dict, dict, dict, dict]:
   """({episode_id: subtask/boundary [T]}, {id: decoded frames} for `keep_frames`, {id: text},
-  {id: subtask type [T] (str)}); the last dict is empty when the dataset stores no
+  {id: subtask name [T] (str)}); the last dict is empty when the dataset stores no
   `extras/subtask_name`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
@@ -600,8 +642,7 @@ def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None
     truth[episode_id] = traj["subtask"]["boundary"].numpy().astype(bool)
     texts[episode_id] = traj["language_instruction"][0].numpy().decode()
     if "subtask_name" in traj.get("extras", {}):
-      types[episode_id] = np.array([subtask_type(x.decode()) for x in
-                                    traj["extras"]["subtask_name"].numpy()])
+      types[episode_id] = np.array([x.decode() for x in traj["extras"]["subtask_name"].numpy()])
     if keep_frames and episode_id in keep_frames:
       frames[episode_id] = np.stack([tf.io.decode_image(x, channels=3).numpy()
                                      for x in traj["observation"]["image_primary"].numpy()])
@@ -682,18 +723,21 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
         boundaries[stage], latents, truth, val_ids, test_ids, tolerance,
         change_point_methods=change_point_methods, change_points=fits)
                for stage in ("s1", "s2")}
-    probe = None
+    probes = {}
     labelled = [e for e in ids if e in types and e in latents]
     if types and labelled:
       window = probe_window or max(1, int(round(results["stage2"]["mean_chunk_length"])))
-      labels_by_id = {e: types[e][:len(boundaries["s1"][e])] for e in labelled}
       features = {"z1": skills["s1"], "z2": skills["s2"], "z0": latents,
                   "z0_mean": {e: trailing_mean(latents[e], window) for e in labelled}}
-      probe = probe_report(features, labels_by_id, [e for e in val_ids if e in labels_by_id],
-                           [e for e in test_ids if e in labels_by_id])
-      probe["z0_mean_window"] = window
+      for level, to_label in PROBE_LABELS.items():
+        labels_by_id = {e: np.array([to_label(x) for x in types[e][:len(boundaries["s1"][e])]])
+                        for e in labelled}
+        probes[level] = dict(probe_report(
+            features, labels_by_id, [e for e in val_ids if e in labels_by_id],
+            [e for e in test_ids if e in labels_by_id]), z0_mean_window=window)
     per_seed.append({"skills_dir": os.path.abspath(directory), "results": results,
-                     "probe": probe, "skill_model": manifest.get("skill_model")})
+                     "probe": probes.get("target"), "probe_type": probes.get("type"),
+                     "skill_model": manifest.get("skill_model")})
   summary = summarize_seeds(per_seed)
   os.makedirs(out_dir, exist_ok=True)
   strips = []
