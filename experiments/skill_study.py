@@ -56,6 +56,9 @@ _VARIANT = flags.DEFINE_string("variant", "babyai", "train_skill_model config va
 _STEPS = flags.DEFINE_integer("num_steps", 800, "Training steps (unless a setting sets them).")
 _SPLIT = flags.DEFINE_string("split", "val", "Held-out split of the dataset (halved).")
 _TOLERANCE = flags.DEFINE_integer("tolerance", 2, "Boundary matching tolerance in frames.")
+_TABLE_ONLY = flags.DEFINE_bool("table_only", False,
+                                "Only rebuild study.json / study.md from the settings' finished "
+                                "<setting>/eval/skill_discovery.json (no training).")
 
 
 def setting_config(name: str, seed: int, labels_dir: str, variant: str, num_steps: int):
@@ -101,6 +104,15 @@ def run_seed(name: str, seed: int, out_dir: str) -> str:
   return skills
 
 
+def _num_steps(name: str, seed: int) -> int | None:
+  """Training steps of a finished (setting, seed), from its done.json."""
+  path = os.path.join(_OUT.value, name, f"seed{seed}", "done.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["num_steps"]
+
+
 def _fmt(pair) -> str:
   return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
@@ -142,26 +154,37 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value]
   os.makedirs(_OUT.value, exist_ok=True)
   study_path = os.path.join(_OUT.value, "study.json")
-  study = {}
-  if os.path.exists(study_path):
-    with open(study_path) as f:
-      study = json.load(f)
   for name in _SETTINGS.value:
-    skills = [run_seed(name, seed, _OUT.value) for seed in seeds]
-    report = discovery.run_evaluation(
-        skills, _DATASET.value, os.path.join(_OUT.value, name, "eval"), split=_SPLIT.value,
-        tolerance=_TOLERANCE.value, num_filmstrips=2, labels_dir=_LABELS.value)
+    report_path = os.path.join(_OUT.value, name, "eval", "skill_discovery.json")
+    if _TABLE_ONLY.value:
+      if not os.path.exists(report_path):
+        logging.warning("study: %s has no finished evaluation, skipped", name)
+        continue
+      with open(report_path) as f:
+        report = json.load(f)
+      seeds = [int(os.path.basename(os.path.dirname(d))[4:]) for d in report["skills_dirs"]]
+    else:
+      skills = [run_seed(name, seed, _OUT.value) for seed in seeds]
+      report = discovery.run_evaluation(
+          skills, _DATASET.value, os.path.join(_OUT.value, name, "eval"), split=_SPLIT.value,
+          tolerance=_TOLERANCE.value, num_filmstrips=2, labels_dir=_LABELS.value)
+    # Re-read before writing: other study processes may have added settings meanwhile.
+    study = {}
+    if os.path.exists(study_path):
+      with open(study_path) as f:
+        study = json.load(f)
     study[name] = {"overrides": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in SETTINGS[name][0].items()},
                    "why": SETTINGS[name][1], "seeds": seeds,
-                   "num_steps": int(setting_config(name, 0, _LABELS.value, _VARIANT.value,
-                                                   _STEPS.value).num_steps),
+                   "num_steps": _num_steps(name, seeds[0]),
                    "summary": report["summary"]}
     logging.info("study: %s\n%s", name, report["table"])
-    with open(study_path + ".tmp", "w") as f:
+    order = [n for n in SETTINGS if n in study]
+    tmp = f"{study_path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
       json.dump(study, f, indent=1)
-    os.replace(study_path + ".tmp", study_path)
-    lines = [HEADER] + [study_row(n, s["summary"], s["seeds"]) for n, s in study.items()]
+    os.replace(tmp, study_path)
+    lines = [HEADER] + [study_row(n, study[n]["summary"], study[n]["seeds"]) for n in order]
     with open(os.path.join(_OUT.value, "study.md"), "w") as f:
       f.write("# Skill-discovery study (test half; F1 ±2 frames; probe = balanced accuracy)\n\n"
               + "\n".join(lines) + "\n")
