@@ -137,6 +137,21 @@ def test_probe_separable_labels_and_shuffled_labels():
   assert r["majority"]["accuracy"] < 0.35
 
 
+def test_balanced_probe_does_not_ignore_a_rare_class():
+  rng = np.random.default_rng(5)
+  # 2% of the frames are class "rare", shifted by one std in one feature only.
+  y = np.where(rng.random(4000) < 0.02, "rare", "common")
+  x = rng.normal(size=(4000, 3))
+  x[y == "rare", 0] += 2.5
+  ids = {"a": slice(0, 2000), "b": slice(2000, 4000)}
+  feats, labels = {e: x[s] for e, s in ids.items()}, {e: y[s] for e, s in ids.items()}
+  r = discovery.probe_report({"x": feats}, labels, ["a"], ["b"])
+  assert r["x"]["balanced_accuracy"] > 0.8  # unweighted, it predicts "common" everywhere (0.5)
+  probe = discovery.fit_linear_probe(x[:2000], y[:2000], balanced=False)
+  pred = discovery.probe_predict(probe, x[2000:])
+  assert discovery.probe_scores(pred, y[2000:])["balanced_accuracy"] < 0.75
+
+
 def test_trailing_mean_by_hand_and_subtask_type():
   z = np.arange(5, dtype=np.float32)[:, None]
   np.testing.assert_allclose(discovery.trailing_mean(z, 2)[:, 0], [0, 0.5, 1.5, 2.5, 3.5])

@@ -403,10 +403,13 @@ def trailing_mean(latents: np.ndarray, window: int) -> np.ndarray:
 
 
 def fit_linear_probe(features: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
-                     max_iter: int = 500) -> dict[str, np.ndarray]:
-  """Multinomial logistic regression (L-BFGS on mean cross-entropy + l2 ||W||^2).
+                     max_iter: int = 500, balanced: bool = True) -> dict[str, np.ndarray]:
+  """Multinomial logistic regression (L-BFGS on weighted mean cross-entropy + l2 ||W||^2).
 
-  Features are standardised with their training mean / std (stored in the result).
+  Features are standardised with their training mean / std (stored in the result). With
+  `balanced`, every class carries the same total weight (weights n / (K n_c)), so a rare class
+  (a 1-frame Pickup among 40-frame GoNextTo segments) is not ignored; balanced accuracy is the
+  matching score.
 
   Args:
     features: float [N, D].
@@ -423,6 +426,8 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
   n, d = x.shape
   k = len(classes)
   onehot = np.eye(k)[y]
+  counts = np.bincount(y, minlength=k)
+  weight = (n / (k * counts))[y] if balanced else np.ones(n)  # [N], mean 1
 
   def loss(theta):
     w, b = theta[:d * k].reshape(d, k), theta[d * k:]
@@ -430,8 +435,8 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
     logits -= logits.max(1, keepdims=True)
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     p = np.exp(logp)
-    value = -np.sum(onehot * logp) / n + l2 * np.sum(w * w)
-    grad_logits = (p - onehot) / n
+    value = -np.sum(weight[:, None] * onehot * logp) / n + l2 * np.sum(w * w)
+    grad_logits = weight[:, None] * (p - onehot) / n
     grad = np.concatenate([(x.T @ grad_logits + 2 * l2 * w).ravel(), grad_logits.sum(0)])
     return value, grad
 
