@@ -296,11 +296,17 @@ def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.evaluate_skills", f"--skills_dir={out_dir}",
        f"--dataset_dir={dataset_dir}", f"--out_dir={report_dir}", "--num_filmstrips=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "latent_delta" in result.stdout
+  assert "latent_delta" in result.stdout and "ruptures_binseg" in result.stdout
   report = json.load(open(os.path.join(report_dir, "skill_discovery.json")))
+  assert report["heldout"]["validation_episodes"] >= 1 and report["heldout"]["test_episodes"] >= 1
   for stage in ("stage1", "stage2"):
-    for method in ("model", "fixed_length", "latent_delta"):
+    for method in ("model", "fixed_length", "latent_delta", "ruptures_binseg", "ruptures_pelt"):
       assert 0.0 <= report["results"][stage][method]["f1"] <= 1.0
+      if method != "model":
+        assert 0.0 <= report["results"][stage]["gt_rate"][method]["f1"] <= 1.0
+  # The tiny generator stores subtask names: the probe ran on every feature set.
+  for feature in ("z1", "z2", "z0", "z0_mean", "majority"):
+    assert 0.0 <= report["summary"]["probe"][feature]["balanced_accuracy"][0] <= 1.0
   assert os.path.getsize(report["filmstrips"][0]) > 1000
