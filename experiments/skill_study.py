@@ -56,6 +56,10 @@ _VARIANT = flags.DEFINE_string("variant", "babyai", "train_skill_model config va
 _STEPS = flags.DEFINE_integer("num_steps", 800, "Training steps (unless a setting sets them).")
 _SPLIT = flags.DEFINE_string("split", "val", "Held-out split of the dataset (halved).")
 _TOLERANCE = flags.DEFINE_integer("tolerance", 2, "Boundary matching tolerance in frames.")
+_CHANGE_POINTS = flags.DEFINE_list(
+    "change_point_methods", ["binseg"],
+    "ruptures baselines (binseg, pelt). PELT reruns per penalty: its calibration costs minutes "
+    "of CPU per seed, so the study uses binary segmentation by default.")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False,
                                 "Only rebuild study.json / study.md from the settings' finished "
                                 "<setting>/eval/skill_discovery.json (no training).")
@@ -167,7 +171,8 @@ def main(argv):
       skills = [run_seed(name, seed, _OUT.value) for seed in seeds]
       report = discovery.run_evaluation(
           skills, _DATASET.value, os.path.join(_OUT.value, name, "eval"), split=_SPLIT.value,
-          tolerance=_TOLERANCE.value, num_filmstrips=2, labels_dir=_LABELS.value)
+          tolerance=_TOLERANCE.value, num_filmstrips=2, labels_dir=_LABELS.value,
+          change_point_methods=tuple(_CHANGE_POINTS.value))
     # Re-read before writing: other study processes may have added settings meanwhile.
     study = {}
     if os.path.exists(study_path):
