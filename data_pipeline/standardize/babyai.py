@@ -13,6 +13,9 @@ Output (common schema, `data_pipeline/schema.py`):
   language_instruction, is_first, is_last
   subtask/boundary              bool [T]       frame t starts a new subgoal
   subtask/instruction_boundary  bool [T]       frame t starts a new leaf instruction
+  extras/subtask_name           string [T]     the initial subgoal frame t belongs to, e.g.
+                                               "GoNextTo(red ball, PutNext)" (the last one on
+                                               frames after every subgoal is done)
   episode_source                string []      "<level>/seed=<env seed>"
 
 A subgoal done at frame t makes frame t the first frame of the next one, except at the last frame
@@ -28,6 +31,23 @@ from data_pipeline import registry
 from data_pipeline import schema
 
 NUM_DIRECTIONS = 4
+
+
+def current_subtask_name(done_steps: tf.Tensor, names: tf.Tensor,
+                         num_steps: tf.Tensor) -> tf.Tensor:
+  """string [T]: names[i] for the frames t with done_steps[i-1] <= t < done_steps[i].
+
+  Subgoal i runs from the frame its predecessor was done at up to (not including) its own done
+  frame; subgoals done at the same frame as their predecessor own no frame. Frames at or after
+  the last done step keep the last name ("" if there are no names).
+  """
+  done_steps = tf.cast(tf.reshape(done_steps, [-1]), tf.int32)
+  names = tf.reshape(tf.convert_to_tensor(names, tf.string), [-1])
+  frames = tf.range(num_steps, dtype=tf.int32)
+  index = tf.searchsorted(done_steps, frames, side="right", out_type=tf.int32)
+  padded = tf.concat([names, tf.constant([""])], axis=0)
+  last = tf.maximum(tf.size(names) - 1, 0)
+  return tf.gather(padded, tf.where(tf.size(names) > 0, tf.minimum(index, last), tf.size(names)))
 
 
 def _boundary(done_steps: tf.Tensor, num_steps: tf.Tensor) -> tf.Tensor:
@@ -61,6 +81,10 @@ def standardize(episode: Mapping[str, Any], dataset_name: str = "babyai") -> dic
       },
       "episode_source": get("episode_metadata/source"),
   }
+  metadata = episode.get("episode_metadata", {})
+  if "subgoal_names" in metadata:
+    traj["extras"] = {"subtask_name": current_subtask_name(
+        metadata["subgoal_done_steps"], metadata["subgoal_names"], num_steps)}
   steps = episode["steps"]
   if "action" in steps:
     traj["action"] = tf.cast(steps["action"], tf.int32)

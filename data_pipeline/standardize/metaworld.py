@@ -39,7 +39,7 @@ def standardize_metaworld(episode: Mapping[str, Any], dataset_name: str = "metaw
   image = tf.convert_to_tensor(key("steps/observation/image"), tf.string)
   state = tf.cast(key("steps/observation/state"), tf.float32)
   num_steps = tf.shape(image)[0]
-  return {
+  traj = {
       "observation": {
           "image_primary": image,
           "proprio": state[:, :PROPRIO_DIM],
@@ -54,3 +54,14 @@ def standardize_metaworld(episode: Mapping[str, Any], dataset_name: str = "metaw
       },
       "episode_source": tf.convert_to_tensor(key("episode_metadata/source"), tf.string),
   }
+  metadata = episode.get("episode_metadata", {})
+  if "phase_names" in metadata:
+    # extras/subtask_name string [T]: the name of the expert phase frame t belongs to.
+    starts = tf.cast(tf.reshape(metadata["phase_start_steps"], [-1]), tf.int32)
+    names = tf.concat([tf.reshape(tf.convert_to_tensor(metadata["phase_names"], tf.string), [-1]),
+                       tf.constant([""])], axis=0)
+    index = tf.searchsorted(starts, tf.range(num_steps, dtype=tf.int32), side="right",
+                            out_type=tf.int32) - 1
+    traj["extras"] = {"subtask_name": tf.gather(names, tf.clip_by_value(
+        index, 0, tf.maximum(tf.size(starts) - 1, 0)))}
+  return traj

@@ -51,6 +51,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # so 64 frames hold ~3 of them: enough for stage 2 (N^1 N^2 = 9 frames per chunk) to matter.
   config.data.window = 64
   config.data.window_hop = 32
+  # Latent normalisation before the model (input and L1 target): "none", or "zscore" (per
+  # dimension, train-split statistics, stored in the workdir and applied again by extraction).
+  config.data.normalize = "none"
 
   # SkillModelConfig fields; OPEN: sizes and N^s (target_ratios), here N^1 = N^2 = 3.
   config.model = _model(skill_model.SkillModelConfig(latent_dim=16, target_ratios=(3.0, 3.0)))

@@ -1,25 +1,48 @@
 """Skill-discovery metrics: do the skill model's boundaries find the ground-truth subtask starts?
 
 The paper reports no quantitative skill-discovery metric (METHOD.md section 5); this module adds
-one on datasets with ground truth (`subtask/boundary` of the BabyAI and Meta-World generators).
+two on datasets with ground truth (`subtask/boundary` and `extras/subtask_name` of the BabyAI and
+Meta-World generators).
 
-Boundary precision / recall / F1 with a tolerance: a predicted boundary at t and a true one at u
-match if |t - u| <= tolerance; matching is one-to-one and greedy (closest pairs first, ties to the
-earlier frames), so two predictions near one true boundary count once. Frame 0 is a boundary by
-construction on both sides (every sequence starts a chunk, every episode starts a subtask) and is
-ignored. Counts are summed over episodes before dividing (micro average).
+1. Boundary precision / recall / F1 with a tolerance: a predicted boundary at t and a true one at
+u match if |t - u| <= tolerance; matching is one-to-one and greedy (closest pairs first, ties to
+the earlier frames), so two predictions near one true boundary count once. Frame 0 is a boundary
+by construction on both sides (every sequence starts a chunk, every episode starts a subtask) and
+is ignored. Counts are summed over episodes before dividing (micro average).
 
-Two baselines get the same boundary budget as the stage they are compared with:
-  fixed   boundaries every `mean chunk length` frames (at round(i * length), i >= 1);
-  delta   boundaries where ||z_t - z_{t-1}|| exceeds a threshold chosen (a quantile over all
-          frames t >= 1 of all episodes) so that the boundary rate equals the stage's.
+2. A linear probe (multinomial logistic regression, `fit_linear_probe`) from per-frame features
+(z̄^1, z̄^2, z^0, a trailing window mean of z^0) to the ground-truth subtask identity of the
+frame, at two granularities: "target" (`subtask_target`: the subgoal without colours and
+locations, e.g. BabyAI "GoNextTo(door, Open)", "GoNextTo(ball)", "Pickup"; Meta-World: the expert
+phase) and "type" (`subtask_type`: "GoNextTo", "Pickup", "Drop", "Open"). On BossLevel the
+Pickup / Drop / Open subgoals last 1-2 frames (one bot action) and GoNextTo ~40, so balanced
+accuracy (mean per-class recall) is reported beside accuracy.
+
+Held-out protocol (`run_evaluation`). The generator's held-out episodes (split `val` of the
+dataset) are divided by a hash of their episode id (`heldout_split`: sha256 parity) into a
+*validation* half and a *test* half. Every choice is made on the validation half: the baselines'
+free parameter (chunk length, delta threshold, change-point penalty) is set there to hit a
+boundary budget, and the probe is fit there. Reported figures come from the test half, which no
+choice looked at. The study (`experiments/skill_study.py`) picks the model's settings on the
+validation F1 as well.
+
+Baselines, each at two budgets fixed on the validation half: the model's own boundary rate for
+the stage (so model and baseline place as many boundaries) and the ground-truth rate (what a
+segmenter told the true number of subtasks would do):
+  fixed_length     boundaries every `mean chunk length` frames (at round(i * length), i >= 1);
+  latent_delta     boundaries where ||z_t - z_{t-1}|| exceeds a threshold (a quantile over all
+                   frames t >= 1 of the validation episodes);
+  ruptures_binseg  binary segmentation of each episode's z^0 [T, Dz] with the l2 cost
+                   (`ruptures`, min_size 1), one penalty for all episodes;
+  ruptures_pelt    PELT with the same cost and penalty rule.
 
 Frames are those of the latent actions (t < T - k): ground truth beyond them is dropped.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -131,16 +154,430 @@ def evaluate_stage(predicted: Mapping[str, np.ndarray], latents: Mapping[str, np
                                threshold=threshold, boundary_rate=boundary_rate(delta))}
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-  """Markdown table of P/R/F1 per stage and method."""
-  lines = ["| stage | method | precision | recall | F1 | boundaries | chunk len |",
-           "|---|---|---|---|---|---|---|"]
-  for stage, r in results.items():
-    for method in ("model", "fixed_length", "latent_delta"):
-      m = r[method]
-      lines.append(f"| {stage} | {method} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                   f"{m['f1']:.3f} | {m['predicted']} / {m['ground_truth']} | "
-                   f"{r['mean_chunk_length']:.1f} |")
+# ---------------------------------------------------------------- held-out split
+
+
+def heldout_split(episode_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(validation ids, test ids): sha256(episode id) even -> validation, odd -> test.
+
+  Stable per episode (adding episodes never moves one). If the parity leaves one half empty while
+  there are >= 2 episodes (tiny datasets), the ids sorted by hash are halved instead (validation
+  gets the extra one).
+  """
+  def digest(e):
+    return hashlib.sha256(e.encode()).hexdigest()
+  ids = sorted(episode_ids)
+  val = [e for e in ids if int(digest(e)[-1], 16) % 2 == 0]
+  test = [e for e in ids if int(digest(e)[-1], 16) % 2 == 1]
+  if len(ids) >= 2 and (not val or not test):
+    by_hash = sorted(ids, key=digest)
+    half = (len(ids) + 1) // 2
+    val, test = sorted(by_hash[:half]), sorted(by_hash[half:])
+  return val, test
+
+
+# ---------------------------------------------------------------- change-point baselines
+
+
+def change_point_boundaries(latents: np.ndarray, penalty: float, method: str = "binseg",
+                            fitted: Any = None) -> np.ndarray:
+  """Boolean [T]: frame 0 and the change points `ruptures` finds in z^0 [T, Dz] (l2 cost).
+
+  Args:
+    latents: one episode's z^0.
+    penalty: the penalty per change point (larger -> fewer).
+    method: "binseg" (binary segmentation) or "pelt".
+    fitted: an already fitted ruptures estimator for these latents (saves the refit).
+  """
+  z = np.asarray(latents, np.float64)
+  boundary = np.zeros(len(z), bool)
+  if not len(z):
+    return boundary
+  boundary[0] = True
+  if len(z) < 2:
+    return boundary
+  algo = fitted if fitted is not None else fit_change_point(z, method)
+  starts = [b for b in algo.predict(pen=float(penalty)) if 0 < b < len(z)]
+  boundary[starts] = True
+  return boundary
+
+
+def fit_change_point(latents: np.ndarray, method: str) -> Any:
+  """A ruptures estimator (l2 cost, min_size 1, jump 1) fitted on z^0 [T, Dz]."""
+  import ruptures  # pylint: disable=g-import-not-at-top
+  classes = {"binseg": ruptures.Binseg, "pelt": ruptures.Pelt}
+  if method not in classes:
+    raise ValueError(f"change-point method {method!r}: expected one of {sorted(classes)}")
+  return classes[method](model="l2", min_size=1, jump=1).fit(np.asarray(latents, np.float64))
+
+
+def count_boundaries(boundaries: Mapping[str, np.ndarray]) -> int:
+  """Boundaries at frames t >= 1 summed over episodes."""
+  return sum(int(np.sum(np.asarray(b, bool)[1:])) for b in boundaries.values())
+
+
+def calibrate_penalty(make: Callable[[float], Mapping[str, np.ndarray]], target: int,
+                      low: float = 1e-4, high: float = 1e6, steps: int = 40) -> float:
+  """Penalty whose boundary count (non-increasing in the penalty) is closest to `target`.
+
+  Bisection on log(penalty) between `low` and `high`; the closest count seen wins (ties: the
+  smaller penalty).
+  """
+  best, best_gap = high, None
+  lo, hi = np.log(low), np.log(high)
+  for _ in range(steps):
+    mid = 0.5 * (lo + hi)
+    count = count_boundaries(make(float(np.exp(mid))))
+    gap = abs(count - target)
+    if best_gap is None or gap < best_gap or (gap == best_gap and np.exp(mid) < best):
+      best, best_gap = float(np.exp(mid)), gap
+    if count == target:
+      break
+    if count > target:
+      lo = mid
+    else:
+      hi = mid
+  return best
+
+
+class ChangePointBaseline:
+  """ruptures change points with one penalty for all episodes, fitted once per episode."""
+
+  def __init__(self, latents: Mapping[str, np.ndarray], method: str):
+    self.method = method
+    self.latents = {e: np.asarray(z, np.float64) for e, z in latents.items()}
+    # Binseg caches its splits per fitted estimator, so refitting for every penalty is wasted.
+    self._fitted = {e: fit_change_point(z, method) for e, z in self.latents.items() if len(z) > 1}
+    self._cache: dict[float, dict[str, np.ndarray]] = {}
+    self._penalties: dict[int, float] = {}
+
+  def boundaries(self, penalty: float) -> dict[str, np.ndarray]:
+    """{episode id: bool [T]} at one penalty (memoised: PELT reruns per penalty)."""
+    if penalty not in self._cache:
+      self._cache[penalty] = {e: change_point_boundaries(z, penalty, self.method,
+                                                         self._fitted.get(e))
+                              for e, z in self.latents.items()}
+    return self._cache[penalty]
+
+  def penalty_for(self, target: int) -> float:
+    """`calibrate_penalty` to `target` boundaries on these episodes (memoised per target)."""
+    if target not in self._penalties:
+      self._penalties[target] = calibrate_penalty(self.boundaries, target)
+    return self._penalties[target]
+
+
+# ---------------------------------------------------------------- held-out stage evaluation
+
+
+def _subset(values: Mapping[str, Any], ids: Sequence[str]) -> dict[str, Any]:
+  return {e: values[e] for e in ids}
+
+
+def baselines_at_budget(latents: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray],
+                        val_ids: Sequence[str], test_ids: Sequence[str], *, chunk_length: float,
+                        rate: float, tolerance: int,
+                        change_point_methods: Sequence[str] = ("binseg", "pelt"),
+                        change_points: Mapping[str, tuple[Any, Any]] | None = None
+                        ) -> dict[str, Any]:
+  """Baselines with their parameter set on `val_ids` to a budget, scored on `test_ids`.
+
+  Args:
+    latents, truth: {episode id: z^0 [T, Dz]} and {episode id: bool [T]} (already cut to the same
+      length per episode), covering val_ids and test_ids.
+    chunk_length: frames per chunk of the budget on the validation episodes (fixed-length).
+    rate: fraction of the validation frames t >= 1 that are boundaries (delta, change points).
+    change_points: optional {method: (ChangePointBaseline on val, on test)} to reuse fits.
+
+  Returns:
+    {method: P/R/F1 on test plus "val_f1", the chosen parameter and the rates on val and test}.
+  """
+  val_lat, test_lat = _subset(latents, val_ids), _subset(latents, test_ids)
+  val_gt, test_gt = _subset(truth, val_ids), _subset(truth, test_ids)
+  out = {}
+
+  def score(name, val_b, test_b, **param):
+    out[name] = dict(precision_recall_f1(test_b, test_gt, tolerance),
+                     val_f1=precision_recall_f1(val_b, val_gt, tolerance)["f1"],
+                     val_rate=boundary_rate(val_b), test_rate=boundary_rate(test_b), **param)
+
+  score("fixed_length",
+        {e: fixed_length_boundaries(len(z), chunk_length) for e, z in val_lat.items()},
+        {e: fixed_length_boundaries(len(z), chunk_length) for e, z in test_lat.items()},
+        chunk_length=chunk_length)
+  val_delta, threshold = delta_threshold_boundaries(val_lat, rate)
+  test_delta = {e: np.asarray(c > threshold) for e, c in
+                ((e, latent_change(z)) for e, z in test_lat.items())}
+  score("latent_delta", val_delta, test_delta, threshold=threshold)
+  target = int(round(rate * sum(max(len(z) - 1, 0) for z in val_lat.values())))
+  for method in change_point_methods:
+    if change_points and method in change_points:
+      on_val, on_test = change_points[method]
+    else:
+      on_val, on_test = ChangePointBaseline(val_lat, method), ChangePointBaseline(test_lat, method)
+    penalty = on_val.penalty_for(target)
+    score(f"ruptures_{method}", on_val.boundaries(penalty), on_test.boundaries(penalty),
+          penalty=penalty)
+  return out
+
+
+def evaluate_stage_heldout(predicted: Mapping[str, np.ndarray], latents: Mapping[str, np.ndarray],
+                           true: Mapping[str, np.ndarray], val_ids: Sequence[str],
+                           test_ids: Sequence[str], tolerance: int,
+                           change_point_methods: Sequence[str] = ("binseg", "pelt"),
+                           change_points: Mapping[str, tuple[Any, Any]] | None = None
+                           ) -> dict[str, Any]:
+  """One stage on the held-out protocol (module docstring).
+
+  Returns a dict with, at the top level, the test-half P/R/F1 of "model" and of every baseline at
+  the model's budget ("fixed_length", "latent_delta", "ruptures_<method>"), and under "gt_rate"
+  the baselines at the ground-truth budget; "val" holds the model's validation-half P/R/F1.
+  """
+  val_ids = [e for e in val_ids if e in predicted and e in latents and e in true]
+  test_ids = [e for e in test_ids if e in predicted and e in latents and e in true]
+  pred = {e: np.asarray(predicted[e], bool) for e in list(val_ids) + list(test_ids)}
+  gt = {e: np.asarray(true[e], bool)[:len(pred[e])] for e in pred}
+  lat = {e: np.asarray(latents[e])[:len(pred[e])] for e in pred}
+  val_pred, test_pred = _subset(pred, val_ids), _subset(pred, test_ids)
+  val_gt = _subset(gt, val_ids)
+  result = {"val_episodes": len(val_ids), "test_episodes": len(test_ids),
+            "mean_chunk_length": mean_chunk_length(val_pred), "boundary_rate": boundary_rate(
+                val_pred),
+            "test_boundary_rate": boundary_rate(test_pred),
+            "gt_mean_chunk_length": mean_chunk_length(val_gt), "gt_rate": None,
+            "model": precision_recall_f1(test_pred, _subset(gt, test_ids), tolerance),
+            "val": {"model": precision_recall_f1(val_pred, val_gt, tolerance)}}
+  result.update(baselines_at_budget(
+      lat, gt, val_ids, test_ids, chunk_length=result["mean_chunk_length"],
+      rate=result["boundary_rate"], tolerance=tolerance,
+      change_point_methods=change_point_methods, change_points=change_points))
+  result["gt_rate"] = dict(
+      rate=boundary_rate(val_gt),
+      **baselines_at_budget(lat, gt, val_ids, test_ids,
+                            chunk_length=result["gt_mean_chunk_length"],
+                            rate=boundary_rate(val_gt), tolerance=tolerance,
+                            change_point_methods=change_point_methods,
+                            change_points=change_points))
+  return result
+
+
+# ---------------------------------------------------------------- linear probe
+
+
+COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
+
+
+def subtask_type(name: str) -> str:
+  """'GoNextTo(red ball, PutNext)' -> 'GoNextTo'; a name without arguments is its own type."""
+  return name.split("(", 1)[0].strip()
+
+
+def subtask_target(name: str) -> str:
+  """The subtask without colours and locations: what is done to which kind of object, and why.
+
+  'GoNextTo(red ball, PutNext)' -> 'GoNextTo(ball, PutNext)'; 'GoNextTo(purple door (behind))'
+  -> 'GoNextTo(door)'; 'Pickup' -> 'Pickup'; a Meta-World phase name is kept as it is.
+  """
+  if "(" not in name or not name.endswith(")"):
+    return name.strip()
+  head, inner = name.split("(", 1)
+  args = []
+  for arg in inner[:-1].split(", "):
+    arg = arg.split(" (", 1)[0]  # drop the location
+    words = [w for w in arg.split() if w not in COLOURS]
+    args.append(" ".join(words))
+  return f"{head.strip()}({', '.join(a for a in args if a)})"
+
+
+PROBE_LABELS = {"target": subtask_target, "type": subtask_type}
+
+
+def trailing_mean(latents: np.ndarray, window: int) -> np.ndarray:
+  """[T, D]: mean of z_{max(0, t-window+1)..t} (causal, like the skills)."""
+  z = np.asarray(latents, np.float64)
+  if not len(z):
+    return z.astype(np.float32)
+  csum = np.concatenate([np.zeros((1,) + z.shape[1:]), np.cumsum(z, axis=0)])
+  t = np.arange(len(z))
+  start = np.maximum(t - int(window) + 1, 0)
+  return ((csum[t + 1] - csum[start]) / (t + 1 - start)[:, None]).astype(np.float32)
+
+
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
+                     max_iter: int = 500, balanced: bool = True) -> dict[str, np.ndarray]:
+  """Multinomial logistic regression (L-BFGS on weighted mean cross-entropy + l2 ||W||^2).
+
+  Features are standardised with their training mean / std (stored in the result). With
+  `balanced`, every class carries the same total weight (weights n / (K n_c)), so a rare class
+  (a 1-frame Pickup among 40-frame GoNextTo segments) is not ignored; balanced accuracy is the
+  matching score.
+
+  Args:
+    features: float [N, D].
+    labels: [N] hashable class labels (strings or ints).
+
+  Returns:
+    {"classes" [K], "mean" [D], "std" [D], "weights" [D, K], "bias" [K]}.
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+  x = np.asarray(features, np.float64)
+  classes, y = np.unique(np.asarray(labels), return_inverse=True)
+  mean, std = x.mean(0), x.std(0) + 1e-6
+  x = (x - mean) / std
+  n, d = x.shape
+  k = len(classes)
+  onehot = np.eye(k)[y]
+  counts = np.bincount(y, minlength=k)
+  weight = (n / (k * counts))[y] if balanced else np.ones(n)  # [N], mean 1
+
+  def loss(theta):
+    w, b = theta[:d * k].reshape(d, k), theta[d * k:]
+    logits = x @ w + b
+    logits -= logits.max(1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    p = np.exp(logp)
+    value = -np.sum(weight[:, None] * onehot * logp) / n + l2 * np.sum(w * w)
+    grad_logits = weight[:, None] * (p - onehot) / n
+    grad = np.concatenate([(x.T @ grad_logits + 2 * l2 * w).ravel(), grad_logits.sum(0)])
+    return value, grad
+
+  theta = np.zeros(d * k + k)
+  if k > 1:
+    theta = optimize.minimize(loss, theta, jac=True, method="L-BFGS-B",
+                              options={"maxiter": max_iter}).x
+  return {"classes": classes, "mean": mean, "std": std,
+          "weights": theta[:d * k].reshape(d, k), "bias": theta[d * k:]}
+
+
+def probe_predict(probe: Mapping[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+  """Predicted class labels [N] of a `fit_linear_probe` result."""
+  x = (np.asarray(features, np.float64) - probe["mean"]) / probe["std"]
+  return probe["classes"][np.argmax(x @ probe["weights"] + probe["bias"], axis=1)]
+
+
+def probe_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """Accuracy and balanced accuracy (mean per-class recall over the classes present)."""
+  predicted, labels = np.asarray(predicted), np.asarray(labels)
+  classes = np.unique(labels)
+  recalls = [float(np.mean(predicted[labels == c] == c)) for c in classes]
+  return {"accuracy": float(np.mean(predicted == labels)) if len(labels) else 0.0,
+          "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0}
+
+
+def probe_report(features: Mapping[str, Mapping[str, np.ndarray]],
+                 labels: Mapping[str, np.ndarray], train_ids: Sequence[str],
+                 test_ids: Sequence[str], l2: float = 1e-3) -> dict[str, Any]:
+  """Fits one probe per feature set on `train_ids` frames, scores it on `test_ids` frames.
+
+  Args:
+    features: {feature name: {episode id: [T, D]}}; frames beyond len(labels[e]) are dropped.
+    labels: {episode id: [T] class labels} (e.g. `subtask_type` of each frame's subtask).
+
+  Returns:
+    {feature name: {"accuracy", "balanced_accuracy"}, "majority": the accuracy of always
+    predicting the training set's most frequent class, "classes": training class counts,
+    "train_frames", "test_frames"}.
+  """
+  def stack(values, ids):
+    return np.concatenate([np.asarray(values[e])[:len(labels[e])] for e in ids])
+
+  def length(ids, values):
+    return {e: min(len(labels[e]), len(values[e])) for e in ids}
+
+  y_train = np.concatenate([np.asarray(labels[e]) for e in train_ids])
+  y_test = np.concatenate([np.asarray(labels[e]) for e in test_ids])
+  classes, counts = np.unique(y_train, return_counts=True)
+  majority = classes[np.argmax(counts)]
+  out = {"majority": probe_scores(np.full(len(y_test), majority), y_test),
+         "classes": {str(c): int(n) for c, n in zip(classes, counts)},
+         "train_frames": int(len(y_train)), "test_frames": int(len(y_test))}
+  for name, values in features.items():
+    for ids in (train_ids, test_ids):
+      short = {e: n for e, n in length(ids, values).items() if n < len(labels[e])}
+      if short:
+        raise ValueError(f"probe feature {name!r} is shorter than the labels for {short}")
+    probe = fit_linear_probe(stack(values, train_ids), y_train, l2=l2)
+    out[name] = probe_scores(probe_predict(probe, stack(values, test_ids)), y_test)
+  return out
+
+
+STAGE_METHODS = ("model", "fixed_length", "latent_delta", "ruptures_binseg", "ruptures_pelt")
+PROBE_FEATURES = ("z1", "z2", "z0", "z0_mean")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """Mean and std (ddof 1) over seeds of every F1 (test half), rate and probe accuracy.
+
+  Args:
+    per_seed: one {"results": {stage: evaluate_stage_heldout(...)}, "probe": probe_report(...)
+      or None} per seed.
+
+  Returns:
+    {"seeds": n, "stage<s>": {method: {"f1": (mean, std), "precision": .., "recall": ..},
+    "gt_rate": {method: {...}}, "boundary_rate": (mean, std), "val_f1": (mean, std)},
+    "probe": {feature: {"accuracy": (mean, std), "balanced_accuracy": (mean, std)}}}.
+  """
+  out: dict[str, Any] = {"seeds": len(per_seed)}
+  for stage in per_seed[0]["results"]:
+    rows = [s["results"][stage] for s in per_seed]
+    entry: dict[str, Any] = {
+        "boundary_rate": _mean_std([r["boundary_rate"] for r in rows]),
+        "mean_chunk_length": _mean_std([r["mean_chunk_length"] for r in rows]),
+        "val_f1": _mean_std([r["val"]["model"]["f1"] for r in rows]),
+        "gt_rate": {}}
+    for method in STAGE_METHODS:
+      if method in rows[0]:
+        entry[method] = {k: _mean_std([r[method][k] for r in rows])
+                         for k in ("precision", "recall", "f1")}
+      if method != "model" and method in rows[0]["gt_rate"]:
+        entry["gt_rate"][method] = {k: _mean_std([r["gt_rate"][method][k] for r in rows])
+                                    for k in ("precision", "recall", "f1")}
+    out[stage] = entry
+  for key in ("probe", "probe_type"):
+    probes = [s[key] for s in per_seed if s.get(key)]
+    if probes:
+      out[key] = {name: {k: _mean_std([p[name][k] for p in probes])
+                         for k in ("accuracy", "balanced_accuracy")}
+                  for name in list(PROBE_FEATURES) + ["majority"] if name in probes[0]}
+  return out
+
+
+def _cell(pair: tuple[float, float], seeds: int) -> str:
+  return f"{pair[0]:.3f} ± {pair[1]:.3f}" if seeds > 1 else f"{pair[0]:.3f}"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+  """Markdown tables of a `summarize_seeds` result: boundary P/R/F1 per stage, method and
+  budget (test half, mean ± std over seeds), then the probe accuracies."""
+  n = summary["seeds"]
+  lines = [f"Boundaries (test half, {n} seed(s), mean ± std):", "",
+           "| stage | method | budget | precision | recall | F1 |", "|---|---|---|---|---|---|"]
+  for stage, entry in summary.items():
+    if not stage.startswith("stage"):
+      continue
+    rate = entry["boundary_rate"][0]
+    for method in STAGE_METHODS:
+      if method not in entry:
+        continue
+      m = entry[method]
+      lines.append(f"| {stage} | {method} | model rate {rate:.3f} | {_cell(m['precision'], n)} | "
+                   f"{_cell(m['recall'], n)} | {_cell(m['f1'], n)} |")
+    for method, m in entry["gt_rate"].items():
+      lines.append(f"| {stage} | {method} | GT rate | {_cell(m['precision'], n)} | "
+                   f"{_cell(m['recall'], n)} | {_cell(m['f1'], n)} |")
+  for key, what in (("probe", "subtask (kind, target object class, purpose)"),
+                    ("probe_type", "subtask type")):
+    if key not in summary:
+      continue
+    lines += ["", f"Linear probe to the ground-truth {what} (fit on the validation half, "
+              "scored on the test half):", "", "| features | accuracy | balanced accuracy |",
+              "|---|---|---|"]
+    for name, m in summary[key].items():
+      lines.append(f"| {name} | {_cell(m['accuracy'], n)} | {_cell(m['balanced_accuracy'], n)} |")
   return "\n".join(lines)
 
 
@@ -193,12 +630,14 @@ def boundary_filmstrip(frames: np.ndarray, true: np.ndarray, predicted: Mapping[
 
 
 def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None = None,
-                      keep_frames: set[str] | None = None) -> tuple[dict, dict, dict]:
-  """({episode_id: subtask/boundary [T]}, {id: decoded frames} for `keep_frames`, {id: text})."""
+                      keep_frames: set[str] | None = None) -> tuple[dict, dict, dict, dict]:
+  """({episode_id: subtask/boundary [T]}, {id: decoded frames} for `keep_frames`, {id: text},
+  {id: subtask name [T] (str)}); the last dict is empty when the dataset stores no
+  `extras/subtask_name`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
 
-  truth, frames, texts = {}, {}, {}
+  truth, frames, texts, types = {}, {}, {}, {}
   for traj in reader.read_trajectories(dataset_dir, split=split):
     episode_id = traj["episode_id"][0].numpy().decode()
     if episode_ids is not None and episode_id not in episode_ids:
@@ -207,67 +646,132 @@ def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None
       raise ValueError(f"{dataset_dir} ({split}) has no subtask/boundary ground truth")
     truth[episode_id] = traj["subtask"]["boundary"].numpy().astype(bool)
     texts[episode_id] = traj["language_instruction"][0].numpy().decode()
+    if "subtask_name" in traj.get("extras", {}):
+      types[episode_id] = np.array([x.decode() for x in traj["extras"]["subtask_name"].numpy()])
     if keep_frames and episode_id in keep_frames:
       frames[episode_id] = np.stack([tf.io.decode_image(x, channels=3).numpy()
                                      for x in traj["observation"]["image_primary"].numpy()])
-  return truth, frames, texts
+  return truth, frames, texts, types
 
 
-def run_evaluation(skills_dir: str, dataset_dir: str, out_dir: str, *, split: str = "val",
-                   tolerance: int = 2, num_filmstrips: int = 3,
-                   labels_dir: str | None = None) -> dict[str, Any]:
-  """Evaluates a skill folder against ground truth; writes JSON, table and filmstrips.
-
-  Args:
-    skills_dir: output of `experiments/extract_skills.py` (must cover `split`).
-    dataset_dir: the RLDS dataset with `subtask/boundary` (the one the labels were made from).
-    out_dir: receives skill_discovery.json, skill_discovery.md and filmstrip_<i>.png.
-    split: held-out split to evaluate.
-    tolerance: frames of slack when matching boundaries.
-    num_filmstrips: episodes drawn (the first ones in sorted-id order) as filmstrips.
-    labels_dir: latent-action folder for the delta baseline (default: the skills manifest's).
-
-  Returns:
-    The results dict written to skill_discovery.json.
-  """
+def _load_skill_folder(skills_dir: str, split: str, labels_dir: str | None):
+  """(manifest, {"s1"/"s2": boundaries}, {"s1"/"s2": skills}, labels_dir) of one split."""
   import json  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import labeling  # pylint: disable=g-import-not-at-top
   from hilam_jax.skill import extract  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(skills_dir, extract.MANIFEST)) as f:
     manifest = json.load(f)
-  labels_dir = labels_dir or manifest["labels_dir"]
   rels = [r for r in manifest["shards"] if r.split(os.sep)[-2] == split]
   if not rels:
     raise ValueError(f"{skills_dir} has no shards of split {split!r}")
-  boundaries = {"s1": {}, "s2": {}}
-  latents = {}
+  boundaries, skills = {"s1": {}, "s2": {}}, {"s1": {}, "s2": {}}
   for rel in rels:
     shard = extract.read_skill_shard(os.path.join(skills_dir, rel))
     for stage in boundaries:
       boundaries[stage].update(shard[f"boundary/{stage}"])
-    latents.update(labeling.read_shard(os.path.join(labels_dir, rel)))
-  ids = sorted(boundaries["s1"])
-  strip_ids = set(ids[:num_filmstrips])
-  truth, frames, texts = read_ground_truth(dataset_dir, split, set(ids), strip_ids)
-  results = {f"stage{stage[1]}": evaluate_stage(boundaries[stage], latents, truth, tolerance)
-             for stage in ("s1", "s2")}
+      skills[stage].update(shard[f"skill/{stage}"])
+  return manifest, boundaries, skills, labels_dir or manifest["labels_dir"], rels
+
+
+def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: str, *,
+                   split: str = "val", tolerance: int = 2, num_filmstrips: int = 3,
+                   labels_dir: str | None = None, probe_window: int | None = None,
+                   change_point_methods: Sequence[str] = ("binseg", "pelt")) -> dict[str, Any]:
+  """Evaluates skill folders (one per seed) against ground truth; writes JSON, table, filmstrips.
+
+  The held-out episodes of `split` are halved by `heldout_split` into validation and test
+  (module docstring); figures are test-half figures, mean ± std over the skill folders.
+
+  Args:
+    skills_dir: output(s) of `experiments/extract_skills.py` (must cover `split`), e.g. the same
+      setting trained with several seeds.
+    dataset_dir: the RLDS dataset with `subtask/boundary` (the one the labels were made from).
+    out_dir: receives skill_discovery.json, skill_discovery.md and filmstrip_<i>.png (the first
+      skill folder's boundaries).
+    split: the dataset's held-out split.
+    tolerance: frames of slack when matching boundaries.
+    num_filmstrips: episodes drawn (the first test-half ones in sorted-id order) as filmstrips.
+    labels_dir: latent-action folder for the baselines (default: each skills manifest's).
+    probe_window: frames of the trailing z^0 mean probed as "z0_mean"; None: the first folder's
+      stage-2 mean chunk length on the validation half, rounded.
+    change_point_methods: ruptures algorithms run as baselines.
+
+  Returns:
+    The dict written to skill_discovery.json: "results" (the first folder's per-stage results,
+    `evaluate_stage_heldout` layout), "seeds" (per folder: results and probe), "summary"
+    (`summarize_seeds`), "table".
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam import labeling  # pylint: disable=g-import-not-at-top
+
+  dirs = [skills_dir] if isinstance(skills_dir, str) else list(skills_dir)
+  folders = [_load_skill_folder(d, split, labels_dir) for d in dirs]
+  ids = sorted(set.intersection(*(set(f[1]["s1"]) for f in folders)))
+  val_ids, test_ids = heldout_split(ids)
+  strip_ids = set(test_ids[:num_filmstrips])
+  truth, frames, texts, types = read_ground_truth(dataset_dir, split, set(ids), strip_ids)
+  latent_cache: dict[str, tuple[dict, dict]] = {}
+  per_seed = []
+  for directory, (manifest, boundaries, skills, labels, rels) in zip(dirs, folders):
+    if labels not in latent_cache:
+      latents = {}
+      for rel in rels:
+        latents.update(labeling.read_shard(os.path.join(labels, rel)))
+      lengths = {e: len(boundaries["s1"][e]) for e in ids}
+      cut = {e: np.asarray(latents[e])[:lengths[e]] for e in ids if e in latents}
+      fits = {m: (ChangePointBaseline(_subset(cut, [e for e in val_ids if e in cut]), m),
+                  ChangePointBaseline(_subset(cut, [e for e in test_ids if e in cut]), m))
+              for m in change_point_methods}
+      latent_cache[labels] = (latents, fits)
+    latents, fits = latent_cache[labels]
+    results = {f"stage{stage[1]}": evaluate_stage_heldout(
+        boundaries[stage], latents, truth, val_ids, test_ids, tolerance,
+        change_point_methods=change_point_methods, change_points=fits)
+               for stage in ("s1", "s2")}
+    probes = {}
+    labelled = [e for e in ids if e in types and e in latents]
+    if types and labelled:
+      window = probe_window or max(1, int(round(results["stage2"]["mean_chunk_length"])))
+      features = {"z1": skills["s1"], "z2": skills["s2"], "z0": latents,
+                  "z0_mean": {e: trailing_mean(latents[e], window) for e in labelled}}
+      for level, to_label in PROBE_LABELS.items():
+        labels_by_id = {e: np.array([to_label(x) for x in types[e][:len(boundaries["s1"][e])]])
+                        for e in labelled}
+        probes[level] = dict(probe_report(
+            features, labels_by_id, [e for e in val_ids if e in labels_by_id],
+            [e for e in test_ids if e in labels_by_id]), z0_mean_window=window)
+    per_seed.append({"skills_dir": os.path.abspath(directory), "results": results,
+                     "probe": probes.get("target"), "probe_type": probes.get("type"),
+                     "skill_model": manifest.get("skill_model")})
+  summary = summarize_seeds(per_seed)
   os.makedirs(out_dir, exist_ok=True)
   strips = []
+  first_boundaries = folders[0][1]
   for i, episode_id in enumerate(sorted(strip_ids & set(frames))):
-    length = len(boundaries["s1"][episode_id])
+    length = len(first_boundaries["s1"][episode_id])
     strips.append(boundary_filmstrip(
         frames[episode_id][:length], truth[episode_id][:length],
-        {"1": boundaries["s1"][episode_id], "2": boundaries["s2"][episode_id]},
+        {"1": first_boundaries["s1"][episode_id], "2": first_boundaries["s2"][episode_id]},
         os.path.join(out_dir, f"filmstrip_{i}.png"),
         title=f"{episode_id}: \"{texts[episode_id]}\" ({length} frames)"))
-  report = {"skills_dir": os.path.abspath(skills_dir), "dataset_dir": os.path.abspath(dataset_dir),
-            "split": split, "tolerance": tolerance, "skill_model": manifest.get("skill_model"),
-            "results": results, "filmstrips": strips}
+  table = format_table(summary)
+  report = {"skills_dirs": [os.path.abspath(d) for d in dirs],
+            "dataset_dir": os.path.abspath(dataset_dir), "split": split, "tolerance": tolerance,
+            "heldout": {"validation_episodes": len(val_ids), "test_episodes": len(test_ids),
+                        "rule": "sha256(episode_id) last hex digit even -> validation"},
+            "skill_model": per_seed[0]["skill_model"], "results": per_seed[0]["results"],
+            "seeds": per_seed, "summary": summary, "filmstrips": strips, "table": table}
   with open(os.path.join(out_dir, "skill_discovery.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  table = format_table(results)
+    json.dump(report, f, indent=1, default=_jsonable)
   with open(os.path.join(out_dir, "skill_discovery.md"), "w") as f:
-    f.write(f"# Skill discovery ({split}, tolerance ±{tolerance} frames)\n\n{table}\n")
-  report["table"] = table
+    f.write(f"# Skill discovery ({split} split halved into validation / test, tolerance "
+            f"±{tolerance} frames)\n\n{table}\n")
   return report
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -138,8 +138,11 @@ def extract_skills(workdir: str, labels_dir: str, out_dir: str, *, step: int | N
                    hop: int | None = None, batch_size: int = 64,
                    splits: tuple[str, ...] | None = None) -> dict[str, Any]:
   """Extracts skills for every label shard (optionally only `splits`); returns statistics."""
+  from hilam_jax.skill import trainer  # pylint: disable=g-import-not-at-top
   module, params, config = load_skill_model(workdir, step)
   window = int(config["data"]["window"])
+  # The model reads latents normalised as in training (data.normalize; the stats of the run).
+  normalization = trainer.resolve_normalization(config, workdir)
   extractor = SkillExtractor(module, params, window, hop, batch_size)
   with open(os.path.join(labels_dir, labeling.MANIFEST)) as f:
     label_manifest = json.load(f)
@@ -148,14 +151,14 @@ def extract_skills(workdir: str, labels_dir: str, out_dir: str, *, step: int | N
   episodes = frames = 0
   for rel in rels:
     latents = labeling.read_shard(os.path.join(labels_dir, rel))
-    skills = extractor.extract(latents)
+    skills = extractor.extract(trainer.normalize_latents(latents, normalization))
     write_skill_shard(os.path.join(out_dir, rel), skills)
     episodes += len(skills)
     frames += sum(len(z) for z in latents.values())
   manifest = {"skill_model": checkpoint_fingerprint(workdir, step),
               "labels_dir": os.path.abspath(labels_dir),
               "labels_lam": label_manifest.get("lam"), "frame_gap": label_manifest.get("frame_gap"),
-              "window": window, "hop": extractor.hop, "keys": list(KEYS), "shards": rels,
+              "window": window, "hop": extractor.hop, "normalization": normalization, "keys": list(KEYS), "shards": rels,
               "versions": run_info.package_versions()}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, MANIFEST), "w") as f:

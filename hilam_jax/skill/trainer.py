@@ -64,6 +64,51 @@ def load_split_latents(labels_dir: str, split: str) -> dict[str, np.ndarray]:
   return latents
 
 
+NORMALIZATION_FILE = "latent_normalization.json"
+
+
+def latent_statistics(latents: dict[str, np.ndarray]) -> dict[str, list[float]]:
+  """Per-dimension mean and std (floored at 1e-6) over every frame of every episode."""
+  frames = np.concatenate([np.asarray(z, np.float64) for z in latents.values()])
+  return {"mean": frames.mean(0).tolist(), "std": np.maximum(frames.std(0), 1e-6).tolist()}
+
+
+def normalize_latents(latents: dict[str, np.ndarray],
+                      stats: Optional[dict[str, list[float]]]) -> dict[str, np.ndarray]:
+  """(z - mean) / std per dimension (float32); `stats` None returns the latents unchanged."""
+  if stats is None:
+    return latents
+  mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+  return {e: (np.asarray(z, np.float32) - mean) / std for e, z in latents.items()}
+
+
+def resolve_normalization(config: Any, workdir: str,
+                          train_latents: Optional[dict[str, np.ndarray]] = None
+                          ) -> Optional[dict[str, list[float]]]:
+  """The latent normalisation of a run: None for `data.normalize` "none" (or unset); for
+  "zscore" the train split's per-dimension mean / std, computed from `train_latents` and written
+  to <workdir>/latent_normalization.json on the first call, read from there afterwards (so
+  extraction applies exactly the statistics the model was trained with)."""
+  mode = config.get("data", {}).get("normalize", "none") or "none"
+  if mode == "none":
+    return None
+  if mode != "zscore":
+    raise ValueError(f"data.normalize={mode!r}: expected 'none' or 'zscore'")
+  path = os.path.join(workdir, NORMALIZATION_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  if train_latents is None:
+    raise FileNotFoundError(f"{path} missing: data.normalize='zscore' needs the statistics the "
+                            "model was trained with")
+  stats = latent_statistics(train_latents)
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(stats, f)
+  os.replace(path + ".tmp", path)
+  return stats
+
+
 def window_starts(length: int, window: int, hop: int) -> list[int]:
   """Start frames of the windows covering an episode of `length` frames (the last may be short)."""
   if length <= window:
@@ -281,6 +326,15 @@ def train_and_evaluate(config: Any, workdir: str,
     raise ValueError(f"labels have latent dims {dims}, model.latent_dim is "
                      f"{model_config.latent_dim}")
   val_latents = load_split_latents(config.data.labels_dir, config.data.val_split)
+  normalization = resolve_normalization(config, workdir, train_latents)
+  if normalization is not None:
+    if config.lambda_rec:
+      raise ValueError("data.normalize='zscore' with lambda_rec > 0 is not supported: the "
+                       "frozen FDM decodes raw latents")
+    logging.info("z-scoring latents per dimension (train std %s)",
+                 np.round(normalization["std"], 3).tolist())
+    train_latents = normalize_latents(train_latents, normalization)
+    val_latents = normalize_latents(val_latents, normalization)
   train_windows = make_windows(train_latents, window, hop)
   val_windows = make_windows(val_latents, window, hop)
   train_frames = val_frames = None

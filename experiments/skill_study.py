@@ -1,0 +1,200 @@
+"""Skill-discovery study: which settings make the chunker cut at subtask changes?
+
+Trains the skill model for every (setting, seed), extracts the held-out split's skills, and
+scores each setting over its seeds with `hilam_jax.skill.discovery.run_evaluation` (held-out
+episodes halved by id hash: baselines and probes are set on the validation half, every figure
+is the test half's). Resumable: a finished (setting, seed) is skipped, an interrupted training
+run resumes from its checkpoint. Writes <out_dir>/study.json and <out_dir>/study.md (one line per
+setting) after every setting.
+
+  python -m experiments.skill_study --labels_dir=runs/labels_babyai \
+      --dataset_dir=runs/main/data/babyai_bosslevel/1.0.0 --out_dir=runs/skill_study \
+      --settings=default,zscore --seeds=0,1,2
+
+Settings are named override sets of `experiments/configs/train_skill_model.py:<--variant>`
+(`SETTINGS` below); `--num_steps` is the training length of every setting that does not set its
+own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# name -> (config overrides as dotted keys, why it is in the study)
+SETTINGS = {
+    "default": ({}, "the babyai skill config (N = (3, 3), window 64, lambda_ratio 0.03)"),
+    "zscore": ({"data.normalize": "zscore"},
+               "per-dimension z-score of z^0: a few high-variance latent dims otherwise dominate "
+               "the L1 target and the encoder's input"),
+    "zscore_long": ({"data.normalize": "zscore", "num_steps": 2400},
+                    "z-score, 3x the training length"),
+    "long": ({"num_steps": 2400}, "3x the training length"),
+    "ratio_gt": ({"model.target_ratios": (3.0, 7.0)},
+                 "N^1 N^2 = 21 frames, about the ground-truth subtask length"),
+    "zscore_ratio_gt": ({"data.normalize": "zscore", "model.target_ratios": (3.0, 7.0)},
+                        "z-score and N = (3, 7)"),
+    "lambda_ratio_0.3": ({"lambda_ratio": 0.3}, "10x the ratio-loss weight"),
+    "lambda_ratio_0.003": ({"lambda_ratio": 0.003}, "0.1x the ratio-loss weight"),
+    "window_128": ({"data.window": 128, "data.window_hop": 64},
+                   "windows of 128 frames: most BossLevel episodes whole"),
+    "deep_encoder": ({"model.encoder_depths": (2, 2), "model.decoder_depths": (2, 2)},
+                     "two blocks per encoder / decoder"),
+}
+
+_LABELS = flags.DEFINE_string("labels_dir", None, "Latent-action label folder.", required=True)
+_DATASET = flags.DEFINE_string("dataset_dir", None, "RLDS dataset with subtask ground truth.",
+                               required=True)
+_OUT = flags.DEFINE_string("out_dir", None, "Study folder.", required=True)
+_SETTINGS = flags.DEFINE_list("settings", ["default", "zscore"], f"Of {sorted(SETTINGS)}.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds per setting.")
+_VARIANT = flags.DEFINE_string("variant", "babyai", "train_skill_model config variant.")
+_STEPS = flags.DEFINE_integer("num_steps", 800, "Training steps (unless a setting sets them).")
+_SPLIT = flags.DEFINE_string("split", "val", "Held-out split of the dataset (halved).")
+_TOLERANCE = flags.DEFINE_integer("tolerance", 2, "Boundary matching tolerance in frames.")
+_CHANGE_POINTS = flags.DEFINE_list(
+    "change_point_methods", ["binseg"],
+    "ruptures baselines (binseg, pelt). PELT reruns per penalty: its calibration costs minutes "
+    "of CPU per seed, so the study uses binary segmentation by default.")
+_TABLE_ONLY = flags.DEFINE_bool("table_only", False,
+                                "Only rebuild study.json / study.md from the settings' finished "
+                                "<setting>/eval/skill_discovery.json (no training).")
+
+
+def setting_config(name: str, seed: int, labels_dir: str, variant: str, num_steps: int):
+  """The training config of one (setting, seed)."""
+  from experiments.configs import train_skill_model  # pylint: disable=g-import-not-at-top
+  config = train_skill_model.get_config(variant)
+  config.data.labels_dir = labels_dir
+  config.seed = seed
+  config.num_steps = num_steps
+  config.eval_every = 10 ** 9  # only the final eval
+  config.checkpoint_every = 400
+  config.num_eval_batches = 4
+  overrides, _ = SETTINGS[name]
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def run_seed(name: str, seed: int, out_dir: str) -> str:
+  """Trains + extracts one (setting, seed) unless done; returns its skills folder."""
+  # pylint: disable=g-import-not-at-top
+  from hilam_jax.skill import extract
+  from hilam_jax.skill import trainer
+  root = os.path.join(out_dir, name, f"seed{seed}")
+  skills = os.path.join(root, "skills")
+  done = os.path.join(root, "done.json")
+  if os.path.exists(done):
+    return skills
+  config = setting_config(name, seed, _LABELS.value, _VARIANT.value, _STEPS.value)
+  start = time.time()
+  final = trainer.train_and_evaluate(config, os.path.join(root, "train"))
+  train_seconds = time.time() - start
+  stats = extract.extract_skills(os.path.join(root, "train"), _LABELS.value, skills,
+                                 splits=(_SPLIT.value,))
+  with open(done, "w") as f:
+    json.dump({"final_eval": final, "train_seconds": train_seconds, "extract": stats,
+               "num_steps": config.num_steps}, f, indent=1)
+  logging.info("study: %s seed %d trained in %.0f s: %s", name, seed, train_seconds, final)
+  return skills
+
+
+def _num_steps(name: str, seed: int) -> int | None:
+  """Training steps of a finished (setting, seed), from its done.json."""
+  path = os.path.join(_OUT.value, name, f"seed{seed}", "done.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["num_steps"]
+
+
+def _fmt(pair) -> str:
+  return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+
+def study_row(name: str, summary: dict, seeds: list[int]) -> str:
+  """One markdown line: F1 per stage (model, best baseline at its rate, best at GT rate), probes."""
+  cells = [name, ",".join(map(str, seeds))]
+  for stage in ("stage1", "stage2"):
+    s = summary[stage]
+    baselines = {m: v["f1"] for m, v in s.items()
+                 if isinstance(v, dict) and "f1" in v and m != "model"}
+    best = max(baselines, key=lambda m: baselines[m][0])
+    best_gt = max(s["gt_rate"], key=lambda m: s["gt_rate"][m]["f1"][0])
+    cells += [f"{s['boundary_rate'][0]:.3f}", _fmt(s["val_f1"]), _fmt(s["model"]["f1"]),
+              f"{_fmt(baselines[best])} ({best})",
+              f"{_fmt(s['gt_rate'][best_gt]['f1'])} ({best_gt})"]
+  probe = summary.get("probe", {})
+  for feature in ("z1", "z2", "z0", "z0_mean", "majority"):
+    cells.append(_fmt(probe[feature]["balanced_accuracy"]) if feature in probe else "–")
+  return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| setting | seeds | s1 rate | s1 val F1 | s1 F1 | s1 best baseline (model rate) | "
+          "s1 best baseline (GT rate) | s2 rate | s2 val F1 | s2 F1 | s2 best baseline (model "
+          "rate) | s2 best baseline (GT rate) | probe z̄¹ | probe z̄² | probe z⁰ | probe mean z⁰ | "
+          "majority |\n|" + "---|" * 17)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # pylint: disable=g-import-not-at-top
+  from hilam_jax import logs
+  from hilam_jax.skill import discovery
+  logs.quiet_library_logs()
+  unknown = sorted(set(_SETTINGS.value) - set(SETTINGS))
+  if unknown:
+    raise app.UsageError(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
+  seeds = [int(s) for s in _SEEDS.value]
+  os.makedirs(_OUT.value, exist_ok=True)
+  study_path = os.path.join(_OUT.value, "study.json")
+  for name in _SETTINGS.value:
+    report_path = os.path.join(_OUT.value, name, "eval", "skill_discovery.json")
+    if _TABLE_ONLY.value:
+      if not os.path.exists(report_path):
+        logging.warning("study: %s has no finished evaluation, skipped", name)
+        continue
+      with open(report_path) as f:
+        report = json.load(f)
+      seeds = [int(os.path.basename(os.path.dirname(d))[4:]) for d in report["skills_dirs"]]
+    else:
+      skills = [run_seed(name, seed, _OUT.value) for seed in seeds]
+      report = discovery.run_evaluation(
+          skills, _DATASET.value, os.path.join(_OUT.value, name, "eval"), split=_SPLIT.value,
+          tolerance=_TOLERANCE.value, num_filmstrips=2, labels_dir=_LABELS.value,
+          change_point_methods=tuple(_CHANGE_POINTS.value))
+    # Re-read before writing: other study processes may have added settings meanwhile.
+    study = {}
+    if os.path.exists(study_path):
+      with open(study_path) as f:
+        study = json.load(f)
+    study[name] = {"overrides": {k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in SETTINGS[name][0].items()},
+                   "why": SETTINGS[name][1], "seeds": seeds,
+                   "num_steps": _num_steps(name, seeds[0]),
+                   "summary": report["summary"]}
+    logging.info("study: %s\n%s", name, report["table"])
+    order = [n for n in SETTINGS if n in study]
+    tmp = f"{study_path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(study, f, indent=1)
+    os.replace(tmp, study_path)
+    lines = [HEADER] + [study_row(n, study[n]["summary"], study[n]["seeds"]) for n in order]
+    with open(os.path.join(_OUT.value, "study.md"), "w") as f:
+      f.write("# Skill-discovery study (test half; F1 ±2 frames; probe = balanced accuracy)\n\n"
+              + "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
