@@ -49,3 +49,14 @@ def write_run_info(out_dir: str, config: Any, filename: str = "run_info.json",
   with open(path, "w") as f:
     json.dump(info, f, indent=1, sort_keys=True)
   return path
+
+
+def write_json_atomic(path: str, value: Any) -> str:
+  """Writes `value` as JSON to `path` via a temporary file and a rename: a reader (or a rerun
+  checking whether a step is done) sees the old file or the complete new one, never a part."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(to_jsonable(value), f, indent=1)
+  os.replace(tmp, path)
+  return path

@@ -1,27 +1,30 @@
 """The main job: HiLAM's data-efficiency experiment on BabyAI, end to end, resumable.
 
   1 data       BabyAI bot episodes from the simulator: a large ACTION-FREE video set (seed 1)
-               and a separate set of action-labelled demonstrations (seed 0), both with
-               ground-truth subtask boundaries
+               and a separate set of action-labelled demonstrations (seed 0), disjoint env
+               seeds, both with ground-truth subtask boundaries, rendered with the level's view
   2 lam        stage-0 latent action model on the video
   3 labels     latent actions z^0 for the video and for the demos (separate folders)
   4 skill      H-Net skill model on the video's latent actions
   5 skills     per-frame skills z̄^1, z̄^2 for video and demos; boundary F1 vs ground truth
-  6 pretrain   on the video's pseudo-labels: flat BAKU -> z^0 and -> z̄^2; pi^h -> z̄^2 (and z̄^1);
-               pi^l(o, z̄^2) -> z^0 (and the ablations' pi^l(o, z̄^1) -> z^0, pi^l(o, z̄^2) -> z̄^1)
-  7 finetune   for each demo fraction: BAKU (demos only), flat z^0 / z̄^2 fine-tuned, HiLAM
-               (frozen pi^h, pi^l fine-tuned with an action head on pi^h's predicted skill),
-               HiLAM without pretraining (pi^h, pi^l pretrained on the fraction's own demo video);
-               ablations at the largest fraction
-  8 evaluate   success rate (95% Wilson CI) in the BabyAI simulator on held-out seeds, videos
-  9 report     report.md, success_vs_demos.png, training curves, results.json (versions, seeds)
+  6 policies   a job graph (`Planner`, run by `hilam_jax.jobs` in `num_workers` processes): for
+               every training seed, pretraining on the video's pseudo-labels (flat BAKU -> z^0
+               and -> z̄^2; pi^h -> z̄^2 (and z̄^1); pi^l(o, z̄^2) -> z^0 (and the ablations')),
+               then for every demo fraction: BAKU (demos only), flat z^0 / z̄^2 fine-tuned,
+               HiLAM (frozen pi^h, pi^l fine-tuned with an action head on pi^h's predicted
+               skill), HiLAM without pretraining (pi^h, pi^l pretrained on the fraction's own
+               demo video); each evaluated in the BabyAI simulator on held-out seeds (sampled
+               actions), with pi^l's use of its skill measured for the hierarchical methods
+  7 report     report.md (mean and 95% t-interval across seeds, per-seed values, the paper's
+               orderings as paired differences), plots, training curves, results.json
 
 Every stage writes into `workdir`; a stage whose output is complete is reused, and the jobs
-inside stages resume (generator shards, labeling shards, checkpoints), so rerunning the same
-command after an interruption continues where it stopped.
+inside stages resume (generator shards, labeling shards, checkpoints, finished policy runs and
+evaluations), so rerunning the same command after an interruption continues where it stopped.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -32,6 +35,7 @@ import jax
 import ml_collections
 
 from data_pipeline import run_info
+from hilam_jax import jobs
 
 METHODS = ("baku", "flat_z0", "flat_z2", "hilam", "hilam_no_pretrain")
 ABLATIONS = ("hilam_s1_z0", "hilam_s2_s1")
@@ -52,10 +56,7 @@ def _stage(workdir: str, name: str, fn: Callable[[], Any]) -> Any:
   start = time.perf_counter()
   result = fn()
   result = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(run_info.to_jsonable(result), f, indent=1)
-  os.replace(path + ".tmp", path)
+  run_info.write_json_atomic(path, result)
   logging.info("[%s] finished in %.0f s", name, result["seconds"])
   return result
 
@@ -77,11 +78,14 @@ class Paths:
     self.evaluation = os.path.join(workdir, "evaluation")
     self.report = os.path.join(workdir, "report")
 
-  def pretrain(self, name: str) -> str:
-    return os.path.join(self.policies, "pretrain", name)
+  def pretrain(self, name: str, seed: int) -> str:
+    return os.path.join(self.policies, "pretrain", f"s{seed}", name)
 
-  def finetune(self, method: str, fraction: float) -> str:
-    return os.path.join(self.policies, f"demos_{round(100 * fraction)}pct", method)
+  def finetune(self, method: str, fraction: float, seed: int) -> str:
+    return os.path.join(self.policies, f"demos_{round(100 * fraction)}pct", f"s{seed}", method)
+
+  def evaluation_dir(self, method: str, fraction: float, seed: int) -> str:
+    return os.path.join(self.evaluation, f"{method}_{fraction:g}", f"s{seed}")
 
 
 # ----------------------------------------------------------------------------- stages 1-5
@@ -169,27 +173,29 @@ def _label_spec(key: str, labels_dir: str, skills_dir: str) -> dict:
   return {"dir": labels_dir} if key == "z0" else {"dir": skills_dir, "key": f"skill/{key}"}
 
 
-def policy_config(config: Any, *, role: str, dataset: str, heads: dict, labels: dict | None = None,
-                  fraction: float = 1.0, condition: dict | None = None,
-                  init_from: str | None = None, num_steps: int,
+def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: int,
+                  labels: dict | None = None, fraction: float = 1.0,
+                  condition: dict | None = None, init_from: str | None = None, num_steps: int,
                   condition_dim: int = 0) -> ml_collections.ConfigDict:
-  """A `train_policy` config for one run of the experiment (shared sizes from config.policy)."""
+  """A `train_policy` config for one run of the experiment (the shared regime: config.policy)."""
   from hilam_jax.policy import config as policy_defaults  # pylint: disable=g-import-not-at-top
   p = config.policy
   c = policy_defaults.default_config("baku")
-  c.seed = config.seed
+  c.seed = seed
   c.role = role
   c.data.train = ({"dataset_dir": dataset},)
   c.data.val = ({"dataset_dir": dataset},)
   c.data.episode_fraction = fraction
   c.data.labels = labels or {}
   c.data.shuffle_buffer = p.shuffle_buffer
+  c.data.augment = p.augment
+  c.data.image_size = tuple(p.image_size)
   c.lang_encoder = p.lang_encoder
   c.chunk = p.chunk
   c.head_hidden = tuple(p.head_hidden)
   c.heads = heads
   c.model = policy_defaults.model(p.model_size, proprio_dim=4, condition_dim=condition_dim,
-                               condition_mode=p.condition_mode)
+                                  condition_mode=p.condition_mode, **dict(p.model_overrides))
   if condition:
     for k, v in condition.items():
       c.condition[k] = v
@@ -199,33 +205,144 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, labels: 
   c.learning_rate = p.learning_rate
   c.warmup_steps = min(p.warmup_steps, max(num_steps // 10, 1))
   c.log_every = min(p.log_every, num_steps)
-  c.eval_every = 0  # the final evaluation only (finish_run)
+  # Validation curves (the report's convergence check) at `num_evals` points.
+  c.eval_every = max(1, num_steps // p.num_evals)
   c.checkpoint_every = num_steps
   c.num_eval_batches = p.num_eval_batches
   return c
 
 
-def _run_policy(name: str, workdir: str, cfg: ml_collections.ConfigDict) -> dict:
-  from hilam_jax.policy import trainer  # pylint: disable=g-import-not-at-top
+def _worker_setup(cache_dir: str | None) -> None:
+  """Per-process set-up of a job (idempotent): logging, and the shared jit compilation cache (the
+  experiment trains many policies of a few shapes: identical programs compile once)."""
+  from hilam_jax import logs  # pylint: disable=g-import-not-at-top
+  logging.use_absl_handler()  # timestamped lines in spawned workers too (absl's format)
+  logging.set_verbosity(logging.INFO)
+  logs.quiet_library_logs()
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def train_policy_job(workdir: str, config: dict, cache_dir: str | None = None) -> dict:
+  """Trains one policy (cached: final_metrics.json marks a finished run). A `jobs.Job` function."""
   done = os.path.join(workdir, "final_metrics.json")
   if os.path.exists(done):
     with open(done) as f:
       return json.load(f)
-  logging.info("policy run %s -> %s", name, workdir)
-  metrics = trainer.train_and_evaluate(cfg, workdir)
-  with open(done + ".tmp", "w") as f:
-    json.dump(metrics, f, indent=1)
-  os.replace(done + ".tmp", done)
+  _worker_setup(cache_dir)
+  from hilam_jax.policy import trainer  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  metrics = trainer.train_and_evaluate(ml_collections.ConfigDict(config), workdir)
+  metrics = dict(metrics, train_seconds=round(time.perf_counter() - start, 1))
+  run_info.write_json_atomic(done, metrics)
   return metrics
 
 
-class Planner:
-  """Builds and runs the experiment's policy runs; every run is cached in its workdir."""
+def build_policy(spec: dict, *, high_every: int = 1, sample_seed: int | None = None):
+  """The test-time policy of a trained method (`Planner.finetune`'s spec)."""
+  from hilam_jax.policy import policies  # pylint: disable=g-import-not-at-top
+  if spec["kind"] == "flat":
+    return policies.FlatPolicy(policies.PolicyNetwork.load(spec["workdir"], heads=("action",)),
+                               sample_seed=sample_seed)
+  high = policies.PolicyNetwork.load(spec["high"], heads=("skill",))
+  low = policies.PolicyNetwork.load(spec["low"], heads=("action",), encoder=high.encoder)
+  return policies.HierarchicalPolicy(high, low, high_every=high_every, sample_seed=sample_seed)
 
-  def __init__(self, config: Any, paths: Paths, data: dict):
-    self.config, self.paths, self.data = config, paths, data
-    self.dims = label_dims(paths)
-    self.metrics: dict[str, dict] = {}
+
+def evaluate_job(out_dir: str, spec: dict, eval_config: dict, level: str, demos_dir: str,
+                 high_every: int, cache_dir: str | None = None) -> dict:
+  """Success rate of one trained method in the simulator (cached: result.json). A `jobs.Job`.
+
+  Actions are sampled from the policy (BabyAI's convention for imitation policies; greedy
+  argmax can repeat an action that changes nothing until the step limit) with the evaluation
+  seed, or greedy if eval_config["actions"] == "argmax".
+  """
+  done = os.path.join(out_dir, "result.json")
+  if os.path.exists(done):
+    with open(done) as f:
+      return json.load(f)
+  _worker_setup(cache_dir)
+  from data_pipeline.sim import babyai as sim  # pylint: disable=g-import-not-at-top
+  from hilam_jax.evaluation import babyai as babyai_eval  # pylint: disable=g-import-not-at-top
+  e = eval_config
+  sample_seed = e["seed"] if e["actions"] == "sample" else None
+  policy = build_policy(spec, high_every=high_every, sample_seed=sample_seed)
+  # Render exactly as the demonstrations were generated (view, tile size).
+  render = sim.render_settings(demos_dir)
+  babyai_eval.check_render_settings(demos_dir, level, render["view"], render["tile_size"])
+  start = time.perf_counter()
+  result = babyai_eval.evaluate_babyai(
+      policy, level, num_episodes=e["num_episodes"], num_envs=e["num_envs"], seed=e["seed"],
+      max_steps=e["max_steps"], view=render["view"], tile_size=render["tile_size"],
+      video_dir=os.path.join(out_dir, "videos"), num_videos=e["num_videos"]).to_dict()
+  result["seconds"] = round(time.perf_counter() - start, 1)
+  result["actions"] = e["actions"]
+  result.pop("episodes", None)
+  if spec["kind"] == "hierarchical":
+    result["skill_use"] = skill_use(spec, demos_dir, num_batches=e["skill_use_batches"])
+  run_info.write_json_atomic(done, result)
+  logging.info("%s: success %.3f [%.3f, %.3f] over %d episodes", out_dir, result["success_rate"],
+               result["ci_low"], result["ci_high"], result["num_episodes"])
+  return result
+
+
+def skill_use(spec: dict, demos_dir: str, *, num_batches: int, batch_size: int = 64) -> dict:
+  """How much HiLAM's fine-tuned pi^l depends on its skill, on the demos' val split.
+
+  For val frames o_t with pi^h's skill z = pi^h(o_t) (the skill pi^l acts on at test time) and
+  the skill of another frame of the batch z' (a shuffled row), reports pi^l's action accuracy
+  with z and with z', and the mean total-variation distance between its action distributions
+  under z and z' (0: pi^l ignores the skill).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from data_pipeline import dataset as dp  # pylint: disable=g-import-not-at-top
+  from hilam_jax.policy import policies  # pylint: disable=g-import-not-at-top
+  high = policies.PolicyNetwork.load(spec["high"], heads=("skill",))
+  low = policies.PolicyNetwork.load(spec["low"], heads=("action",), encoder=high.encoder)
+  pipe = dp.make_dataset(
+      [{"dataset_dir": demos_dir, "split": "val"}], batch_size=batch_size,
+      transforms=dp.TransformConfig(resize=high.image_size), seed=0, repeat=True,
+      shuffle_buffer=1000)
+  rng = np.random.default_rng(0)
+  correct, correct_shuffled, tv, count = 0.0, 0.0, 0.0, 0
+  for batch in itertools.islice(pipe.as_numpy_iterator(), num_batches):
+    obs = {k: batch["observation"][k] for k in ("image_primary", "proprio")}
+    instructions = list(batch["language_instruction"])
+    action = np.asarray(batch["action"]).reshape(len(instructions), -1)[:, 0]
+    valid = action != 6  # BabyAI's terminal placeholder 'done' is never a target
+    skill = high.skill(obs, instructions, "skill")
+    shuffled = skill[rng.permutation(len(skill))]
+    probs = [_softmax(low.predict(obs, instructions, condition=z)["action"][:, 0])
+             for z in (skill, shuffled)]
+    correct += float(np.sum((probs[0].argmax(-1) == action) & valid))
+    correct_shuffled += float(np.sum((probs[1].argmax(-1) == action) & valid))
+    tv += float(np.sum(0.5 * np.abs(probs[0] - probs[1]).sum(-1) * valid))
+    count += int(valid.sum())
+  count = max(count, 1)
+  return {"accuracy": correct / count, "accuracy_shuffled_skill": correct_shuffled / count,
+          "tv_distance_shuffled_skill": tv / count, "frames": count}
+
+
+def _softmax(logits):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
+class Planner:
+  """The experiment's policy runs and evaluations as a job graph (`hilam_jax.jobs`).
+
+  Every (method, demo fraction, training seed) is one fine-tuning run and one evaluation; the
+  pretraining runs it starts from are shared by the methods of a seed (each seed pretrains its
+  own: its interval covers pretraining as well). A seed also picks which demos form a fraction
+  (nested subsets in a seeded order, `trainer.select_episodes`).
+  """
+
+  def __init__(self, config: Any, paths: Paths, data: dict, dims: dict[str, int]):
+    self.config, self.paths, self.data, self.dims = config, paths, data, dims
+    self.jobs: dict[str, jobs.Job] = {}
+    self.cache_dir = os.path.join(paths.root, "jax_cache")
 
   def _latent_head(self, target: str, name: str = "latent") -> dict:
     return {name: {"kind": "latent", "dim": self.dims[target], "target": target}}
@@ -233,129 +350,152 @@ class Planner:
   def _action_head(self) -> dict:
     return {"action": {"kind": "categorical", "dim": 7, "target": "action"}}
 
+  def _train(self, name: str, workdir: str, cfg, deps: tuple[str, ...] = ()) -> str:
+    if name not in self.jobs:
+      self.jobs[name] = jobs.Job(name, train_policy_job,
+                                 {"workdir": workdir, "config": cfg.to_dict(),
+                                  "cache_dir": self.cache_dir}, deps=deps)
+    return name
+
   def _finetune_config(self, **kwargs):
     cfg = policy_config(self.config, dataset=self.data["demos"], heads=self._action_head(),
                         num_steps=self.config.policy.finetune_steps, **kwargs)
     cfg.data.ignore_action = 6  # BabyAI's terminal placeholder 'done'
     return cfg
 
-  def run(self, name: str, workdir: str, cfg) -> str:
-    self.metrics[name] = _run_policy(name, workdir, cfg)
-    return workdir
-
-  def pretrain_flat(self, target: str) -> str:
+  def pretrain_flat(self, target: str, seed: int) -> str:
     p = self.paths
-    cfg = policy_config(self.config, role="flat", dataset=self.data["video"],
+    cfg = policy_config(self.config, role="flat", dataset=self.data["video"], seed=seed,
                         heads=self._latent_head(target),
                         labels={target: _label_spec(target, p.labels_video, p.skills_video)},
                         num_steps=self.config.policy.pretrain_steps)
-    return self.run(f"pretrain/flat_{target}", p.pretrain(f"flat_{target}"), cfg)
+    return self._train(f"pretrain/s{seed}/flat_{target}", p.pretrain(f"flat_{target}", seed), cfg)
 
-  def pretrain_levels(self, high_target: str, low_target: str, *, dataset: str, labels_dir: str,
-                      skills_dir: str, fraction: float = 1.0, prefix: str = "") -> tuple[str, str]:
-    """pi^h(o, lang) -> high_target and pi^l(o, high_target) -> low_target on `dataset`."""
-    steps = self.config.policy.pretrain_steps
+  def pretrain_levels(self, high_target: str, low_target: str, *, seed: int, dataset: str,
+                      labels_dir: str, skills_dir: str, num_steps: int, fraction: float = 1.0,
+                      prefix: str = "") -> tuple[str, str]:
+    """pi^h(o, lang) -> high_target and pi^l(o, high_target) -> low_target (teacher-forced: the
+    two runs are independent)."""
     tag = f"{prefix}high_{high_target}"
     high = policy_config(
-        self.config, role="high", dataset=dataset, fraction=fraction,
+        self.config, role="high", dataset=dataset, fraction=fraction, seed=seed,
         heads=self._latent_head(high_target, "skill"),
-        labels={high_target: _label_spec(high_target, labels_dir, skills_dir)}, num_steps=steps)
-    high_dir = self.run(f"pretrain/{tag}", self.paths.pretrain(tag), high)
+        labels={high_target: _label_spec(high_target, labels_dir, skills_dir)},
+        num_steps=num_steps)
+    high_job = self._train(f"pretrain/s{seed}/{tag}", self.paths.pretrain(tag, seed), high)
     tag = f"{prefix}low_{high_target}_{low_target}"
     labels = {k: _label_spec(k, labels_dir, skills_dir) for k in {high_target, low_target}}
     low = policy_config(
-        self.config, role="low", dataset=dataset, fraction=fraction,
+        self.config, role="low", dataset=dataset, fraction=fraction, seed=seed,
         heads=self._latent_head(low_target), labels=labels,
         condition={"key": high_target, "source": "labels"},
-        condition_dim=self.dims[high_target], num_steps=steps)
-    low_dir = self.run(f"pretrain/{tag}", self.paths.pretrain(tag), low)
-    return high_dir, low_dir
+        condition_dim=self.dims[high_target], num_steps=num_steps)
+    low_job = self._train(f"pretrain/s{seed}/{tag}", self.paths.pretrain(tag, seed), low)
+    return high_job, low_job
 
-  def finetune(self, method: str, fraction: float) -> dict:
-    """Trains `method` on `fraction` of the demos; returns how to build its test-time policy."""
-    p, workdir = self.paths, self.paths.finetune(method, fraction)
-    name = f"{method}@{fraction:g}"
+  def finetune(self, method: str, fraction: float, seed: int) -> tuple[str, dict]:
+    """Adds `method`'s runs at (fraction, seed); returns (fine-tuning job, test-time spec)."""
+    p, workdir = self.paths, self.paths.finetune(method, fraction, seed)
+    name = f"finetune/{method}@{fraction:g}/s{seed}"
     if method == "baku":
-      self.run(name, workdir, self._finetune_config(role="flat", fraction=fraction))
-      return {"kind": "flat", "workdir": workdir}
+      job = self._train(name, workdir, self._finetune_config(role="flat", fraction=fraction,
+                                                             seed=seed))
+      return job, {"kind": "flat", "workdir": workdir}
     if method in FLAT_TARGETS:
-      init = self.pretrain_flat(FLAT_TARGETS[method])
-      self.run(name, workdir, self._finetune_config(role="flat", fraction=fraction,
-                                                    init_from=init))
-      return {"kind": "flat", "workdir": workdir}
+      init = self.pretrain_flat(FLAT_TARGETS[method], seed)
+      cfg = self._finetune_config(role="flat", fraction=fraction, seed=seed,
+                                  init_from=self.jobs[init].kwargs["workdir"])
+      return self._train(name, workdir, cfg, deps=(init,)), {"kind": "flat", "workdir": workdir}
     high_target, low_target = HILAM_LEVELS[method]
     if method == "hilam_no_pretrain":
       # Pretraining only on the pseudo-labels of the fraction's own demonstration video.
-      high_dir, low_dir = self.pretrain_levels(
-          high_target, low_target, dataset=self.data["demos"], labels_dir=p.labels_demos,
-          skills_dir=p.skills_demos, fraction=fraction,
+      high_job, low_job = self.pretrain_levels(
+          high_target, low_target, seed=seed, dataset=self.data["demos"],
+          labels_dir=p.labels_demos, skills_dir=p.skills_demos, fraction=fraction,
+          num_steps=self.config.policy.demo_pretrain_steps,
           prefix=f"demos_{round(100 * fraction)}pct_")
     else:
-      high_dir, low_dir = self.pretrain_levels(
-          high_target, low_target, dataset=self.data["video"], labels_dir=p.labels_video,
-          skills_dir=p.skills_video)
+      high_job, low_job = self.pretrain_levels(
+          high_target, low_target, seed=seed, dataset=self.data["video"],
+          labels_dir=p.labels_video, skills_dir=p.skills_video,
+          num_steps=self.config.policy.pretrain_steps)
+    high_dir = self.jobs[high_job].kwargs["workdir"]
     cfg = self._finetune_config(
-        role="low", fraction=fraction, init_from=low_dir,
+        role="low", fraction=fraction, seed=seed, init_from=self.jobs[low_job].kwargs["workdir"],
         condition={"key": high_target, "source": "high_policy", "high_workdir": high_dir,
                    "high_head": "skill"},
         condition_dim=self.dims[high_target])
-    self.run(name, workdir, cfg)
-    return {"kind": "hierarchical", "high": high_dir, "low": workdir}
+    job = self._train(name, workdir, cfg, deps=(high_job, low_job))
+    return job, {"kind": "hierarchical", "high": high_dir, "low": workdir}
+
+  def evaluation(self, method: str, fraction: float, seed: int) -> str:
+    """Adds the fine-tuning of (method, fraction, seed) and its evaluation; returns the job."""
+    train_job, spec = self.finetune(method, fraction, seed)
+    name = f"evaluate/{method}@{fraction:g}/s{seed}"
+    e = self.config.eval
+    eval_config = {"num_episodes": e.num_episodes, "num_envs": e.num_envs, "seed": e.seed,
+                   "max_steps": e.max_steps, "num_videos": e.num_videos if seed == 0 else 0,
+                   "actions": e.actions, "skill_use_batches": e.skill_use_batches}
+    self.jobs[name] = jobs.Job(name, evaluate_job, {
+        "out_dir": self.paths.evaluation_dir(method, fraction, seed), "spec": spec,
+        "eval_config": eval_config, "level": self.config.level, "demos_dir": self.data["demos"],
+        "high_every": self.config.policy.high_every, "cache_dir": self.cache_dir},
+                               deps=(train_job,))
+    return name
 
 
-def build_policy(spec: dict, config: Any):
-  """The test-time policy of a trained method (`Planner.finetune`'s return value)."""
-  from hilam_jax.policy import policies  # pylint: disable=g-import-not-at-top
-  if spec["kind"] == "flat":
-    return policies.FlatPolicy(policies.PolicyNetwork.load(spec["workdir"], heads=("action",)))
-  high = policies.PolicyNetwork.load(spec["high"], heads=("skill",))
-  low = policies.PolicyNetwork.load(spec["low"], heads=("action",), encoder=high.encoder)
-  return policies.HierarchicalPolicy(high, low, high_every=config.policy.high_every)
+def cells(config: Any) -> list[tuple[str, float, int]]:
+  """(method, fraction, seed) of every evaluated cell: the methods at every fraction and seed,
+  the ablations at `ablation_fractions` (default: the largest fraction) and every seed."""
+  out = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
+  ablation_fractions = tuple(config.ablation_fractions) or (max(config.fractions),)
+  out += [(m, f, s) for f in ablation_fractions for m in config.ablations for s in config.seeds]
+  return out
 
 
-def _evaluate(config: Any, paths: Paths, name: str, spec: dict, demos_dir: str) -> dict:
-  from data_pipeline.sim import babyai as sim  # pylint: disable=g-import-not-at-top
-  from hilam_jax.evaluation import babyai as babyai_eval  # pylint: disable=g-import-not-at-top
-  out = os.path.join(paths.evaluation, name.replace("@", "_"))
-  done = os.path.join(out, "result.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
-  policy = build_policy(spec, config)
-  # Render exactly as the demonstrations were generated (view, tile size).
-  render = sim.render_settings(demos_dir)
-  babyai_eval.check_render_settings(demos_dir, config.level, render["view"], render["tile_size"])
-  start = time.perf_counter()
-  result = babyai_eval.evaluate_babyai(
-      policy, config.level, num_episodes=config.eval.num_episodes, num_envs=config.eval.num_envs,
-      seed=config.eval.seed, max_steps=config.eval.max_steps, view=render["view"],
-      tile_size=render["tile_size"],
-      video_dir=os.path.join(out, "videos"),
-      num_videos=config.eval.num_videos).to_dict()
-  result["seconds"] = round(time.perf_counter() - start, 1)
-  result.pop("episodes", None)
-  os.makedirs(out, exist_ok=True)
-  with open(done, "w") as f:
-    json.dump(result, f, indent=1)
-  logging.info("%s: success %.3f [%.3f, %.3f] over %d episodes", name, result["success_rate"],
-               result["ci_low"], result["ci_high"], result["num_episodes"])
-  return result
+def aggregate(evaluations: dict[tuple[str, float, int], dict]) -> dict[str, dict[str, dict]]:
+  """{method: {fraction: cell}}: per-seed success rates, their mean and 95% t-interval across
+  seeds, and the pooled success rate of all episodes with its Wilson interval."""
+  from hilam_jax.evaluation import stats  # pylint: disable=g-import-not-at-top
+  grouped: dict[tuple[str, float], list[tuple[int, dict]]] = {}
+  for (method, fraction, seed), result in evaluations.items():
+    grouped.setdefault((method, fraction), []).append((seed, result))
+  out: dict[str, dict[str, dict]] = {}
+  for (method, fraction), rows in sorted(grouped.items()):
+    rows.sort()
+    rates = [r["success_rate"] for _, r in rows]
+    successes = sum(round(r["success_rate"] * r["num_episodes"]) for _, r in rows)
+    episodes = sum(r["num_episodes"] for _, r in rows)
+    pooled_low, pooled_high = stats.wilson_interval(successes, episodes)
+    cell = dict(stats.seed_interval(rates), seeds=[s for s, _ in rows],
+                num_episodes_per_seed=[r["num_episodes"] for _, r in rows],
+                pooled={"success_rate": successes / episodes, "ci_low": pooled_low,
+                        "ci_high": pooled_high, "num_episodes": episodes})
+    # The report's per-cell figure: the mean over seeds (success_rate), its t-interval.
+    cell["success_rate"] = cell["mean"]
+    uses = [r["skill_use"] for _, r in rows if "skill_use" in r]
+    if uses:
+      cell["skill_use"] = {k: sum(u[k] for u in uses) / len(uses) for k in uses[0]}
+    out.setdefault(method, {})[f"{fraction:g}"] = cell
+  return out
 
 
 def _policies_and_evaluation(config: Any, paths: Paths, data: dict) -> dict:
-  planner = Planner(config, paths, data)
-  results: dict[str, dict] = {}
-  for fraction in config.fractions:
-    for method in config.methods:
-      spec = planner.finetune(method, fraction)
-      results.setdefault(method, {})[f"{fraction:g}"] = _evaluate(
-          config, paths, f"{method}@{fraction:g}", spec, data["demos"])
-  ablation_fraction = max(config.fractions)
-  for method in config.ablations:
-    spec = planner.finetune(method, ablation_fraction)
-    results.setdefault(method, {})[f"{ablation_fraction:g}"] = _evaluate(
-        config, paths, f"{method}@{ablation_fraction:g}", spec, data["demos"])
-  return {"success": results, "train_metrics": planner.metrics, "label_dims": planner.dims}
+  planner = Planner(config, paths, data, label_dims(paths))
+  evaluation_jobs = {cell: planner.evaluation(*cell) for cell in cells(config)}
+  graph = list(planner.jobs.values())
+  logging.info("policies: %d jobs (%d training runs, %d evaluations) on %d worker(s)",
+               len(graph), sum(n.startswith(("pretrain", "finetune")) for n in planner.jobs),
+               len(evaluation_jobs), config.num_workers)
+  results = jobs.run_jobs(graph, num_workers=config.num_workers,
+                          worker_env=jobs.single_thread_env() if config.single_thread_workers
+                          else None, what="policies")
+  evaluations = {cell: results[name] for cell, name in evaluation_jobs.items()}
+  train_metrics = {n: r for n, r in results.items() if not n.startswith("evaluate/")}
+  return {"success": aggregate(evaluations),
+          "per_seed": [{"method": m, "fraction": f, "seed": s, **r}
+                       for (m, f, s), r in evaluations.items()],
+          "train_metrics": train_metrics, "label_dims": planner.dims}
 
 
 # ----------------------------------------------------------------------------- main
@@ -367,9 +507,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   paths = Paths(workdir)
-  # The experiment trains ~30 policies of a few shapes: identical programs compile once.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  _worker_setup(os.path.join(workdir, "jax_cache"))
   data = _stage(workdir, "1_data", lambda: _generate(config, paths))["result"]
   if config.stop_after == "data":
     return {"data": data}
@@ -379,7 +517,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   skills = _stage(workdir, "5_skills", lambda: _extract_and_score_skills(config, paths, data))
   policies = _stage(workdir, "6_policies", lambda: _policies_and_evaluation(config, paths, data))
   results = {
-      "level": config.level, "seed": config.seed, "data": data, "lam": lam, "labels": labels,
+      "level": config.level, "seed": config.seed, "seeds": list(config.seeds), "data": data, "lam": lam, "labels": labels,
       "skill_model": skill, "skills": skills, "policies": policies["result"],
       "stage_seconds": {"lam": lam["seconds"], "labels": labels["seconds"],
                         "skill_model": skill["seconds"], "skills": skills["seconds"],

@@ -1,14 +1,16 @@
-"""The experiment's report: tables in the paper's format, plots, and the orderings it claims.
+"""The experiment's report: tables in the paper's format over training seeds, plots, the orderings
+the paper claims (as paired differences across seeds), and the diagnostics that explain them.
 
-Writes into <workdir>/report: report.md, success_vs_demos.png, training_curves.png, the skill
-filmstrips (copied), and results.json (everything measured, with config, versions and seeds).
+Writes into <workdir>/report: report.md, success_vs_demos.png, training_curves.png (validation
+loss of every run: the convergence evidence), the skill filmstrips (copied), and results.json
+(everything measured, with config, versions and seeds).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 matplotlib.use("Agg")
@@ -16,6 +18,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from data_pipeline import run_info
+from hilam_jax.evaluation import stats
 from hilam_jax.training import metrics as metrics_lib
 
 LABELS = {
@@ -27,69 +30,103 @@ LABELS = {
     "hilam_s1_z0": "HiLAM (z̄^1, z^0)",
     "hilam_s2_s1": "HiLAM (z̄^2, z̄^1)",
 }
+# Validation loss moving by less than this fraction over a run's last quarter counts as flat.
+FLAT_TOLERANCE = 0.05
 
 
-def _cell(result: Mapping[str, Any] | None) -> str:
-  if not result:
+def _fmt(x: float) -> str:
+  return "nan" if x != x else f"{x:.2f}"  # NaN != NaN
+
+
+def _cell(cell: Mapping[str, Any] | None) -> str:
+  """"0.47 [0.26, 0.69] (0.37, 0.52, 0.52)": mean, 95% t-interval, per-seed values."""
+  if not cell:
     return "–"
-  return f"{result['success_rate']:.2f} [{result['ci_low']:.2f}, {result['ci_high']:.2f}]"
+  per_seed = ", ".join(f"{v:.2f}" for v in cell["values"])
+  if cell["num_seeds"] == 1:
+    pooled = cell["pooled"]
+    return f"{cell['mean']:.2f} [{pooled['ci_low']:.2f}, {pooled['ci_high']:.2f}] (Wilson, 1 seed)"
+  return f"{cell['mean']:.2f} [{_fmt(cell['ci_low'])}, {_fmt(cell['ci_high'])}] ({per_seed})"
 
 
-def _rate(success: Mapping, method: str, fraction: str) -> float | None:
-  r = success.get(method, {}).get(fraction)
-  return None if r is None else float(r["success_rate"])
+def paired_difference(per_seed: Sequence[Mapping[str, Any]], left: str, right: str,
+                      fraction: str) -> dict[str, Any] | None:
+  """Per-seed success differences left - right at `fraction` (same seed = same demo subset and
+  the same pretraining seed), their mean and 95% t-interval; None if no seed has both."""
+  rates: dict[str, dict[int, float]] = {left: {}, right: {}}
+  for row in per_seed:
+    if row["method"] in rates and f"{row['fraction']:g}" == fraction:
+      rates[row["method"]][row["seed"]] = row["success_rate"]
+  seeds = sorted(set(rates[left]) & set(rates[right]))
+  if not seeds:
+    return None
+  diffs = [rates[left][s] - rates[right][s] for s in seeds]
+  return dict(stats.seed_interval(diffs), seeds=seeds, left=[rates[left][s] for s in seeds],
+              right=[rates[right][s] for s in seeds])
 
 
-def _ordering(name: str, left: float | None, right: float | None, strict: bool,
-              left_r: Mapping | None = None, right_r: Mapping | None = None) -> dict:
-  if left is None or right is None:
-    return {"claim": name, "holds": None, "detail": "not measured"}
-  holds = left > right if strict else left >= right
-  detail = f"{left:.2f} vs {right:.2f}"
-  if left_r and right_r:
-    overlap = left_r["ci_low"] <= right_r["ci_high"] and right_r["ci_low"] <= left_r["ci_high"]
-    detail += " (95% CIs overlap: not significant)" if overlap else " (95% CIs do not overlap)"
-  return {"claim": name, "holds": bool(holds), "detail": detail}
+def _claim(name: str, left: str, right: str, fraction: str, per_seed, strict: bool) -> dict:
+  diff = paired_difference(per_seed, left, right, fraction)
+  if diff is None:
+    return {"claim": name, "holds": None, "detail": "not measured", "left": left, "right": right,
+            "fraction": fraction}
+  mean = diff["mean"]
+  holds = mean > 0 if strict else mean >= 0
+  detail = (f"{np.mean(diff['left']):.2f} vs {np.mean(diff['right']):.2f}, paired difference "
+            f"{mean:+.2f}")
+  if diff["num_seeds"] > 1:
+    low, high = diff["ci_low"], diff["ci_high"]
+    detail += f" [{low:+.2f}, {high:+.2f}] over {diff['num_seeds']} seeds"
+    significant = low > 0 or high < 0
+    detail += ": the interval excludes 0" if significant else ": the interval contains 0"
+  else:
+    significant = None
+    detail += " (1 seed: no interval)"
+  return {"claim": name, "holds": bool(holds), "significant": significant, "detail": detail,
+          "left": left, "right": right, "fraction": fraction, "difference": diff}
 
 
-def orderings(success: Mapping[str, Mapping[str, Any]], fractions: list[str]) -> list[dict]:
-  """The paper's orderings, checked on the measured success rates."""
-  low, high = fractions[0], fractions[-1]
-  get = lambda m, f: success.get(m, {}).get(f)  # noqa: E731
-  out = [_ordering(f"HiLAM > BAKU at the lowest demo fraction ({low})",
-                   _rate(success, "hilam", low), _rate(success, "baku", low), True,
-                   get("hilam", low), get("baku", low))]
+def orderings(success: Mapping[str, Mapping[str, Any]], per_seed: Sequence[Mapping[str, Any]],
+              fractions: Sequence[str]) -> list[dict]:
+  """The paper's orderings, each as a paired per-seed difference of success rates."""
+  low = fractions[0]
+  out = [_claim(f"HiLAM > BAKU at the lowest demo fraction ({low})", "hilam", "baku", low,
+                per_seed, True)]
   for f in fractions:
-    flats = [m for m in ("flat_z0", "flat_z2") if _rate(success, m, f) is not None]
-    best = max(flats, key=lambda m: _rate(success, m, f)) if flats else None
-    out.append(_ordering(
-        f"hierarchy >= best flat latent pretraining at {f} ({best})",
-        _rate(success, "hilam", f), _rate(success, best, f) if best else None, False,
-        get("hilam", f), get(best, f) if best else None))
-  out.append(_ordering(f"z̄^2 >= z̄^1 as HiLAM's skill at {high} ((z̄^2, z^0) vs (z̄^1, z^0))",
-                       _rate(success, "hilam", high), _rate(success, "hilam_s1_z0", high), False,
-                       get("hilam", high), get("hilam_s1_z0", high)))
-  out.append(_ordering(f"video pretraining helps HiLAM at {low}",
-                       _rate(success, "hilam", low), _rate(success, "hilam_no_pretrain", low),
-                       True, get("hilam", low), get("hilam_no_pretrain", low)))
+    flats = [m for m in ("flat_z0", "flat_z2") if f in success.get(m, {})]
+    best = max(flats, key=lambda m: success[m][f]["mean"]) if flats else "flat_z0"
+    out.append(_claim(f"hierarchy >= best flat latent pretraining at {f} ({best})", "hilam",
+                      best, f, per_seed, False))
+  for f in fractions:
+    if f in success.get("hilam_s1_z0", {}):
+      out.append(_claim(f"z̄^2 >= z̄^1 as HiLAM's skill at {f} ((z̄^2, z^0) vs (z̄^1, z^0))",
+                        "hilam", "hilam_s1_z0", f, per_seed, False))
+  out.append(_claim(f"video pretraining helps HiLAM at {low}", "hilam", "hilam_no_pretrain", low,
+                    per_seed, True))
+  out.append(_claim(f"video pretraining helps flat BAKU at {low} (z^0)", "flat_z0", "baku", low,
+                    per_seed, True))
   return out
 
 
 def _plot_success(success: Mapping, fractions: list[str], path: str) -> None:
-  fig, ax = plt.subplots(figsize=(6, 4))
-  xs = [float(f) * 100 for f in fractions]
+  fig, ax = plt.subplots(figsize=(6.5, 4))
   for method, by_fraction in success.items():
     present = [f for f in fractions if f in by_fraction]
     if len(present) < 2:
       continue
-    rates = np.array([by_fraction[f]["success_rate"] for f in present])
-    lo = rates - np.array([by_fraction[f]["ci_low"] for f in present])
-    hi = np.array([by_fraction[f]["ci_high"] for f in present]) - rates
-    ax.errorbar([float(f) * 100 for f in present], rates, yerr=[lo, hi], marker="o", capsize=3,
-                label=LABELS.get(method, method))
-  ax.set_xticks(xs)
+    xs = [float(f) * 100 for f in present]
+    means = np.array([by_fraction[f]["mean"] for f in present])
+    lo = np.array([by_fraction[f]["ci_low"] for f in present])
+    hi = np.array([by_fraction[f]["ci_high"] for f in present])
+    err = None if np.isnan(lo).any() else [means - lo, hi - means]
+    line = ax.errorbar(xs, means, yerr=err, marker="o", capsize=3,
+                       label=LABELS.get(method, method))
+    for f, x in zip(present, xs):  # every seed's value
+      ax.scatter([x] * len(by_fraction[f]["values"]), by_fraction[f]["values"], s=8,
+                 color=line[0].get_color(), alpha=0.5)
+  ax.set_xticks([float(f) * 100 for f in fractions])
   ax.set_xlabel("% of demonstrations used for fine-tuning")
-  ax.set_ylabel("success rate (95% CI)")
+  ax.set_ylabel("success rate (mean, 95% t-interval; dots: seeds)")
   ax.set_ylim(-0.02, 1.02)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -98,101 +135,182 @@ def _plot_success(success: Mapping, fractions: list[str], path: str) -> None:
   plt.close(fig)
 
 
-def _plot_curves(policies_dir: str, path: str) -> list[str]:
+def flattened(curve: Sequence[tuple[int, float]]) -> dict[str, Any]:
+  """Relative change of a validation-loss curve over its last quarter; flat if it fell by less
+  than FLAT_TOLERANCE (a rise, i.e. overfitting, is also no further gain)."""
+  if len(curve) < 2:
+    return {"last_quarter_change": None, "flattened": None}
+  last_step, last = curve[-1]
+  earlier = [v for s, v in curve if s <= 0.75 * last_step] or [curve[0][1]]
+  change = (last - earlier[-1]) / max(abs(earlier[-1]), 1e-9)
+  best_step, best = min(curve, key=lambda p: p[1])
+  return {"last_quarter_change": round(change, 4), "flattened": bool(change > -FLAT_TOLERANCE),
+          "min_val_loss": round(best, 4), "min_val_loss_step": best_step}
+
+
+def _training_runs(policies_dir: str) -> list[str]:
   runs = []
   for root, dirs, _ in os.walk(policies_dir):
     if "tensorboard" in dirs:
       runs.append(root)
-  runs.sort()
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for run in runs:
-    points = metrics_lib.read_scalars(os.path.join(run, "tensorboard"), "train/loss")
-    if not points:
-      continue
-    name = os.path.relpath(run, policies_dir)
-    ax = axes[0] if name.startswith("pretrain") else axes[1]
-    steps, values = zip(*points)
-    ax.plot(steps, values, label=name, lw=1)
-  for ax, title in zip(axes, ("pretraining (latent targets)", "fine-tuning (actions)")):
+  return sorted(runs)
+
+
+def convergence(policies_dir: str) -> dict[str, dict]:
+  """{run: validation curve and `flattened` verdict} for every policy run of the experiment."""
+  out = {}
+  for run in _training_runs(policies_dir):
+    curve = metrics_lib.read_scalars(os.path.join(run, "tensorboard"), "eval/loss")
+    out[os.path.relpath(run, policies_dir)] = {"eval_loss": curve, **flattened(curve)}
+  return out
+
+
+def _plot_curves(curves: Mapping[str, Mapping], path: str) -> None:
+  groups = {"pretraining (latent targets)": [], "fine-tuning, lowest fraction": [],
+            "fine-tuning, other fractions": []}
+  fractions = sorted({n.split("/")[0] for n in curves if n.startswith("demos_")},
+                     key=lambda d: int(d.split("_")[1].rstrip("pct")))
+  for name in curves:
+    if name.startswith("pretrain"):
+      groups["pretraining (latent targets)"].append(name)
+    elif fractions and name.startswith(fractions[0]):
+      groups["fine-tuning, lowest fraction"].append(name)
+    else:
+      groups["fine-tuning, other fractions"].append(name)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, (title, names) in zip(axes, groups.items()):
+    for name in names:
+      points = curves[name]["eval_loss"]
+      if points:
+        steps, values = zip(*points)
+        ax.plot(steps, values, label=name, lw=1)
     ax.set_title(title)
     ax.set_xlabel("step")
-    ax.set_ylabel("train loss")
+    ax.set_ylabel("validation loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=5)
+    if names:
+      ax.legend(fontsize=4)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-  return runs
+
+
+def _high_policy_fit(train_metrics: Mapping[str, Mapping]) -> dict[str, dict]:
+  """pi^h's validation fit of its skill targets per pretraining run (R^2, MSE)."""
+  out = {}
+  for name, m in train_metrics.items():
+    if "/high_" in name and "skill/r2" in m:
+      out[name] = {"r2": m["skill/r2"], "mse": m.get("skill/mse")}
+  return out
 
 
 def write_report(results: dict, paths: Any, config: Any) -> str:
   """Writes the report folder; returns the path of report.md."""
   out = paths.report
   os.makedirs(out, exist_ok=True)
-  success = results["policies"]["success"]
+  policies = results["policies"]
+  success, per_seed = policies["success"], policies["per_seed"]
   fractions = [f"{f:g}" for f in config.fractions]
   _plot_success(success, fractions, os.path.join(out, "success_vs_demos.png"))
-  _plot_curves(paths.policies, os.path.join(out, "training_curves.png"))
+  curves = convergence(paths.policies)
+  _plot_curves(curves, os.path.join(out, "training_curves.png"))
   strips = []
   for i, src in enumerate(results["skills"]["result"].get("filmstrips", [])):
     if src and os.path.exists(src):
       dst = os.path.join(out, f"skill_filmstrip_{i}.png")
       shutil.copyfile(src, dst)
       strips.append(os.path.basename(dst))
-  checks = orderings(success, fractions)
-  results = dict(results, orderings=checks)
+  checks = orderings(success, per_seed, fractions)
+  high_fit = _high_policy_fit(policies["train_metrics"])
+  results = dict(results, orderings=checks, convergence=curves, high_policy_fit=high_fit)
 
-  lines = [f"# HiLAM data-efficiency experiment: {config.level}", ""]
+  seeds = list(config.seeds)
   data = results["data"]
+  lines = [f"# HiLAM data-efficiency experiment: {config.level}", ""]
   lines += [f"Action-free video: {data['video_summary']['train']['episodes']} train episodes; "
             f"demonstrations: {data['demos_summary']['train']['episodes']} train episodes "
-            f"(fractions {', '.join(fractions)}); evaluation: {config.eval.num_episodes} "
-            f"held-out seeds per policy (success rate, 95% Wilson interval).", ""]
+            f"(fractions {', '.join(fractions)}, nested subsets chosen per seed); training seeds "
+            f"{seeds} (each seed pretrains and fine-tunes its own policies); evaluation: "
+            f"{config.eval.num_episodes} held-out environment seeds per policy, actions "
+            f"{'sampled' if config.eval.actions == 'sample' else 'greedy'}.", "",
+            "Cells: mean success over training seeds [95% t-interval across seeds] (per-seed "
+            "values). With one seed: the Wilson interval of its episodes.", ""]
   lines += ["## Success rate vs demonstrations", "",
             "| method | " + " | ".join(f"{float(f) * 100:g}% demos" for f in fractions) + " |",
             "|---|" + "---|" * len(fractions)]
-  for method in config.methods:
+  for method in list(config.methods) + list(config.ablations):
     lines.append(f"| {LABELS.get(method, method)} | "
                  + " | ".join(_cell(success.get(method, {}).get(f)) for f in fractions) + " |")
   lines += ["", "![success vs demos](success_vs_demos.png)", ""]
-  top = fractions[-1]
-  lines += [f"## Ablation ({float(top) * 100:g}% demos, the paper's format)", "",
-            "| method | pretraining targets | success |", "|---|---|---|"]
-  rows = [("flat BAKU", "video z^0", "flat_z0"), ("flat BAKU", "video z̄^2", "flat_z2"),
-          ("HiLAM", "none (demo video only)", "hilam_no_pretrain"),
-          ("HiLAM", "video (z̄^1, z^0)", "hilam_s1_z0"), ("HiLAM", "video (z̄^2, z^0)", "hilam"),
-          ("HiLAM", "video (z̄^2, z̄^1)", "hilam_s2_s1"), ("BAKU", "none", "baku")]
-  for model, targets, method in rows:
-    lines.append(f"| {model} | {targets} | {_cell(success.get(method, {}).get(top))} |")
-  lines += ["", "## The paper's orderings on this benchmark", ""]
+  lines += ["## The paper's orderings on this benchmark", "",
+            "Each claim is checked on the paired per-seed difference (same seed: same demos, "
+            "same pretraining seed); it holds if the mean difference has the claimed sign, and "
+            "is significant if the 95% t-interval of the difference excludes 0.", ""]
   for c in checks:
     verdict = {True: "holds", False: "does NOT hold", None: "not measured"}[c["holds"]]
     lines.append(f"- {c['claim']}: **{verdict}** ({c['detail']})")
+
+  lines += ["", "## Why: what the hierarchy's parts do", ""]
+  if high_fit:
+    lines += ["pi^h's fit of its skill targets on the video's validation episodes (R^2 = share "
+              "of the skills' variance it predicts from the observation and instruction):", ""]
+    lines += [f"- {name}: R^2 {m['r2']:.3f}, MSE {m['mse']:.4f}" for name, m in high_fit.items()]
+    lines.append("")
+  uses = [(m, f, c["skill_use"]) for m, by_f in success.items() for f, c in by_f.items()
+          if "skill_use" in c]
+  if uses:
+    lines += ["What the fine-tuned pi^l takes from its skill (demos' val frames, mean over "
+              "seeds): action accuracy with pi^h's skill, with the skill of another frame "
+              "(shuffled), and the total-variation distance between the two action "
+              "distributions (0: pi^l ignores the skill).", "",
+              "| method | fraction | accuracy | accuracy, shuffled skill | TV distance |",
+              "|---|---|---|---|---|"]
+    for method, fraction, u in uses:
+      lines.append(f"| {LABELS.get(method, method)} | {fraction} | {u['accuracy']:.3f} | "
+                   f"{u['accuracy_shuffled_skill']:.3f} | {u['tv_distance_shuffled_skill']:.3f} |")
+    lines.append("")
+
   disc = results["skills"]["result"].get("discovery", {})
   if disc:
-    lines += ["", "## Skill discovery (video val split, ±2 frames)", ""]
-    if all(r.get("model", {}).get("ground_truth", 0) == 0 for r in disc.values()):
-      lines.append("Not measurable on this level: its episodes have a single subtask, so there are "
-                   "no ground-truth boundaries after the first frame (see the README for F1 on "
-                   "BabyAI BossLevel / PutNextLocal and Meta-World).")
-    else:
-      lines += ["| stage | model P / R / F1 | fixed-length F1 | latent-delta F1 |",
-                "|---|---|---|---|"]
-      for stage, r in disc.items():
-        m = r.get("model", {})
-        lines.append(f"| {stage} | {m.get('precision', 0):.3f} / {m.get('recall', 0):.3f} / "
-                     f"{m.get('f1', 0):.3f} | {r.get('fixed_length', {}).get('f1', 0):.3f} | "
-                     f"{r.get('latent_delta', {}).get('f1', 0):.3f} |")
-  lines += ["", "## Stages", ""]
+    lines += ["## Skill discovery (video val split, test half, ±2 frames)", ""]
+    lines += ["| stage | model P / R / F1 | best baseline at the model's rate | at the GT rate |",
+              "|---|---|---|---|"]
+    for stage, r in disc.items():
+      m = r.get("model", {})
+      lines.append(f"| {stage} | {m.get('precision', 0):.3f} / {m.get('recall', 0):.3f} / "
+                   f"{m.get('f1', 0):.3f} | {_best_baseline(r, 'model_rate')} | "
+                   f"{_best_baseline(r, 'gt_rate')} |")
+  lines += ["", "## Convergence", ""]
+  flat = [n for n, c in curves.items() if c["flattened"]]
+  open_runs = [n for n, c in curves.items() if c["flattened"] is False]
+  lines.append(f"{len(flat)} of {len(curves)} runs have a validation loss that moved by less than "
+               f"{FLAT_TOLERANCE:.0%} (or rose) over their last quarter.")
+  if open_runs:
+    lines.append("Still falling: " + ", ".join(
+        f"{n} ({curves[n]['last_quarter_change']:+.1%})" for n in open_runs) + ".")
+  lines += ["", "![validation curves](training_curves.png)", ""]
+  lines += ["## Stages", ""]
   for stage, seconds in results["stage_seconds"].items():
     lines.append(f"- {stage}: {seconds:.0f} s")
-  lines += ["", "![training curves](training_curves.png)", ""]
-  lines += [f"![skill filmstrip]({s})" for s in strips]
-  lines += ["", f"Seed {config.seed}; package versions and the full config in results.json."]
+  lines += [""] + [f"![skill filmstrip]({s})" for s in strips]
+  lines += ["", "Package versions and the full config in results.json."]
   path = os.path.join(out, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(run_info.to_jsonable(results), f, indent=1)
+  run_info.write_json_atomic(os.path.join(out, "results.json"), results)
   return path
+
+
+BASELINES = ("fixed_length", "latent_delta", "ruptures_binseg", "ruptures_pelt")
+
+
+def _best_baseline(stage_result: Mapping[str, Any], budget: str) -> str:
+  """The best baseline's test F1 at the model's rate (top level of an `evaluate_stage_heldout`
+  result) or at the ground-truth rate (its "gt_rate" entry)."""
+  where = stage_result if budget == "model_rate" else stage_result.get("gt_rate", {})
+  found = {k: where[k] for k in BASELINES if k in where}
+  if not found:
+    return "–"
+  name = max(found, key=lambda k: found[k].get("f1", 0))
+  return f"{found[name].get('f1', 0):.3f} ({name})"

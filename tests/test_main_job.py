@@ -37,23 +37,33 @@ def test_main_job_runs_every_stage_and_writes_the_report(main_job):
     results = json.load(f)
   success = results["policies"]["success"]
   assert set(success) == set(experiment.METHODS)
+  per_seed = {(r["method"], r["seed"]): r for r in results["policies"]["per_seed"]}
+  assert set(per_seed) == {(m, 0) for m in experiment.METHODS}
   for method in experiment.METHODS:
-    r = success[method]["1"]
-    # A rate of k successes in 4 episodes with its Wilson interval, as the harness defines them.
-    k = round(r["success_rate"] * 4)
-    assert r["num_episodes"] == 4 and r["success_rate"] == k / 4
-    np.testing.assert_allclose((r["ci_low"], r["ci_high"]), stats.wilson_interval(k, 4), atol=1e-12)
+    cell, run = success[method]["1"], per_seed[(method, 0)]
+    # A rate of k successes in 4 episodes with its Wilson interval, as the harness defines them;
+    # the cell of one seed is that seed's rate, pooled over its 4 episodes.
+    k = round(run["success_rate"] * 4)
+    assert run["num_episodes"] == 4 and run["success_rate"] == k / 4
+    np.testing.assert_allclose((run["ci_low"], run["ci_high"]), stats.wilson_interval(k, 4),
+                               atol=1e-12)
+    assert cell["values"] == [k / 4] and cell["seeds"] == [0] and cell["mean"] == k / 4
+    assert cell["pooled"]["num_episodes"] == 4
+  # pi^l's use of its skill is measured for the hierarchical methods only.
+  assert "skill_use" in success["hilam"]["1"] and "skill_use" not in success["baku"]["1"]
   assert {o["claim"].split(" at ")[0] for o in results["orderings"]} >= {
       "HiLAM > BAKU", "hierarchy >= best flat latent pretraining"}
   assert results["data"]["video_summary"]["train"]["episodes"] == 6
   assert results["data"]["demos_summary"]["train"]["episodes"] == 4
   assert set(results["skills"]["result"]["discovery"]) == {"stage1", "stage2"}
-  assert "jax" in results["versions"] and results["seed"] == 0
+  assert "jax" in results["versions"] and results["seeds"] == [0]
+  # Every policy run's validation curve is in the report's convergence section.
+  assert results["convergence"] and all(c["eval_loss"] for c in results["convergence"].values())
   for name in ("report.md", "success_vs_demos.png", "training_curves.png"):
     with open(os.path.join(main_job, "report", name), "rb") as f:
       head = f.read(8)
     assert head == b"\x89PNG\r\n\x1a\n" if name.endswith(".png") else head
-  videos = os.listdir(os.path.join(main_job, "evaluation", "hilam_1", "videos"))
+  videos = os.listdir(os.path.join(main_job, "evaluation", "hilam_1", "s0", "videos"))
   assert videos and all(v.endswith(".gif") for v in videos)
   with open(os.path.join(main_job, "run_info.json")) as f:
     info = json.load(f)

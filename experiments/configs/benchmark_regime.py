@@ -5,7 +5,7 @@ The regime issue 10's probe found to make flat BAKU learn from pixels on BabyAI,
              open the door), recorded with the "room" view (the agent's room fully observed,
              8x8 cells of 7 px = 56x56; data_pipeline/sim/babyai.py), 1,000 train demos
              (100% = 1,000; 10% = 100) + 200 validation demos;
-  policy     the "grid" model (grid-aligned encoder, flatten pooling; train_policy.model), chunk 1,
+  policy     the "grid" model (grid-aligned encoder, flatten pooling; policy_config.model), chunk 1,
              no augmentation, lr 1e-3 with 300 warm-up steps and cosine decay to 1e-4
              (`hilam_jax.training.make_optimizer`), batch 64, 6,000 steps.
 `policy_regime` applies the policy part to any train_policy config (the main job uses it too).
@@ -18,6 +18,7 @@ import ml_collections
 
 from experiments.configs import generate_babyai
 from experiments.configs import train_policy
+from hilam_jax.policy import config as policy_config
 
 VARIANTS = ("default", "smoke")
 LEVEL = "BabyAI-UnlockLocal-v0"
@@ -40,7 +41,7 @@ def demos(seed: int = 0, train: int = 1000, val: int = 200, action_free: bool = 
 
 def policy_regime(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Sets the benchmark's policy regime on a train_policy config (in place; returns it)."""
-  config.model = train_policy.model("grid", proprio_dim=4,
+  config.model = policy_config.model("grid", proprio_dim=4,
                                     condition_dim=config.model.condition_dim)
   config.head_hidden = (128,)
   config.chunk = 1
@@ -84,7 +85,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.demos.episodes_per_shard = 3
     config.demos.num_workers = 1
     config.policy.lang_encoder = "hash"
-    config.policy.model = train_policy.model("grid", proprio_dim=4, gpt_layers=1,
+    config.policy.model = policy_config.model("grid", proprio_dim=4, gpt_layers=1,
                                              encoder_channels=(8, 8, 8), repr_dim=32,
                                              gpt_width=32, lang_dim=384)
     config.policy.head_hidden = (16,)

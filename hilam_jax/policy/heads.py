@@ -111,7 +111,9 @@ def head_loss(head_cfg: HeadConfig, prediction: jax.Array, target: jax.Array,
 
   Returns:
     (loss, metrics): the scalar masked mean loss (unweighted) and a dict of scalar metrics
-    ("loss", plus "accuracy" for categorical, "mse"/"l1" for regression heads).
+    ("loss", plus "accuracy" for categorical, "mse"/"l1" and "r2" for regression heads; r2 =
+    1 - SSE / SST over the valid entries, SST around the batch's per-dimension mean: the share of
+    the targets' variance the head explains, 0 for predicting the mean, < 0 for worse).
   """
   mask = mask.astype(bool)
   if head_cfg.kind == "categorical":
@@ -125,7 +127,13 @@ def head_loss(head_cfg: HeadConfig, prediction: jax.Array, target: jax.Array,
   mse = _masked_mean(jnp.mean(jnp.square(err), axis=-1), mask)
   l1 = _masked_mean(jnp.mean(jnp.abs(err), axis=-1), mask)
   loss = l1 if head_cfg.loss_name == "l1" else mse
-  return loss, {"loss": loss, "mse": mse, "l1": l1}
+  weight = mask[..., None].astype(jnp.float32)  # [B, H, chunk, 1]
+  count = jnp.maximum(jnp.sum(weight), 1.0)
+  mean = jnp.sum(target * weight, axis=(0, 1, 2)) / count  # [A]
+  sse = jnp.sum(jnp.square(err) * weight)
+  sst = jnp.sum(jnp.square(target - mean) * weight)
+  r2 = 1.0 - sse / jnp.maximum(sst, 1e-12)
+  return loss, {"loss": loss, "mse": mse, "l1": l1, "r2": r2}
 
 
 def heads_loss(head_cfgs: Sequence[HeadConfig], predictions: Mapping[str, jax.Array],

@@ -1,0 +1,90 @@
+"""hilam_jax.jobs: dependency order, parallel workers, failures, worker environment."""
+import os
+import time
+
+import pytest
+
+from hilam_jax import jobs
+
+
+def _record(path: str, name: str, wait: float = 0.0) -> dict:
+  """Appends `name` with start / end times to a log file (a top-level, picklable job function)."""
+  start = time.time()
+  time.sleep(wait)
+  with open(path, "a") as f:
+    f.write(f"{name} {start} {time.time()} {os.getpid()}\n")
+  return {"name": name, "pid": os.getpid()}
+
+
+def _read(path: str) -> dict[str, tuple[float, float, int]]:
+  out = {}
+  for line in open(path):
+    name, start, end, pid = line.split()
+    out[name] = (float(start), float(end), int(pid))
+  return out
+
+
+def _fail() -> None:
+  raise ValueError("boom")
+
+
+def _env(key: str) -> str | None:
+  return os.environ.get(key)
+
+
+def _graph(log: str, wait: float = 0.0):
+  return [jobs.Job("c", _record, {"path": log, "name": "c"}, deps=("a", "b")),
+          jobs.Job("a", _record, {"path": log, "name": "a", "wait": wait}),
+          jobs.Job("b", _record, {"path": log, "name": "b", "wait": wait}),
+          jobs.Job("d", _record, {"path": log, "name": "d"}, deps=("c",))]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dependencies_run_first(tmp_path, num_workers):
+  log = str(tmp_path / "log")
+  results = jobs.run_jobs(_graph(log), num_workers=num_workers)
+  assert sorted(results) == ["a", "b", "c", "d"]
+  assert results["c"]["name"] == "c"
+  times = _read(log)
+  for job, deps in (("c", "ab"), ("d", "c")):
+    for dep in deps:
+      assert times[dep][1] <= times[job][0], (dep, job)
+  pids = {t[2] for t in times.values()}
+  if num_workers == 0:
+    assert pids == {os.getpid()}
+  else:
+    assert os.getpid() not in pids
+
+
+def test_two_workers_run_side_by_side(tmp_path):
+  log = str(tmp_path / "log")
+  jobs.run_jobs(_graph(log, wait=1.5), num_workers=2)
+  times = _read(log)
+  a, b = times["a"], times["b"]
+  assert a[2] != b[2]
+  assert a[0] < b[1] and b[0] < a[1], "independent jobs a and b did not overlap"
+
+
+def test_failure_is_raised_with_its_name_and_stops_dependants(tmp_path):
+  log = str(tmp_path / "log")
+  graph = [jobs.Job("bad", _fail), jobs.Job("ok", _record, {"path": log, "name": "ok"}),
+           jobs.Job("after", _record, {"path": log, "name": "after"}, deps=("bad",))]
+  with pytest.raises(RuntimeError, match="'bad'"):
+    jobs.run_jobs(graph, num_workers=1)
+  assert "after" not in (_read(log) if os.path.exists(log) else {})
+
+
+@pytest.mark.parametrize("graph, message", [
+    ([jobs.Job("a", _fail), jobs.Job("a", _fail)], "duplicate"),
+    ([jobs.Job("a", _fail, deps=("x",))], "unknown"),
+    ([jobs.Job("a", _fail, deps=("b",)), jobs.Job("b", _fail, deps=("a",))], "cycle"),
+])
+def test_bad_graphs_are_refused_before_running(graph, message):
+  with pytest.raises(ValueError, match=message):
+    jobs.run_jobs(graph, num_workers=0)
+
+
+def test_worker_env_is_set_in_workers():
+  results = jobs.run_jobs([jobs.Job("env", _env, {"key": "OMP_NUM_THREADS"})], num_workers=1,
+                          worker_env=jobs.single_thread_env())
+  assert results["env"] == "1"

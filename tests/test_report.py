@@ -1,0 +1,124 @@
+"""The experiment's statistics: cells over seeds, paired orderings, convergence verdicts, cells."""
+import math
+
+import numpy as np
+import pytest
+
+from experiments.configs import main as main_config
+from hilam_jax import experiment
+from hilam_jax import report
+from hilam_jax.evaluation import stats
+
+
+def _result(rate: float, n: int = 100) -> dict:
+  low, high = stats.wilson_interval(round(rate * n), n)
+  return {"success_rate": rate, "num_episodes": n, "ci_low": low, "ci_high": high}
+
+
+def test_aggregate_mean_t_interval_and_pooled_wilson():
+  evaluations = {("baku", 0.1, s): _result(r) for s, r in ((0, 0.37), (1, 0.52), (2, 0.52))}
+  evaluations[("baku", 1.0, 0)] = _result(0.9)
+  cell = experiment.aggregate(evaluations)["baku"]["0.1"]
+  assert cell["seeds"] == [0, 1, 2] and cell["values"] == [0.37, 0.52, 0.52]
+  mean, std = np.mean([0.37, 0.52, 0.52]), np.std([0.37, 0.52, 0.52], ddof=1)
+  half = 4.3027 * std / math.sqrt(3)  # t_0.975 with 2 degrees of freedom
+  np.testing.assert_allclose([cell["mean"], cell["ci_low"], cell["ci_high"]],
+                             [mean, mean - half, mean + half], rtol=1e-6)
+  assert cell["success_rate"] == cell["mean"]
+  pooled = cell["pooled"]
+  assert pooled["num_episodes"] == 300 and pooled["success_rate"] == pytest.approx(141 / 300)
+  np.testing.assert_allclose((pooled["ci_low"], pooled["ci_high"]),
+                             stats.wilson_interval(141, 300))
+  single = experiment.aggregate(evaluations)["baku"]["1"]
+  assert single["num_seeds"] == 1 and math.isnan(single["ci_low"])
+
+
+def _per_seed(method, fraction, rates):
+  return [{"method": method, "fraction": fraction, "seed": s, "success_rate": r}
+          for s, r in enumerate(rates)]
+
+
+def test_paired_difference_pairs_by_seed():
+  rows = (_per_seed("hilam", 0.1, [0.6, 0.5, 0.7]) + _per_seed("baku", 0.1, [0.4, 0.45, 0.5])
+          + _per_seed("baku", 1.0, [0.9, 0.9, 0.9]))
+  diff = report.paired_difference(rows, "hilam", "baku", "0.1")
+  np.testing.assert_allclose(diff["values"], [0.2, 0.05, 0.2], atol=1e-12)
+  assert diff["seeds"] == [0, 1, 2]
+  # A seed missing on one side is left out of the pairing.
+  diff = report.paired_difference(rows[1:], "hilam", "baku", "0.1")
+  assert diff["seeds"] == [1, 2]
+  assert report.paired_difference(rows, "hilam", "flat_z0", "0.1") is None
+
+
+def test_orderings_verdicts_and_significance():
+  rows = (_per_seed("hilam", 0.1, [0.6, 0.62, 0.64]) + _per_seed("baku", 0.1, [0.4, 0.41, 0.42])
+          + _per_seed("hilam_no_pretrain", 0.1, [0.7, 0.5, 0.6])
+          + _per_seed("flat_z0", 0.1, [0.65, 0.7, 0.6]) + _per_seed("flat_z2", 0.1, [0.1] * 3))
+  success = {m: {"0.1": {"mean": float(np.mean([r["success_rate"] for r in rows
+                                                if r["method"] == m]))}}
+             for m in ("hilam", "baku", "hilam_no_pretrain", "flat_z0", "flat_z2")}
+  checks = {c["claim"]: c for c in report.orderings(success, rows, ["0.1"])}
+  first = checks["HiLAM > BAKU at the lowest demo fraction (0.1)"]
+  assert first["holds"] and first["significant"]
+  flat = checks["hierarchy >= best flat latent pretraining at 0.1 (flat_z0)"]
+  assert flat["holds"] is False and flat["right"] == "flat_z0"
+  video = checks["video pretraining helps HiLAM at 0.1"]
+  assert video["holds"] is True and video["significant"] is False  # +0.02 [wide]: contains 0
+  assert not any("z̄^1" in c for c in checks)  # the ablation was not run
+
+
+def test_flattened():
+  falling = [(s, 1.0 - 0.1 * i) for i, s in enumerate(range(0, 1000, 100))]
+  assert report.flattened(falling)["flattened"] is False
+  flat = [(s, 1.0 if s < 500 else 0.5) for s in range(0, 1000, 100)]
+  assert report.flattened(flat)["flattened"] is True
+  rising = [(s, 0.5 + s / 1000) for s in range(0, 1000, 100)]
+  verdict = report.flattened(rising)
+  assert verdict["flattened"] is True and verdict["min_val_loss_step"] == 0
+  assert report.flattened([(0, 1.0)])["flattened"] is None
+
+
+def test_cells_cover_methods_fractions_seeds_and_ablations():
+  config = main_config.get_config("default")
+  cells = experiment.cells(config)
+  assert len(cells) == len(set(cells))
+  expected = {(m, f, s) for m in config.methods for f in config.fractions for s in config.seeds}
+  expected |= {(m, f, s) for m in config.ablations for f in config.ablation_fractions
+               for s in config.seeds}
+  assert set(cells) == expected
+  config.ablation_fractions = ()
+  assert {f for m, f, _ in experiment.cells(config) if m in config.ablations} == {1.0}
+
+
+def test_planner_shares_pretraining_within_a_seed(tmp_path):
+  """One pretraining run per (target, seed), every fine-tuning run depends on its own seed's."""
+  config = main_config.get_config("default")
+  paths = experiment.Paths(str(tmp_path))
+  data = {"video": "/data/video", "demos": "/data/demos"}
+  planner = experiment.Planner(config, paths, data, {"z0": 16, "s1": 64, "s2": 96})
+  for cell in experiment.cells(config):
+    planner.evaluation(*cell)
+  names = set(planner.jobs)
+  pretrain = sorted(n for n in names if n.startswith("pretrain/s0/") and "demos_" not in n)
+  assert pretrain == ["pretrain/s0/flat_s2", "pretrain/s0/flat_z0", "pretrain/s0/high_s1",
+                      "pretrain/s0/high_s2", "pretrain/s0/low_s1_z0", "pretrain/s0/low_s2_z0"]
+  hilam = planner.jobs["finetune/hilam@0.1/s1"]
+  assert set(hilam.deps) == {"pretrain/s1/high_s2", "pretrain/s1/low_s2_z0"}
+  cfg = hilam.kwargs["config"]
+  assert cfg["seed"] == 1 and cfg["role"] == "low" and cfg["lang_for_low"] is False
+  assert cfg["condition"]["source"] == "high_policy"
+  assert cfg["condition"]["high_workdir"] == paths.pretrain("high_s2", 1)
+  assert cfg["init_from"] == paths.pretrain("low_s2_z0", 1)
+  assert cfg["chunk"] == 1 and cfg["data"]["augment"] is False
+  no_pretrain = planner.jobs["finetune/hilam_no_pretrain@0.1/s2"]
+  assert set(no_pretrain.deps) == {"pretrain/s2/demos_10pct_high_s2",
+                                   "pretrain/s2/demos_10pct_low_s2_z0"}
+  demo_high = planner.jobs["pretrain/s2/demos_10pct_high_s2"].kwargs["config"]
+  assert demo_high["data"]["train"][0]["dataset_dir"] == "/data/demos"
+  assert demo_high["data"]["episode_fraction"] == 0.1
+  assert planner.jobs["evaluate/baku@1/s0"].deps == ("finetune/baku@1/s0",)
+  # Every method trains the same network shape (encoder and trunk).
+  models = {tuple(sorted((k, str(v)) for k, v in j.kwargs["config"]["model"].items()
+                         if k not in ("condition_dim",)))
+            for n, j in planner.jobs.items() if n.startswith(("pretrain", "finetune"))}
+  assert len(models) == 1
