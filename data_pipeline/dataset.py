@@ -152,6 +152,7 @@ def make_dataset(
     drop_remainder: bool = True,
     prefetch: int = 2,
     episode_ids: Collection[str] | None = None,
+    cache: bool = False,
 ) -> Pipeline:
   """A batched frame pipeline over a weighted mixture of datasets.
 
@@ -172,6 +173,11 @@ def make_dataset(
     prefetch: batches prefetched.
     episode_ids: read only these episodes (ids as the reader makes them; see
       `list_episode_ids`), e.g. a fraction of the demonstrations.
+    cache: keep each dataset's transformed trajectories (images still JPEG-encoded) in memory
+      after the first pass, so later epochs neither read nor parse the shards again (with
+      `episode_ids` a pass otherwise reads every episode to keep a few). Repeated epochs then
+      visit the trajectories in the first epoch's order; the frame shuffle buffer still mixes
+      them. Memory: about the dataset's size on disk.
   """
   specs = [_as_spec(s) for s in datasets]
   if not specs:
@@ -184,6 +190,8 @@ def make_dataset(
         spec, transforms, labels=labels, drop_unlabeled=drop_unlabeled, seed=seed + i,
         process_index=process_index, process_count=process_count,
         skip_corrupted=skip_corrupted, deterministic=deterministic, episode_ids=episode_ids)
+    if cache:
+      ds = ds.cache()
     if repeat:
       ds = ds.repeat()
     frames.append(_flatten(ds))

@@ -21,6 +21,8 @@ but `episode_source`):
   subtask/boundary           bool [T]       ground truth: frame t starts a new subtask
                                              (True at t=0)                             (optional)
   subtask/instruction_boundary bool [T]     the same, grouped per sub-instruction     (optional)
+  subtask/leaf_boundary      bool [T]       the same at the finest level of the expert's plan
+                                             (helper subgoals included)                (optional)
   episode_source             string []      where the episode came from (source file path,
                                              simulator level + seed, ...)              (required)
 
@@ -48,6 +50,7 @@ OPTIONAL_KEYS = (
     "reward",
     "subtask/boundary",
     "subtask/instruction_boundary",
+    "subtask/leaf_boundary",
 )
 
 
@@ -119,6 +122,7 @@ def validate_trajectory(traj: Mapping[str, Any], dataset_name: str) -> None:
       "language_instruction": tf.string, "is_first": tf.bool, "is_last": tf.bool,
       "episode_source": tf.string, "observation/proprio": tf.float32, "reward": tf.float32,
       "subtask/boundary": tf.bool, "subtask/instruction_boundary": tf.bool,
+      "subtask/leaf_boundary": tf.bool,
   }
   for key, dtype in expected.items():
     if key in flat and flat[key].dtype != dtype:

@@ -7,8 +7,9 @@
 What it does (config: experiments/configs/benchmark_regime.py):
   1. generates the demonstrations (UnlockLocal, room view) under <workdir>/data (resumes);
   2. trains flat BAKU with the project's policy trainer at every (fraction, training seed), plus
-     one "plateau" run (fraction 1.0, seed 0) with the former regime (chunk 10 + augmentation)
-     on the same data, validation every `eval_every` steps;
+     "plateau" runs (fraction 1.0, seed 0) with the former regime (chunk 10 + augmentation) and
+     each of its parts alone (`plateau.variants`) on the same data, validation every
+     `eval_every` steps;
   3. evaluates each run on `eval.num_episodes` held-out environment seeds with the project's BabyAI
      harness, rendering as the dataset was generated (`check_render_settings`), once per
      `eval.modes`: "sample" (actions drawn from the policy's distribution, BabyAI's convention)
@@ -42,8 +43,10 @@ def _runs(config) -> list[dict]:
       runs.append({"name": f"baku_f{fraction:g}_s{seed}", "fraction": float(fraction),
                    "seed": int(seed), "regime": "benchmark"})
   if config.plateau.enabled:
-    runs.append({"name": f"plateau_chunk{config.plateau.chunk}_aug_f1_s{config.seeds[0]}",
-                 "fraction": 1.0, "seed": int(config.seeds[0]), "regime": "plateau"})
+    for chunk, augment in config.plateau.variants:
+      name = f"plateau_chunk{chunk}{'_aug' if augment else ''}_f1_s{config.seeds[0]}"
+      runs.append({"name": name, "fraction": 1.0, "seed": int(config.seeds[0]),
+                   "regime": "plateau", "chunk": int(chunk), "augment": bool(augment)})
   return runs
 
 
@@ -55,8 +58,8 @@ def _policy_config(config, run: dict, dataset_dir: str):
   policy.data.val = ({"dataset_dir": dataset_dir},)
   policy.data.episode_fraction = run["fraction"]
   if run["regime"] == "plateau":
-    policy.chunk = config.plateau.chunk
-    policy.data.augment = config.plateau.augment
+    policy.chunk = run["chunk"]
+    policy.data.augment = run["augment"]
     policy.eval_every = config.plateau.eval_every
     policy.num_steps = config.plateau.num_steps
   return policy

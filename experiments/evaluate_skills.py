@@ -31,6 +31,9 @@ _WINDOW = flags.DEFINE_integer("probe_window", None,
                                "stage-2 mean chunk length).")
 _CHANGE_POINTS = flags.DEFINE_list("change_point_methods", ["binseg", "pelt"],
                                    "ruptures baselines (binseg, pelt; empty for none).")
+_TRUTH = flags.DEFINE_enum("ground_truth", "initial", ["initial", "leaf"],
+                           "Subtasks to score against: the expert's initial subgoals / phases, "
+                           "or (BabyAI) the leaf subtasks of its plan, helpers included.")
 
 
 def main(argv):
@@ -43,7 +46,7 @@ def main(argv):
   report = discovery.run_evaluation(
       _SKILLS.value, _DATASET.value, _OUT.value, split=_SPLIT.value, tolerance=_TOLERANCE.value,
       num_filmstrips=_STRIPS.value, labels_dir=_LABELS.value, probe_window=_WINDOW.value,
-      change_point_methods=tuple(_CHANGE_POINTS.value))
+      change_point_methods=tuple(_CHANGE_POINTS.value), ground_truth=_TRUTH.value)
   print(report["table"])
 
 

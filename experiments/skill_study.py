@@ -44,6 +44,16 @@ SETTINGS = {
                    "windows of 128 frames: most BossLevel episodes whole"),
     "deep_encoder": ({"model.encoder_depths": (2, 2), "model.decoder_depths": (2, 2)},
                      "two blocks per encoder / decoder"),
+    # Segment-level objectives: the chunks must explain what follows (SkillModelConfig).
+    "bottleneck": ({"model.bottleneck_heads": True, "lambda_aux": 1.0},
+                   "per-stage bottleneck heads: z^0_{t+1} from the stage's chunks only (+ offset)"),
+    "bottleneck_zscore": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                           "data.normalize": "zscore"}, "bottleneck heads on z-scored z^0"),
+    "no_residual": ({"model.residual": False},
+                    "no W_res path around the chunking: every prediction through the chunks"),
+    "bottleneck_no_residual": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                                "model.residual": False},
+                               "bottleneck heads and no residual path"),
 }
 
 _LABELS = flags.DEFINE_string("labels_dir", None, "Latent-action label folder.", required=True)
@@ -60,6 +70,14 @@ _CHANGE_POINTS = flags.DEFINE_list(
     "change_point_methods", ["binseg"],
     "ruptures baselines (binseg, pelt). PELT reruns per penalty: its calibration costs minutes "
     "of CPU per seed, so the study uses binary segmentation by default.")
+_TRUTH = flags.DEFINE_enum("ground_truth", "initial", ["initial", "leaf"],
+                           "Subtasks to score against (discovery.GROUND_TRUTHS).")
+_EVAL_DIR = flags.DEFINE_string("eval_name", "eval",
+                                "Sub-folder of each setting for its evaluation (e.g. eval_leaf "
+                                "to score the same skills against another ground truth).")
+_WORKERS = flags.DEFINE_integer("num_workers", 2,
+                                "(setting, seed) runs in parallel processes, one core each; 0: "
+                                "in this process.")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False,
                                 "Only rebuild study.json / study.md from the settings' finished "
                                 "<setting>/eval/skill_discovery.json (no training).")
@@ -85,27 +103,49 @@ def setting_config(name: str, seed: int, labels_dir: str, variant: str, num_step
   return config
 
 
-def run_seed(name: str, seed: int, out_dir: str) -> str:
-  """Trains + extracts one (setting, seed) unless done; returns its skills folder."""
+def _setup_worker() -> None:
   # pylint: disable=g-import-not-at-top
-  from hilam_jax.skill import extract
-  from hilam_jax.skill import trainer
+  from hilam_jax import logs
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  logs.quiet_library_logs()
+
+
+def run_seed(name: str, seed: int, out_dir: str, labels_dir: str, variant: str, num_steps: int,
+             split: str) -> str:
+  """Trains + extracts one (setting, seed) unless done; returns its skills folder. A job."""
   root = os.path.join(out_dir, name, f"seed{seed}")
   skills = os.path.join(root, "skills")
   done = os.path.join(root, "done.json")
   if os.path.exists(done):
     return skills
-  config = setting_config(name, seed, _LABELS.value, _VARIANT.value, _STEPS.value)
+  _setup_worker()
+  # pylint: disable=g-import-not-at-top
+  from hilam_jax.skill import extract
+  from hilam_jax.skill import trainer
+  config = setting_config(name, seed, labels_dir, variant, num_steps)
   start = time.time()
   final = trainer.train_and_evaluate(config, os.path.join(root, "train"))
   train_seconds = time.time() - start
-  stats = extract.extract_skills(os.path.join(root, "train"), _LABELS.value, skills,
-                                 splits=(_SPLIT.value,))
+  stats = extract.extract_skills(os.path.join(root, "train"), labels_dir, skills,
+                                 splits=(split,))
   with open(done, "w") as f:
     json.dump({"final_eval": final, "train_seconds": train_seconds, "extract": stats,
                "num_steps": config.num_steps}, f, indent=1)
   logging.info("study: %s seed %d trained in %.0f s: %s", name, seed, train_seconds, final)
   return skills
+
+
+def evaluate_setting(skills: list[str], dataset_dir: str, out_dir: str, split: str,
+                     tolerance: int, labels_dir: str, change_point_methods: tuple[str, ...],
+                     ground_truth: str) -> str:
+  """Scores one setting's seeds (`discovery.run_evaluation`); returns the report path. A job."""
+  _setup_worker()
+  from hilam_jax.skill import discovery  # pylint: disable=g-import-not-at-top
+  discovery.run_evaluation(skills, dataset_dir, out_dir, split=split, tolerance=tolerance,
+                           num_filmstrips=2, labels_dir=labels_dir,
+                           change_point_methods=change_point_methods, ground_truth=ground_truth)
+  return os.path.join(out_dir, "skill_discovery.json")
 
 
 def _num_steps(name: str, seed: int) -> int | None:
@@ -149,30 +189,41 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top
+  from hilam_jax import jobs
   from hilam_jax import logs
-  from hilam_jax.skill import discovery
   logs.quiet_library_logs()
   unknown = sorted(set(_SETTINGS.value) - set(SETTINGS))
   if unknown:
     raise app.UsageError(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
   seeds = [int(s) for s in _SEEDS.value]
   os.makedirs(_OUT.value, exist_ok=True)
-  study_path = os.path.join(_OUT.value, "study.json")
+  suffix = "" if _EVAL_DIR.value == "eval" else f"_{_EVAL_DIR.value}"
+  study_path = os.path.join(_OUT.value, f"study{suffix}.json")
+  if not _TABLE_ONLY.value:
+    graph = []
+    for name in _SETTINGS.value:
+      for seed in seeds:
+        graph.append(jobs.Job(f"{name}/seed{seed}", run_seed, dict(
+            name=name, seed=seed, out_dir=_OUT.value, labels_dir=_LABELS.value,
+            variant=_VARIANT.value, num_steps=_STEPS.value, split=_SPLIT.value)))
+      skills = [os.path.join(_OUT.value, name, f"seed{seed}", "skills") for seed in seeds]
+      graph.append(jobs.Job(f"{name}/evaluate", evaluate_setting, dict(
+          skills=skills, dataset_dir=_DATASET.value,
+          out_dir=os.path.join(_OUT.value, name, _EVAL_DIR.value), split=_SPLIT.value,
+          tolerance=_TOLERANCE.value, labels_dir=_LABELS.value,
+          change_point_methods=tuple(_CHANGE_POINTS.value), ground_truth=_TRUTH.value),
+                            deps=tuple(f"{name}/seed{seed}" for seed in seeds)))
+    jobs.run_jobs(graph, num_workers=_WORKERS.value,
+                  worker_env=jobs.single_thread_env() if _WORKERS.value > 1 else None,
+                  what="skill study")
   for name in _SETTINGS.value:
-    report_path = os.path.join(_OUT.value, name, "eval", "skill_discovery.json")
-    if _TABLE_ONLY.value:
-      if not os.path.exists(report_path):
-        logging.warning("study: %s has no finished evaluation, skipped", name)
-        continue
-      with open(report_path) as f:
-        report = json.load(f)
-      seeds = [int(os.path.basename(os.path.dirname(d))[4:]) for d in report["skills_dirs"]]
-    else:
-      skills = [run_seed(name, seed, _OUT.value) for seed in seeds]
-      report = discovery.run_evaluation(
-          skills, _DATASET.value, os.path.join(_OUT.value, name, "eval"), split=_SPLIT.value,
-          tolerance=_TOLERANCE.value, num_filmstrips=2, labels_dir=_LABELS.value,
-          change_point_methods=tuple(_CHANGE_POINTS.value))
+    report_path = os.path.join(_OUT.value, name, _EVAL_DIR.value, "skill_discovery.json")
+    if not os.path.exists(report_path):
+      logging.warning("study: %s has no finished evaluation, skipped", name)
+      continue
+    with open(report_path) as f:
+      report = json.load(f)
+    seeds = [int(os.path.basename(os.path.dirname(d))[4:]) for d in report["skills_dirs"]]
     # Re-read before writing: other study processes may have added settings meanwhile.
     study = {}
     if os.path.exists(study_path):
@@ -190,8 +241,9 @@ def main(argv):
       json.dump(study, f, indent=1)
     os.replace(tmp, study_path)
     lines = [HEADER] + [study_row(n, study[n]["summary"], study[n]["seeds"]) for n in order]
-    with open(os.path.join(_OUT.value, "study.md"), "w") as f:
-      f.write("# Skill-discovery study (test half; F1 ±2 frames; probe = balanced accuracy)\n\n"
+    with open(os.path.join(_OUT.value, f"study{suffix}.md"), "w") as f:
+      f.write(f"# Skill-discovery study ({_TRUTH.value} subtasks; test half; F1 ±2 frames; "
+              "probe = balanced accuracy)\n\n"
               + "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -23,6 +23,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import signal
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -157,8 +158,16 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
           del pending[name]
           progress.finished(name, seconds)
     except KeyboardInterrupt:
-      for future in running:
-        future.cancel()
+      # Ctrl-C in a terminal reaches every worker (one process group); a signal sent to this
+      # process alone does not: pass it on, so that running jobs stop (and save) now instead of
+      # finishing while the pool shuts down.
+      logging.warning("[%s] interrupted: stopping %d running job(s)", what, len(running))
+      for process in list(getattr(pool, "_processes", {}).values()):
+        try:
+          os.kill(process.pid, signal.SIGINT)
+        except (ProcessLookupError, OSError):
+          pass
+      pool.shutdown(wait=True, cancel_futures=True)
       raise
   if error is not None:
     raise RuntimeError(f"job {error[0]!r} failed: {error[1]!r}") from error[1]

@@ -166,6 +166,33 @@ def test_subtask_labels_follow_the_bots_actions():
 # ----------------------------------------------------------------------------- the dataset
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_unlocklocal_leaf_subtasks_are_key_pickup_door_open(seed):
+  """UnlockLocal's initial subgoals are only 'go to the door' and 'open' (the key is a helper);
+  its leaf subtasks are the four real skills, and each interaction starts at its action."""
+  ep = babyai_sim.simulate_episode("BabyAI-UnlockLocal-v0", seed, 7, view="room")
+  names, done = ep["leaf_names"], [int(d) for d in ep["leaf_done_steps"]]
+  assert [babyai_sim.INTERACTIONS.count(n) for n in names] == [0, 1, 0, 1], names
+  assert names[0].endswith("key)") and names[2].endswith("door)")
+  assert names[0].split("(")[1].split()[0] == names[2].split("(")[1].split()[0]  # same colour
+  actions = [babyai_sim.ACTION_NAMES[a] for a in ep["action"]]
+  assert actions[done[0]] == "pickup" and actions[done[2]] == "toggle"
+  assert done[1] == done[0] + 1 and done[3] == len(actions) - 1 == done[2] + 1
+  assert ep["subgoal_names"] == ["GoNextTo(door, Open)", "Open"]
+
+
+def test_leaf_runs_merge_navigation_and_name_it_by_its_target():
+  acting = [("navigation", None), ("navigation", "red key"), ("interaction", "Pickup"),
+            ("navigation", None), ("navigation", None), ("interaction", "Drop"),
+            ("interaction", "Open"), ("done", None)]
+  names, done = babyai_sim.leaf_runs(acting, last_frame=8)
+  assert names == ["GoNextTo(red key)", "Pickup", "GoNextTo(position)", "Drop", "Open", "done"]
+  assert done == [2, 3, 5, 6, 7, 8]
+  # An initial subgoal starting at frame 4 splits the navigation run 3-4.
+  names, done = babyai_sim.leaf_runs(acting, last_frame=8, split_at=frozenset({4}))
+  assert names[2:4] == ["GoNextTo(position)", "GoNextTo(position)"] and done[:4] == [2, 3, 4, 5]
+
+
 def test_dataset_reads_with_tfds(tiny):
   data_dir, stats = tiny
   dataset_dir = os.path.join(data_dir, "babyai_bosslevel", "1.0.0")
@@ -241,6 +268,15 @@ def test_standardized_through_the_reader(tiny):
                                   sorted({0, *starts}))
     assert traj["subtask"]["instruction_boundary"][0]
     assert traj["subtask"]["instruction_boundary"].sum() <= traj["subtask"]["boundary"].sum()
+    # Leaf subtasks: the same layout; every initial-subgoal boundary is a leaf one (a finer plan).
+    leaf_starts = [s for s in ep["episode_metadata"]["leaf_done_steps"] if s < num_steps - 1]
+    leaf = traj["subtask"]["leaf_boundary"]
+    np.testing.assert_array_equal(np.nonzero(leaf)[0], sorted({0, *leaf_starts}))
+    assert np.all(leaf[traj["subtask"]["boundary"]])
+    names = traj["extras"]["leaf_subtask_name"]
+    assert len(names) == num_steps and all(n for n in names)
+    changes = np.flatnonzero(names[1:] != names[:-1]) + 1
+    assert set(changes) <= set(np.flatnonzero(leaf))
 
 
 def test_standardize_eager_and_missing_key():

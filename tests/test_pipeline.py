@@ -161,6 +161,32 @@ def test_episode_subset_and_chunked_labels_in_pipeline(toy_dataset):
     np.testing.assert_array_equal(b["action_pad_mask"][0], expected_mask)
 
 
+def test_cached_pipeline_repeats_the_subset_and_first_epoch_is_the_uncached_one(toy_dataset):
+  """cache=True: the first pass is exactly the uncached pipeline's; later epochs (served from
+  memory) hold the same frames of the episode subset again, each frame once per epoch."""
+  ids = dp.list_episode_ids(dp.DatasetSpec(toy_dataset))
+  subset = ids[1:4]
+  episodes = _episodes(reader.read_trajectories(toy_dataset))
+  frames = sum(len(episodes[i]["is_first"]) for i in subset)
+
+  def batches(cache, repeat, n=None):
+    pipe = dp.make_dataset([dp.DatasetSpec(toy_dataset)], batch_size=1, repeat=repeat,
+                           shuffle_buffer=0, episode_ids=subset, cache=cache, seed=3)
+    it = pipe.as_numpy_iterator()
+    return [next(it) for _ in range(n)] if n else list(it)
+
+  plain = batches(cache=False, repeat=False)
+  cached = batches(cache=True, repeat=True, n=3 * frames)
+  assert len(plain) == frames
+  for x, y in zip(plain, cached[:frames]):
+    np.testing.assert_array_equal(x["observation"]["image_primary"],
+                                  y["observation"]["image_primary"])
+    assert x["episode_id"][0] == y["episode_id"][0] and x["frame_index"][0] == y["frame_index"][0]
+  key = lambda b: (b["episode_id"][0], int(b["frame_index"][0]))  # noqa: E731
+  for epoch in range(3):
+    assert sorted(map(key, cached[epoch * frames:(epoch + 1) * frames])) == sorted(map(key, plain))
+
+
 # --- frame transforms -----------------------------------------------------------------------
 
 def _encoded_frames(num, size=24, seed=0):

@@ -421,3 +421,81 @@ def test_reconstruction_term_one_frame_window():
   (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(tiny_params())
   assert float(metrics["rec"]) == 0.0 and float(value) == 0.0
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+
+@functools.lru_cache(maxsize=None)
+def bottleneck_model(residual: bool = True):
+  cfg = skill_model.SkillModelConfig.tiny(bottleneck_heads=True, residual=residual)
+  params = skill_model.init_params(cfg, jax.random.key(0), LENGTH)
+  # Non-zero W_res (it starts at zero), so that the main path really reads x̂_t.
+  if residual:
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: (jax.random.normal(jax.random.key(5), x.shape) * 0.5
+                         if "residual" in jax.tree_util.keystr(path) else x), params)
+  apply = jax.jit(skill_model.SkillModel(cfg).apply, compiler_options=FAST_COMPILE)
+  return cfg, params, apply
+
+
+def test_bottleneck_heads_see_the_frames_only_through_the_chunks():
+  """Changing z at a frame u strictly inside a chunk [a, b) (boundaries unchanged) leaves that
+  stage's bottleneck prediction at every t < b unchanged (it reads z_{<= a} only), while the
+  main prediction at u (through the residual x̂_u) and at later chunks does change."""
+  cfg, params, apply = bottleneck_model()
+  latents, mask = random_batch(7, batch=1, pad=(0,))
+  base = apply({"params": params}, jnp.asarray(latents), jnp.asarray(mask))
+  checked = 0
+  for index, stage in enumerate(base.stages):
+    starts = np.flatnonzero(np.asarray(stage.frame_boundary[0]))
+    ends = list(starts[1:]) + [LENGTH]
+    for a, b in zip(starts, ends):
+      if b - a < 2:
+        continue
+      u = a + 1
+      perturbed = latents.copy()
+      perturbed[0, u] += 0.05 * np.random.RandomState(index).randn(cfg.latent_dim)
+      out = apply({"params": params}, jnp.asarray(perturbed), jnp.asarray(mask))
+      if not all(np.array_equal(o.frame_boundary, s.frame_boundary)
+                 for o, s in zip(out.stages, base.stages)):
+        continue  # the perturbation moved a boundary: not this property's case
+      np.testing.assert_allclose(out.bottleneck_predictions[index][0, :b],
+                                 base.bottleneck_predictions[index][0, :b], atol=1e-5)
+      assert not np.allclose(out.prediction[0, u], base.prediction[0, u], atol=1e-6)
+      checked += 1
+  assert checked >= 2
+
+
+def test_bottleneck_loss_trains_the_router():
+  """The bottleneck heads' l1 alone has a non-zero gradient on both stages' routing weights
+  (through the EMA and the confidence STE), and on nothing of the main head."""
+  cfg, params, apply = bottleneck_model(residual=False)
+  latents, mask = random_batch(8)
+  module = skill_model.SkillModel(cfg)
+
+  def aux_only(p):
+    out = module.apply({"params": p}, jnp.asarray(latents), jnp.asarray(mask))
+    return sum(skill_losses.latent_l1(a, jnp.asarray(latents), jnp.asarray(mask))
+               for a in out.bottleneck_predictions)
+
+  grads = jax.grad(aux_only)(params)
+  assert "residual" not in params["stage"]
+  routing = [grads["stage"]["routing"], grads["stage"]["main"]["routing"]]
+  for g in routing:
+    assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree_util.tree_leaves(g))
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree_util.tree_leaves(grads["head"]))
+
+
+def test_bottleneck_weight_needs_bottleneck_heads():
+  latents, mask = random_batch(9)
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
+  with pytest.raises(ValueError, match="bottleneck_heads"):
+    skill_losses.skill_loss(tiny_params(), skill_model.SkillModel(CONFIG), batch,
+                            jax.random.key(0), lambda_rec=0.0, lambda_ratio=0.03, lambda_aux=1.0)
+  cfg, params, _ = bottleneck_model()
+  loss, metrics = skill_losses.skill_loss(params, skill_model.SkillModel(cfg), batch,
+                                          jax.random.key(0), lambda_rec=0.0, lambda_ratio=0.03,
+                                          lambda_aux=0.5)
+  without = skill_losses.skill_loss(params, skill_model.SkillModel(cfg), batch,
+                                    jax.random.key(0), lambda_rec=0.0, lambda_ratio=0.03)[0]
+  np.testing.assert_allclose(loss, without + 0.5 * (metrics["aux_l1/s1"] + metrics["aux_l1/s2"]),
+                             rtol=1e-5)

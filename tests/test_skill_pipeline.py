@@ -325,3 +325,36 @@ def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
   # The tiny generator stores subtask names: the probe ran on every feature set.
   assert set(report["summary"]["probe"]) >= {"z1", "z2", "z0", "z0_mean", "majority"}
   assert os.path.getsize(report["filmstrips"][0]) > 1000
+
+
+def test_skill_study_script_end_to_end(tiny_data, tmp_path):
+  """Two settings (the paper's objective and the bottleneck heads), one seed each, trained in two
+  worker processes and scored against the leaf subtasks: one study line per setting."""
+  dataset_dir, labels_dir = tiny_data
+  out_dir = str(tmp_path / "study")
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.skill_study", f"--labels_dir={labels_dir}",
+       f"--dataset_dir={dataset_dir}", f"--out_dir={out_dir}", "--variant=tiny",
+       "--settings=default,bottleneck", "--seeds=0", "--num_steps=4", "--num_workers=2",
+       "--ground_truth=leaf", "--eval_name=eval_leaf"],
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  study = json.load(open(os.path.join(out_dir, "study_eval_leaf.json")))
+  assert set(study) == {"default", "bottleneck"}
+  assert study["bottleneck"]["overrides"]["model.bottleneck_heads"] is True
+  report = json.load(open(os.path.join(out_dir, "bottleneck", "eval_leaf",
+                                       "skill_discovery.json")))
+  assert report["ground_truth"] == "leaf"
+  # Scored against the leaf boundaries, which refine the initial ones.
+  leaf = discovery.read_ground_truth(dataset_dir, "val", ground_truth="leaf")[0]
+  initial = discovery.read_ground_truth(dataset_dir, "val")[0]
+  assert sum(b[1:].sum() for b in leaf.values()) > sum(b[1:].sum() for b in initial.values())
+  assert report["results"]["stage1"]["model"]["ground_truth"] > 0
+  lines = open(os.path.join(out_dir, "study_eval_leaf.md")).read().splitlines()
+  assert sum(line.startswith("| default |") or line.startswith("| bottleneck |")
+             for line in lines) == 2
+  # The model trained with the bottleneck heads has their parameters.
+  from hilam_jax.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  config = checkpoint_lib.load_checkpoint_config(
+      os.path.join(out_dir, "bottleneck", "seed0", "train", "checkpoints"))
+  assert config["model"]["bottleneck_heads"] is True and config["lambda_aux"] == 1.0

@@ -27,6 +27,12 @@ stored in execution order, hence non-decreasing. Leaf instructions (the action c
 and/then/after) are tracked while `_process_instr` pushes their subgoals; a leaf is done when its
 last-executed subgoal is.
 
+Leaf subtasks (`leaf_done_steps`, `leaf_names`): the finest level of the bot's plan. Each frame's
+action comes from the subgoal on top of the stack, initial or helper (BabyAI-UnlockLocal: go to
+the key, pick it up, go to the door, open it; the initial subgoals are only "go to the door" and
+"open", the key fetch being a helper of the first); runs of frames whose acting subgoal has the
+same text form the leaf subtasks, and a run ends where the next begins.
+
 The simulation (environments, views, the tracing bot, seeds) is `data_pipeline/sim/babyai.py`,
 shared with the evaluation harness; this module shards, encodes and writes.
 
@@ -48,6 +54,10 @@ from absl import logging
 import numpy as np
 
 from data_pipeline.sim import babyai as sim
+
+# Version of the per-episode layout (bumped when `episode_features` changes): 2 added the leaf
+# (acting-subgoal) labels.
+EPISODE_FORMAT = 2
 
 # ----------------------------------------------------------------------------- shards
 
@@ -120,6 +130,8 @@ def episode_features(action_free: bool = False, image_size: int = sim.IMAGE_SIZE
       "subgoal_instruction_index": steps_int32,
       "instruction_done_steps": steps_int32,
       "instruction_names": tfds.features.Sequence(tfds.features.Text()),
+      "leaf_done_steps": steps_int32,
+      "leaf_names": tfds.features.Sequence(tfds.features.Text()),
   }
   return rlds_writer.episode_features(steps, metadata)
 
@@ -140,6 +152,7 @@ def to_rlds(episode: Mapping[str, Any], action_free: bool = False) -> dict[str, 
                  discount=episode["discount"])
   metadata = {key: episode[key] for key in (
       "level", "seed", "subgoal_done_steps", "subgoal_names", "subgoal_instruction_index",
+      "leaf_done_steps", "leaf_names",
       "instruction_done_steps", "instruction_names")}
   metadata["source"] = f"{episode['level']}/seed={episode['seed']}"
   return {"steps": steps, "episode_metadata": metadata}
@@ -194,6 +207,9 @@ def generate(config: Any, data_dir: str) -> dict[str, Any]:
   name = dataset_name(config.level, config.action_free, config.get("name"))
   # The worker count does not change the output, so a resumed run may use another one.
   identity = {k: v for k, v in config.to_dict().items() if k != "num_workers"}
+  # The episode format: shards written by an older generator (without the leaf labels) are not
+  # mixed with new ones in a resumed dataset.
+  identity["episode_format"] = EPISODE_FORMAT
   size = sim.image_size(config.level, config.tile_size, view(config))
   writer = rlds_writer.ShardedRLDSWriter(
       data_dir, name, episode_features(config.action_free, size),

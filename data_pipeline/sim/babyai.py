@@ -93,6 +93,11 @@ class TracingBot(baby_ai_bot.BabyAIBot):
     leaf_spans: per leaf instruction, (instr, first, end) stack positions of its subgoals.
     initial_names: text of the initial subgoal at each position.
     done_frame: per position, the frame at which that subgoal was done (-1: not yet).
+    acting: per replan (= per frame with an action), (kind, name) of the subgoal on top of the
+      stack that returned the action, initial or helper (go to the key, pick it up, move a
+      blocker, explore, ...): kind "navigation" (GoNextTo, Explore; name: the target object, or
+      None for a grid position) or "interaction" (Pickup, Drop, Open, Close; name: the
+      subgoal), ("done", None) once the stack is empty. See `leaf_runs`.
   """
 
   def __init__(self, env: gym.Env):
@@ -101,6 +106,7 @@ class TracingBot(baby_ai_bot.BabyAIBot):
     super().__init__(env)  # Calls _process_instr, which fills leaf_spans.
     self.initial_names = [_subgoal_text(s) for s in self.stack]
     self.done_frame = [-1] * len(self.stack)
+    self.acting: list[str] = []
 
   def _process_instr(self, instr):
     if isinstance(instr, (verifier.BeforeInstr, verifier.AfterInstr, verifier.AndInstr)):
@@ -140,6 +146,7 @@ class TracingBot(baby_ai_bot.BabyAIBot):
         break
     if not self.stack:
       suggested_action = self.mission.unwrapped.actions.done
+    self.acting.append(_acting(self.stack[-1]) if self.stack else ("done", None))
     self._remember_current_state()
     self._num_replans += 1
     return suggested_action
@@ -153,13 +160,65 @@ class TracingBot(baby_ai_bot.BabyAIBot):
     for leaf_index, (_, first, end) in enumerate(leaves):
       for position in range(first, end):
         leaf_of_position[position] = leaf_index
+    leaf_names, leaf_done = leaf_runs(self.acting, last_frame,
+                                      frozenset(d for d in done if 0 < d < last_frame))
     return {
+        "leaf_done_steps": np.array(leaf_done, np.int32),
+        "leaf_names": leaf_names,
         "subgoal_done_steps": np.array([done[p] for p in order], np.int32),
         "subgoal_names": [self.initial_names[p] for p in order],
         "subgoal_instruction_index": np.array([leaf_of_position[p] for p in order], np.int32),
         "instruction_done_steps": np.array([done[first] for _, first, _ in leaves], np.int32),
         "instruction_names": [_instr_text(instr) for instr, _, _ in leaves],
     }
+
+
+INTERACTIONS = ("Pickup", "Drop", "Open", "Close")
+
+
+def _acting(subgoal: baby_ai_bot.Subgoal) -> tuple[str, str | None]:
+  """(kind, name) of the subgoal that returns an action (`TracingBot.acting`)."""
+  name = type(subgoal).__name__.removesuffix("Subgoal")
+  if name in INTERACTIONS:
+    return "interaction", name
+  datum = subgoal.datum
+  if isinstance(datum, verifier.ObjDesc):
+    return "navigation", _desc_text(datum)
+  if hasattr(datum, "type") and hasattr(datum, "color"):  # a WorldObj (e.g. the door to open)
+    return "navigation", f"{datum.color} {datum.type}"
+  return "navigation", None  # a grid position: exploration, a drop spot, a blocker's way out
+
+
+def leaf_runs(acting: list[tuple[str, str | None]], last_frame: int,
+              split_at: frozenset[int] = frozenset()) -> tuple[list[str], list[int]]:
+  """Leaf subtasks from per-frame acting subgoals: (names, done steps) in the layout of the
+  initial subgoals' labels (run i covers the frames from done[i - 1] up to done[i]; the last
+  run ends at `last_frame`, the terminal observation).
+
+  Consecutive navigation frames (going to objects, exploring, going to a position) form one run
+  named after the last object it went to ("GoNextTo(red key)"; "GoNextTo(position)" if none);
+  each interaction (Pickup, Drop, Open, Close) is a run of its own. UnlockLocal thus reads: go
+  to the key, Pickup, go to the door, Open. A run also ends at every frame of `split_at` (the
+  initial subgoals' starts), so leaf subtasks refine the initial ones.
+  """
+  runs: list[list] = []  # [kind, name, start, target]
+  for frame, (kind, name) in enumerate(acting):
+    if frame in split_at:
+      pass  # always a new run
+    elif runs and kind == "navigation" == runs[-1][0]:
+      runs[-1][3] = name or runs[-1][3]
+      continue
+    elif runs and kind == runs[-1][0] and name == runs[-1][1]:
+      continue
+    runs.append([kind, name, frame, name])
+  names = []
+  for kind, name, _, target in runs:
+    if kind == "navigation":
+      names.append(f"GoNextTo({target or 'position'})")
+    else:
+      names.append(name or kind)
+  done = [start for _, _, start, _ in runs[1:]] + ([last_frame] if runs else [])
+  return names, done
 
 
 class RoomObsWrapper(gym.ObservationWrapper):

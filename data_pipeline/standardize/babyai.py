@@ -13,9 +13,14 @@ Output (common schema, `data_pipeline/schema.py`):
   language_instruction, is_first, is_last
   subtask/boundary              bool [T]       frame t starts a new subgoal
   subtask/instruction_boundary  bool [T]       frame t starts a new leaf instruction
+  subtask/leaf_boundary         bool [T]       frame t starts a new leaf subtask (the acting
+                                               subgoal, helpers included; datasets generated
+                                               since episode format 2)
   extras/subtask_name           string [T]     the initial subgoal frame t belongs to, e.g.
                                                "GoNextTo(red ball, PutNext)" (the last one on
                                                frames after every subgoal is done)
+  extras/leaf_subtask_name      string [T]     the acting subgoal of frame t ("GoNextTo(yellow
+                                               key)", "Pickup", ...; format 2)
   episode_source                string []      "<level>/seed=<env seed>"
 
 A subgoal done at frame t makes frame t the first frame of the next one, except at the last frame
@@ -85,6 +90,10 @@ def standardize(episode: Mapping[str, Any], dataset_name: str = "babyai") -> dic
   if "subgoal_names" in metadata:
     traj["extras"] = {"subtask_name": current_subtask_name(
         metadata["subgoal_done_steps"], metadata["subgoal_names"], num_steps)}
+  if "leaf_names" in metadata:
+    traj["subtask"]["leaf_boundary"] = _boundary(metadata["leaf_done_steps"], num_steps)
+    traj.setdefault("extras", {})["leaf_subtask_name"] = current_subtask_name(
+        metadata["leaf_done_steps"], metadata["leaf_names"], num_steps)
   steps = episode["steps"]
   if "action" in steps:
     traj["action"] = tf.cast(steps["action"], tf.int32)

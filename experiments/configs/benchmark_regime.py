@@ -66,11 +66,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.policy.log_every = 250
   config.fractions = (1.0, 0.1)
   config.seeds = (0, 1, 2)
-  # The plateau run (fraction 1.0, seed 0): the main job's former regime on the same data.
+  # The plateau runs (fraction 1.0, seed 0): the main job's former regime (chunk 10 +
+  # random-shift augmentation) and each of its two parts alone, on the same data, to tell which
+  # part keeps the policy on the majority-action plateau. (chunk, augment) per run.
   config.plateau = ml_collections.ConfigDict()
   config.plateau.enabled = True
-  config.plateau.chunk = 10
-  config.plateau.augment = True
+  config.plateau.variants = ((10, True), (10, False), (1, True))
   config.plateau.eval_every = 250
   config.plateau.num_steps = 3000  # the probe: the former regime stays on the plateau >= 3,000
   config.plateau.eval_modes = ("argmax",)  # its curves are the point; one evaluation
@@ -99,7 +100,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.policy.data.shuffle_buffer = 64
     config.fractions = (1.0, 0.5)
     config.seeds = (0,)
-    config.plateau.chunk = 2
+    config.plateau.variants = ((2, True), (1, True))
     config.plateau.eval_every = 2
     config.plateau.num_steps = 4
     config.eval.num_episodes = 2

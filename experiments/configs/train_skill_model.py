@@ -66,6 +66,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # 0.129 / 0.137 without it: within seed noise, so the default stays 0.
   config.lambda_rec = 0.0
   config.lambda_ratio = 0.03
+  # Weight of the bottleneck heads' next-latent l1 (model.bottleneck_heads; 0: off). A
+  # segment-level objective beside the paper's: each stage's chunks alone must predict z^0_{t+1}.
+  config.lambda_aux = 0.0
   config.data.rec_positions = 2
   # The frozen LAM of L_rec; None: the LAM named in the label manifest (must match its k and Dz).
   config.lam_workdir = ml_collections.config_dict.placeholder(str)

@@ -629,11 +629,22 @@ def boundary_filmstrip(frames: np.ndarray, true: np.ndarray, predicted: Mapping[
   return out_path
 
 
+# Ground truths: (boundary key under "subtask", name key under "extras"). "initial": the expert's
+# initial subgoals (BabyAI) / phases (Meta-World); "leaf": the finest level of the BabyAI bot's
+# plan, helper subgoals included (`data_pipeline/sim/babyai.py: leaf_runs`).
+GROUND_TRUTHS = {"initial": ("boundary", "subtask_name"),
+                 "leaf": ("leaf_boundary", "leaf_subtask_name")}
+
+
 def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None = None,
-                      keep_frames: set[str] | None = None) -> tuple[dict, dict, dict, dict]:
-  """({episode_id: subtask/boundary [T]}, {id: decoded frames} for `keep_frames`, {id: text},
-  {id: subtask name [T] (str)}); the last dict is empty when the dataset stores no
-  `extras/subtask_name`."""
+                      keep_frames: set[str] | None = None, ground_truth: str = "initial"
+                      ) -> tuple[dict, dict, dict, dict]:
+  """({episode_id: boundary [T]}, {id: decoded frames} for `keep_frames`, {id: text},
+  {id: subtask name [T] (str)}) of the `ground_truth` (GROUND_TRUTHS); the last dict is empty
+  when the dataset stores no subtask names."""
+  if ground_truth not in GROUND_TRUTHS:
+    raise ValueError(f"ground_truth {ground_truth!r} not in {sorted(GROUND_TRUTHS)}")
+  boundary_key, name_key = GROUND_TRUTHS[ground_truth]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
 
@@ -642,12 +653,14 @@ def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None
     episode_id = traj["episode_id"][0].numpy().decode()
     if episode_ids is not None and episode_id not in episode_ids:
       continue
-    if "subtask" not in traj:
-      raise ValueError(f"{dataset_dir} ({split}) has no subtask/boundary ground truth")
-    truth[episode_id] = traj["subtask"]["boundary"].numpy().astype(bool)
+    if boundary_key not in traj.get("subtask", {}):
+      raise ValueError(f"{dataset_dir} ({split}) has no subtask/{boundary_key} ground truth "
+                       f"({ground_truth!r}; BabyAI datasets have leaf labels since episode "
+                       "format 2: regenerate)")
+    truth[episode_id] = traj["subtask"][boundary_key].numpy().astype(bool)
     texts[episode_id] = traj["language_instruction"][0].numpy().decode()
-    if "subtask_name" in traj.get("extras", {}):
-      types[episode_id] = np.array([x.decode() for x in traj["extras"]["subtask_name"].numpy()])
+    if name_key in traj.get("extras", {}):
+      types[episode_id] = np.array([x.decode() for x in traj["extras"][name_key].numpy()])
     if keep_frames and episode_id in keep_frames:
       frames[episode_id] = np.stack([tf.io.decode_image(x, channels=3).numpy()
                                      for x in traj["observation"]["image_primary"].numpy()])
@@ -676,7 +689,8 @@ def _load_skill_folder(skills_dir: str, split: str, labels_dir: str | None):
 def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: str, *,
                    split: str = "val", tolerance: int = 2, num_filmstrips: int = 3,
                    labels_dir: str | None = None, probe_window: int | None = None,
-                   change_point_methods: Sequence[str] = ("binseg", "pelt")) -> dict[str, Any]:
+                   change_point_methods: Sequence[str] = ("binseg", "pelt"),
+                   ground_truth: str = "initial") -> dict[str, Any]:
   """Evaluates skill folders (one per seed) against ground truth; writes JSON, table, filmstrips.
 
   The held-out episodes of `split` are halved by `heldout_split` into validation and test
@@ -695,6 +709,7 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
     probe_window: frames of the trailing z^0 mean probed as "z0_mean"; None: the first folder's
       stage-2 mean chunk length on the validation half, rounded.
     change_point_methods: ruptures algorithms run as baselines.
+    ground_truth: which subtasks are the truth (GROUND_TRUTHS): "initial" or "leaf".
 
   Returns:
     The dict written to skill_discovery.json: "results" (the first folder's per-stage results,
@@ -709,7 +724,8 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
   ids = sorted(set.intersection(*(set(f[1]["s1"]) for f in folders)))
   val_ids, test_ids = heldout_split(ids)
   strip_ids = set(test_ids[:num_filmstrips])
-  truth, frames, texts, types = read_ground_truth(dataset_dir, split, set(ids), strip_ids)
+  truth, frames, texts, types = read_ground_truth(dataset_dir, split, set(ids), strip_ids,
+                                                  ground_truth)
   latent_cache: dict[str, tuple[dict, dict]] = {}
   per_seed = []
   for directory, (manifest, boundaries, skills, labels, rels) in zip(dirs, folders):
@@ -757,6 +773,7 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
   table = format_table(summary)
   report = {"skills_dirs": [os.path.abspath(d) for d in dirs],
             "dataset_dir": os.path.abspath(dataset_dir), "split": split, "tolerance": tolerance,
+            "ground_truth": ground_truth,
             "heldout": {"validation_episodes": len(val_ids), "test_episodes": len(test_ids),
                         "rule": "sha256(episode_id) last hex digit even -> validation"},
             "skill_model": per_seed[0]["skill_model"], "results": per_seed[0]["results"],
@@ -765,7 +782,7 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
     json.dump(report, f, indent=1, default=_jsonable)
   with open(os.path.join(out_dir, "skill_discovery.md"), "w") as f:
     f.write(f"# Skill discovery ({split} split halved into validation / test, tolerance "
-            f"±{tolerance} frames)\n\n{table}\n")
+            f"±{tolerance} frames, {ground_truth} subtasks)\n\n{table}\n")
   return report
 
 

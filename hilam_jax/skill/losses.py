@@ -1,6 +1,6 @@
 """Training objective of the skill model (HiLAM, ../shared/METHOD.md section 3) and its metrics.
 
-  L = L_latent + lambda_rec * L_rec + lambda_ratio * sum_s L_ratio^s
+  L = L_latent + lambda_rec * L_rec + lambda_ratio * sum_s L_ratio^s [+ lambda_aux * sum_s L_aux^s]
 
   L_latent  l1 between the prediction made at t, ẑ^0_{t+1}, and the IDM's z^0_{t+1}, averaged over
             latent dimensions and over the valid pairs (t, t+1) of the window.
@@ -9,9 +9,12 @@
             FDM into the skill model only (the `FrozenDynamicsModel` stops them at its params).
             Skipped when no frozen model is given or lambda_rec == 0.
   L_ratio   H-Net's ratio loss per stage (`chunking.ratio_loss`), target downsampling N^s.
+  L_aux     with `SkillModelConfig.bottleneck_heads`: the l1 of each stage's bottleneck
+            prediction (ẑ^0_{t+1} from the frames seen only through that stage's chunks), a
+            segment-level objective for the router. Not part of the paper's objective.
 
 Metrics (float32 scalars, log the dict as is):
-  loss, latent_l1, rec (if computed), ratio/s{s}
+  loss, latent_l1, rec (if computed), ratio/s{s}, aux_l1/s{s} (bottleneck heads)
   boundary_rate/s{s}      fraction of the stage's valid input positions that start a chunk (the
                           ratio loss pushes it towards 1 / N^s)
   frame_boundary_rate/s{s} the same at frame rate (fraction of valid frames starting a stage-s
@@ -95,7 +98,7 @@ def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
 
 def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: jax.Array, *,
                frozen_lam=None, lambda_rec: float, lambda_ratio: float,
-               return_output: bool = False):
+               lambda_aux: float = 0.0, return_output: bool = False):
   """HiLAM's skill-model loss with boundary/chunk diagnostics.
 
   Args:
@@ -111,6 +114,7 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
       None to skip L_rec.
     lambda_rec: weight of L_rec (OPEN in the paper); 0 skips it.
     lambda_ratio: weight of the summed ratio losses (OPEN; H-Net uses 0.03).
+    lambda_aux: weight of the summed bottleneck-head l1s (needs `bottleneck_heads`; 0 skips).
     return_output: also return the `SkillModelOutput` (for logging boundaries).
 
   Returns:
@@ -162,6 +166,13 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
         f"overflow/{name}": jnp.sum(stage.chunks.overflow),
     })
   loss = loss + lambda_ratio * ratio_total
+  if lambda_aux:
+    if not output.bottleneck_predictions:
+      raise ValueError("skill_loss: lambda_aux > 0 needs SkillModelConfig.bottleneck_heads=True")
+    for index, aux in enumerate(output.bottleneck_predictions):
+      aux_l1 = latent_l1(aux, latents, mask)
+      metrics[f"aux_l1/s{index + 1}"] = aux_l1
+      loss = loss + lambda_aux * aux_l1
   metrics["loss"] = loss
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
   if return_output:

@@ -76,6 +76,19 @@ class SkillModelConfig(config_io.DictConfig):
       alike. capacity_factor >= N^s means no boundary can ever overflow.
     chunk_impl: implementation of chunk/dechunk in `chunking` ("fused" by default).
     rope_base: base period of the rotary position embedding (positions are frame or chunk indices).
+    residual: H-Net's residual W_res x̂ around each stage's chunking (True, the paper's
+      architecture). With it, the decoder at frame t reads x̂_t, which already knows z^0_{<=t}:
+      the next-latent loss then needs nothing from the chunks and gives the router no reason to
+      put boundaries anywhere in particular. False makes every prediction pass through the
+      chunk sequence.
+    bottleneck_heads: adds one auxiliary next-latent prediction per stage that sees the frames
+      only through that stage's chunks: the stage's dechunked output (EMA + upsampling +
+      confidence STE, no residual), at frame rate, plus the frame's offset in its stage chunk,
+      through a small causal decoder (`bottleneck_depth` blocks at width widths[0]). Its L1
+      (weight lambda_aux in `losses.skill_loss`) rewards boundaries that make the chunk vectors
+      predict what follows: a segment-level objective. The main prediction is unchanged.
+    bottleneck_depth: transformer blocks of each bottleneck decoder.
+    max_offset: offsets in a chunk beyond this share one embedding (bottleneck heads).
   """
   latent_dim: int = 16
   widths: tuple[int, ...] = (64, 96, 128)
@@ -88,6 +101,10 @@ class SkillModelConfig(config_io.DictConfig):
   capacity_factor: float = 1.5
   chunk_impl: str = "fused"
   rope_base: float = 10000.0
+  residual: bool = True
+  bottleneck_heads: bool = False
+  bottleneck_depth: int = 1
+  max_offset: int = 32
 
   def __post_init__(self):
     # JSON round trips turn tuples into lists; coerce so the config stays hashable.
@@ -115,6 +132,8 @@ class SkillModelConfig(config_io.DictConfig):
                        "of `chunking.chunk` (e.g. \"fused\")")
     if self.latent_dim < 1 or self.main_depth < 0 or self.mlp_ratio <= 0:
       raise ValueError("SkillModelConfig: latent_dim >= 1, main_depth >= 0, mlp_ratio > 0")
+    if self.bottleneck_depth < 0 or self.max_offset < 1:
+      raise ValueError("SkillModelConfig: bottleneck_depth >= 0, max_offset >= 1")
 
   @property
   def num_stages(self) -> int:
@@ -263,16 +282,21 @@ class SkillModelOutput:
   Attributes:
     prediction: [B, L, Dz] float32, ẑ^0_{t+1}: the next latent action predicted at t from z^0_{<=t}.
     stages: tuple of `StageOutput`, stage 1 (frame-rate chunks, z^1) first.
+    bottleneck_predictions: with `bottleneck_heads`, per stage [B, L, Dz], ẑ^0_{t+1} predicted
+      from the frames only through that stage's chunks (outermost first); else ().
   """
   prediction: jax.Array
   stages: tuple[StageOutput, ...]
+  bottleneck_predictions: tuple[jax.Array, ...] = ()
 
 
 class HNetStage(nn.Module):
   """One H-Net stage at `level` (0 = frames); its main network is the next stage or a transformer.
 
   Returns the decoded sequence [B, L_level, D_level] and a tuple of
-  (mask, routing, chunk output) triples for this stage and all inner stages, outermost first.
+  (mask, routing, chunk output, bottleneck output) for this stage and all inner stages, outermost
+  first; the bottleneck output [B, L_level, D_level] is the dechunked main-network output before
+  the residual (what the level's positions receive through the chunks alone).
   """
   config: SkillModelConfig
   level: int
@@ -299,12 +323,14 @@ class HNetStage(nn.Module):
       inner_records = ()
     inner = nn.Dense(width, name="from_inner")(inner)  # [B, C, D_s]
     y = chunking.dechunk(inner, routing, chunk_out, mask, impl=cfg.chunk_impl)  # [B, L_s, D_s]
-    # W_res: zero-initialised so the stage starts as "main network only"; fp32 whatever the rest.
-    residual = nn.Dense(width, use_bias=False, kernel_init=nn.initializers.zeros,
-                        dtype=jnp.float32, param_dtype=jnp.float32, name="residual")
-    y = y.astype(jnp.float32) + residual(x_hat.astype(jnp.float32))
+    bottleneck = y.astype(jnp.float32)
+    if cfg.residual:
+      # W_res: zero-initialised so the stage starts as "main network only"; fp32 whatever the rest.
+      residual = nn.Dense(width, use_bias=False, kernel_init=nn.initializers.zeros,
+                          dtype=jnp.float32, param_dtype=jnp.float32, name="residual")
+      y = bottleneck + residual(x_hat.astype(jnp.float32))
     y = transformer(cfg.decoder_depths[s], s, "decoder")(y, mask)
-    return y, ((mask, routing, chunk_out),) + inner_records
+    return y, ((mask, routing, chunk_out, bottleneck),) + inner_records
 
 
 def _capacity(config: SkillModelConfig, stage_index: int, length: int) -> int:
@@ -324,7 +350,7 @@ def frame_rate_stages(records, frame_mask: jax.Array) -> tuple[StageOutput, ...]
   `chunking.chunk`: their positions join the last kept chunk) and are not frame boundaries.
 
   Args:
-    records: (mask, RoutingOutput, ChunkOutput) per stage, outermost first.
+    records: (mask, RoutingOutput, ChunkOutput, ...) per stage, outermost first.
     frame_mask: [B, L] bool.
 
   Returns:
@@ -334,7 +360,7 @@ def frame_rate_stages(records, frame_mask: jax.Array) -> tuple[StageOutput, ...]
   position = jnp.broadcast_to(jnp.arange(frame_mask.shape[1], dtype=jnp.int32),
                               frame_mask.shape)  # [B, L] index into the stage's input sequence
   boundary_above = frame_mask  # [B, L] b̄^{s-1} (every valid frame for stage 1)
-  for mask, routing, chunk_out in records:
+  for mask, routing, chunk_out, *_ in records:
     capacity = chunk_out.chunks.shape[1]
     boundary = routing.boundary_mask & mask  # [B, L_{s-1}]
     # Only the first C boundaries start chunks (the rest overflow).
@@ -357,9 +383,35 @@ class SkillModel(nn.Module):
   """Latent actions z^0 [B, L, Dz] with mask [B, L] -> `SkillModelOutput` (next-latent prediction).
 
   Initialise with `model.init(rng, latents, mask)`; parameters live under "input_proj", "stage"
-  (the nested H-Net: stage/main/... for inner stages) and "head".
+  (the nested H-Net: stage/main/... for inner stages), "head" and, with bottleneck heads,
+  "bottleneck_{s}" per stage.
   """
   config: SkillModelConfig = SkillModelConfig()
+
+  def _bottleneck_predictions(self, records, stages, mask: jax.Array) -> tuple[jax.Array, ...]:
+    """Per stage: ẑ^0_{t+1} from the stage's dechunked output mapped to frames + the offset of
+    frame t in its stage chunk (see SkillModelConfig.bottleneck_heads)."""
+    cfg = self.config
+    length = mask.shape[1]
+    frames = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), mask.shape)  # [B, L]
+    position = frames  # [B, L]: frame t's element in level s's sequence
+    out = []
+    for index, ((*_, bottleneck), stage) in enumerate(zip(records, stages)):
+      at_frames = jnp.take_along_axis(bottleneck, position[..., None], axis=1)  # [B, L, D_s]
+      start = jax.lax.cummax(jnp.where(stage.frame_boundary, frames, 0), axis=1)  # [B, L]
+      offset = jnp.clip(frames - start, 0, cfg.max_offset - 1)
+      width = cfg.widths[0]
+      h = nn.Dense(width, name=f"bottleneck_{index + 1}_in")(at_frames)
+      h = h + nn.Embed(cfg.max_offset, width, name=f"bottleneck_{index + 1}_offset")(offset)
+      h = h * mask[..., None]
+      h = CausalTransformer(cfg.bottleneck_depth, width, cfg.heads[0], cfg.mlp_ratio,
+                            cfg.rope_base, name=f"bottleneck_{index + 1}")(h, mask)
+      pred = nn.Dense(cfg.latent_dim, name=f"bottleneck_{index + 1}_head")(h) * mask[..., None]
+      out.append(pred)
+      # Frame t's element in the next level: its chunk in this stage's chunk sequence.
+      capacity = stage.chunks.chunks.shape[1]
+      position = jnp.clip(stage.segment_id - 1, 0, capacity - 1)
+    return tuple(out)
 
   @nn.compact
   def __call__(self, latents: jax.Array, mask: Optional[jax.Array] = None) -> SkillModelOutput:
@@ -371,7 +423,11 @@ class SkillModel(nn.Module):
     y, records = HNetStage(cfg, 0, name="stage")(x, mask)
     prediction = nn.Dense(cfg.latent_dim, name="head")(y)  # [B, L, Dz]
     prediction = prediction * mask[..., None]
-    return SkillModelOutput(prediction=prediction, stages=frame_rate_stages(records, mask))
+    stages = frame_rate_stages(records, mask)
+    bottleneck = (self._bottleneck_predictions(records, stages, mask)
+                  if cfg.bottleneck_heads else ())
+    return SkillModelOutput(prediction=prediction, stages=stages,
+                            bottleneck_predictions=bottleneck)
 
 
 def init_params(config: SkillModelConfig, rng: jax.Array, length: int = 16) -> dict:

@@ -268,9 +268,10 @@ def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed
     yield batch
 
 
-def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam):
+def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, lambda_aux=0.0):
   return losses.skill_loss(params, module, batch, rng, frozen_lam=frozen_lam,
-                           lambda_rec=lambda_rec, lambda_ratio=lambda_ratio)
+                           lambda_rec=lambda_rec, lambda_ratio=lambda_ratio,
+                           lambda_aux=lambda_aux)
 
 
 def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
@@ -378,7 +379,8 @@ def train_and_evaluate(config: Any, workdir: str,
   start_step = int(state.step)
 
   loss_fn = functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio,
-                              lambda_rec=config.lambda_rec, frozen_lam=frozen_lam)
+                              lambda_rec=config.lambda_rec, frozen_lam=frozen_lam,
+                              lambda_aux=config.get("lambda_aux", 0.0))
   train_step = training.make_train_step(loss_fn, tx, mesh)
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh)
 
