@@ -197,7 +197,9 @@ def apply_frame_transforms(
   flat = flatten_keys(batch)
   image_keys = sorted(k for k in flat if is_image_key(k))
   for key in image_keys:
-    flat[key] = decode_images(flat[key], resize_to)
+    if flat[key].dtype == tf.string:
+      flat[key] = decode_images(flat[key], resize_to)
+    # else: decoded (and resized) earlier, e.g. before a decoded cache (`make_dataset`)
   if augment_config is not None:
     if seed is None:
       raise ValueError("augmentation needs a seed")

@@ -138,7 +138,11 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
     try:
       while pending or running:
         if error is None:
+          # At most one job per worker in flight: a queued job could not be taken back on an
+          # interrupt (the pool hands its queue to the workers ahead of time).
           for job in ready():
+            if len(running) >= num_workers:
+              break
             if job.name not in running.values():
               running[pool.submit(_timed, job.fn, job.kwargs)] = job.name
         if not running:

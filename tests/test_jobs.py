@@ -88,3 +88,46 @@ def test_worker_env_is_set_in_workers():
   results = jobs.run_jobs([jobs.Job("env", _env, {"key": "OMP_NUM_THREADS"})], num_workers=1,
                           worker_env=jobs.single_thread_env())
   assert results["env"] == "1"
+
+
+def _sleep_and_log(path: str, name: str, seconds: float) -> None:
+  with open(path, "a") as f:
+    f.write(f"start {name}\n")
+  time.sleep(seconds)
+  with open(path, "a") as f:
+    f.write(f"end {name}\n")
+
+
+_INTERRUPT_SCRIPT = """
+import sys
+from hilam_jax import jobs
+from tests.test_jobs import _sleep_and_log
+log = sys.argv[1]
+graph = [jobs.Job(f"j{i}", _sleep_and_log, {"path": log, "name": f"j{i}", "seconds": 60})
+         for i in range(5)]
+jobs.run_jobs(graph, num_workers=2)
+"""
+
+
+def test_interrupting_the_parent_stops_running_jobs_and_starts_no_more(tmp_path):
+  """SIGINT to the scheduling process alone (not its process group): the running jobs get it
+  too and the queue does not go on; the parent exits in seconds, not after the 60 s jobs."""
+  import signal
+  import subprocess
+  import sys
+  log = str(tmp_path / "log")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, log], cwd=repo,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 60
+  while time.time() < deadline and (not os.path.exists(log) or
+                                    open(log).read().count("start") < 2):
+    time.sleep(0.2)
+  assert open(log).read().count("start") == 2
+  start = time.time()
+  proc.send_signal(signal.SIGINT)
+  proc.communicate(timeout=30)
+  assert time.time() - start < 30 and proc.returncode != 0
+  time.sleep(1)
+  text = open(log).read()
+  assert text.count("start") == 2 and "end" not in text

@@ -168,7 +168,7 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
       specs, batch_size=batch_size, transforms=transforms, seed=seed, repeat=True,
       shuffle_buffer=config.data.shuffle_buffer if train else 1000, labels=dict(tables),
       drop_unlabeled=bool(tables), episode_ids=episode_ids,
-      cache=train and bool(config.data.get("cache", False)),
+      cache=(config.data.get("cache") or None) if train else None,
       process_index=jax.process_index(), process_count=jax.process_count())
 
 

@@ -84,8 +84,12 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
   num_local = local_device_count(mesh)
   sharding = data_sharding(mesh)
 
+  single = jax.process_count() == 1
+
   def put(path, x):
     x = _check_leaf(jax.tree_util.keystr(path), x, num_local)
+    if single:  # the same global array; device_put skips the multi-process bookkeeping
+      return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree_util.tree_map_with_path(put, local_batch)
