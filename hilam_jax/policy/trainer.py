@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -295,13 +296,18 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   train_batches = training.shard_batches(
       (convert(b) for b in train_pipe.as_numpy_iterator()), mesh)
 
+  val_batches = []  # the validation batches, read once (the same ones at every evaluation)
+
   def eval_fn(state):
     if not config.data.val:
       return {}
-    pipe = make_pipeline(config, config.data.val_split, tables, batch_size=per_process,
-                         seed=config.seed, train=False)
-    batches = training.shard_batches((convert(b) for b in pipe.as_numpy_iterator()), mesh)
-    return training.run_eval(eval_step, state.params, batches, jax.random.key(1),
+    if not val_batches:
+      pipe = make_pipeline(config, config.data.val_split, tables, batch_size=per_process,
+                           seed=config.seed, train=False)
+      val_batches.extend(training.shard_batches(
+          (convert(b) for b in itertools.islice(pipe.as_numpy_iterator(),
+                                                config.num_eval_batches)), mesh))
+    return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
   with open(os.path.join(workdir, "policy.json"), "w") as f:
