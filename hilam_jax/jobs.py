@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
+INTERRUPT_GRACE_S = 60.0  # a running job's time to save and stop after an interrupt
+
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -101,8 +103,34 @@ def _timed(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> tuple[Any, floa
   return fn(**kwargs), time.perf_counter() - start
 
 
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, what: str, grace_s: float) -> None:
+  """Interrupts the pool's workers, gives their jobs `grace_s` to save and stop, then
+  terminates the ones still alive.
+
+  Ctrl-C in a terminal reaches every worker (one process group); a signal sent to the parent
+  alone does not: it is passed on, so that running jobs stop (and save) now. The pool's own
+  shutdown is not waited for: it can block on a worker the signal caught outside a job.
+  """
+  processes = list((getattr(pool, "_processes", None) or {}).values())
+  for process in processes:
+    try:
+      os.kill(process.pid, signal.SIGINT)
+    except (ProcessLookupError, OSError):
+      pass
+  pool.shutdown(wait=False, cancel_futures=True)
+  deadline = time.monotonic() + grace_s
+  for process in processes:
+    process.join(max(0.0, deadline - time.monotonic()))
+  for process in processes:
+    if process.is_alive():
+      logging.warning("[%s] worker %d did not stop in %.0f s: terminating it", what, process.pid,
+                      grace_s)
+      process.terminate()
+      process.join(5)
+
+
 def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, str] | None = None,
-             what: str = "jobs") -> dict[str, Any]:
+             what: str = "jobs", interrupt_grace_s: float = INTERRUPT_GRACE_S) -> dict[str, Any]:
   """Runs `jobs` respecting their deps; returns {name: fn's return value}.
 
   Args:
@@ -110,6 +138,8 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
     num_workers: worker processes (>= 1), or 0 to run in this process.
     worker_env: environment variables set in each worker before the job's imports.
     what: label of the progress lines.
+    interrupt_grace_s: on an interrupt, the running jobs' time to save and stop before their
+      workers are terminated.
   """
   if num_workers < 0:
     raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -131,48 +161,45 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
 
   context = multiprocessing.get_context("spawn")
   error: tuple[str, BaseException] | None = None
-  with concurrent.futures.ProcessPoolExecutor(
+  # Not a `with` block: its exit waits for the pool's shutdown, which an interrupt must bound.
+  pool = concurrent.futures.ProcessPoolExecutor(
       max_workers=num_workers, mp_context=context, initializer=_init_worker,
-      initargs=(dict(worker_env or {}),)) as pool:
-    running: dict[concurrent.futures.Future, str] = {}
-    try:
-      while pending or running:
-        if error is None:
-          # At most one job per worker in flight: a queued job could not be taken back on an
-          # interrupt (the pool hands its queue to the workers ahead of time).
-          for job in ready():
-            if len(running) >= num_workers:
-              break
-            if job.name not in running.values():
-              running[pool.submit(_timed, job.fn, job.kwargs)] = job.name
-        if not running:
-          break
-        done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in done:
-          name = running.pop(future)
-          try:
-            results[name], seconds = future.result()
-          except BaseException as e:  # pylint: disable=broad-except
-            if error is None:
-              error = (name, e)
-              logging.error("[%s] job %s failed: %r; waiting for %d running job(s)", what, name,
-                            e, len(running))
-            pending.pop(name, None)
-            continue
-          del pending[name]
-          progress.finished(name, seconds)
-    except KeyboardInterrupt:
-      # Ctrl-C in a terminal reaches every worker (one process group); a signal sent to this
-      # process alone does not: pass it on, so that running jobs stop (and save) now instead of
-      # finishing while the pool shuts down.
-      logging.warning("[%s] interrupted: stopping %d running job(s)", what, len(running))
-      for process in list(getattr(pool, "_processes", {}).values()):
+      initargs=(dict(worker_env or {}),))
+  running: dict[concurrent.futures.Future, str] = {}
+  try:
+    while pending or running:
+      if error is None:
+        # At most one job per worker in flight: a queued job could not be taken back on an
+        # interrupt (the pool hands its queue to the workers ahead of time).
+        for job in ready():
+          if len(running) >= num_workers:
+            break
+          if job.name not in running.values():
+            running[pool.submit(_timed, job.fn, job.kwargs)] = job.name
+      if not running:
+        break
+      done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        name = running.pop(future)
         try:
-          os.kill(process.pid, signal.SIGINT)
-        except (ProcessLookupError, OSError):
-          pass
-      pool.shutdown(wait=True, cancel_futures=True)
-      raise
+          results[name], seconds = future.result()
+        except BaseException as e:  # pylint: disable=broad-except
+          if error is None:
+            error = (name, e)
+            logging.error("[%s] job %s failed: %r; waiting for %d running job(s)", what, name,
+                          e, len(running))
+          pending.pop(name, None)
+          continue
+        del pending[name]
+        progress.finished(name, seconds)
+  except KeyboardInterrupt:
+    logging.warning("[%s] interrupted: stopping %d running job(s)", what, len(running))
+    _stop_workers(pool, what, interrupt_grace_s)
+    raise
+  except BaseException:
+    pool.shutdown(wait=False, cancel_futures=True)
+    raise
+  pool.shutdown(wait=True)
   if error is not None:
     raise RuntimeError(f"job {error[0]!r} failed: {error[1]!r}") from error[1]
   return results

@@ -98,36 +98,59 @@ def _sleep_and_log(path: str, name: str, seconds: float) -> None:
     f.write(f"end {name}\n")
 
 
+def _ignore_interrupts_and_sleep(path: str, name: str, seconds: float) -> None:
+  import signal  # pylint: disable=g-import-not-at-top
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  _sleep_and_log(path, name, seconds)
+
+
 _INTERRUPT_SCRIPT = """
 import sys
 from hilam_jax import jobs
-from tests.test_jobs import _sleep_and_log
-log = sys.argv[1]
-graph = [jobs.Job(f"j{i}", _sleep_and_log, {"path": log, "name": f"j{i}", "seconds": 60})
-         for i in range(5)]
-jobs.run_jobs(graph, num_workers=2)
+from tests import test_jobs
+log, fn, grace = sys.argv[1], getattr(test_jobs, sys.argv[2]), float(sys.argv[3])
+graph = [jobs.Job(f"j{i}", fn, {"path": log, "name": f"j{i}", "seconds": 300}) for i in range(5)]
+jobs.run_jobs(graph, num_workers=2, interrupt_grace_s=grace)
 """
 
 
-def test_interrupting_the_parent_stops_running_jobs_and_starts_no_more(tmp_path):
-  """SIGINT to the scheduling process alone (not its process group): the running jobs get it
-  too and the queue does not go on; the parent exits in seconds, not after the 60 s jobs."""
-  import signal
-  import subprocess
-  import sys
-  log = str(tmp_path / "log")
+def _start_and_interrupt(log, fn, grace):
+  """Runs the 5-job graph in a subprocess, waits for both workers' jobs to start, sends SIGINT
+  to the parent alone; returns the seconds it took to exit."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, log], cwd=repo,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  deadline = time.time() + 60
+  proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, log, fn, str(grace)],
+                          cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 180  # two spawned workers importing under a loaded machine
   while time.time() < deadline and (not os.path.exists(log) or
                                     open(log).read().count("start") < 2):
     time.sleep(0.2)
   assert open(log).read().count("start") == 2
   start = time.time()
   proc.send_signal(signal.SIGINT)
-  proc.communicate(timeout=30)
-  assert time.time() - start < 30 and proc.returncode != 0
+  proc.communicate(timeout=grace + 60)
+  assert proc.returncode != 0
+  return time.time() - start
+
+
+def test_interrupting_the_parent_stops_running_jobs_and_starts_no_more(tmp_path):
+  """SIGINT to the scheduling process alone (not its process group): the running jobs get it
+  too and the queue does not go on; the parent exits before the grace period after which it
+  would terminate them (the jobs stopped on the signal), not after the 300 s jobs."""
+  log = str(tmp_path / "log")
+  assert _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S) < \
+      jobs.INTERRUPT_GRACE_S
+  time.sleep(1)
+  text = open(log).read()
+  assert text.count("start") == 2 and "end" not in text
+
+
+def test_jobs_that_ignore_the_interrupt_are_terminated_after_the_grace_period(tmp_path):
+  log = str(tmp_path / "log")
+  seconds = _start_and_interrupt(log, "_ignore_interrupts_and_sleep", 3.0)
+  assert 3.0 <= seconds < 60
   time.sleep(1)
   text = open(log).read()
   assert text.count("start") == 2 and "end" not in text

@@ -161,8 +161,9 @@ def test_episode_subset_and_chunked_labels_in_pipeline(toy_dataset):
     np.testing.assert_array_equal(b["action_pad_mask"][0], expected_mask)
 
 
-def test_cached_pipeline_repeats_the_subset_and_first_epoch_is_the_uncached_one(toy_dataset):
-  """cache=True: the first pass is exactly the uncached pipeline's; later epochs (served from
+@pytest.mark.parametrize("cache", ["encoded", "decoded"])
+def test_cached_pipeline_repeats_the_subset_and_first_epoch_is_the_uncached_one(toy_dataset, cache):
+  """cache="encoded" / "decoded": the first pass is exactly the uncached pipeline's; later epochs (served from
   memory) hold the same frames of the episode subset again, each frame once per epoch."""
   ids = dp.list_episode_ids(dp.DatasetSpec(toy_dataset))
   subset = ids[1:4]
@@ -175,8 +176,8 @@ def test_cached_pipeline_repeats_the_subset_and_first_epoch_is_the_uncached_one(
     it = pipe.as_numpy_iterator()
     return [next(it) for _ in range(n)] if n else list(it)
 
-  plain = batches(cache=False, repeat=False)
-  cached = batches(cache=True, repeat=True, n=3 * frames)
+  plain = batches(cache=None, repeat=False)
+  cached = batches(cache=cache, repeat=True, n=3 * frames)
   assert len(plain) == frames
   for x, y in zip(plain, cached[:frames]):
     np.testing.assert_array_equal(x["observation"]["image_primary"],
