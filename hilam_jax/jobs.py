@@ -55,6 +55,10 @@ def single_thread_env() -> dict[str, str]:
 
 def _init_worker(env: Mapping[str, str]) -> None:
   os.environ.update(env)
+  # A process started with SIGINT ignored (a background job of a non-interactive shell, a
+  # pytest-xdist worker) passes that on to its children, and Python then raises no
+  # KeyboardInterrupt: the interrupt this module forwards to its workers must reach their jobs.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _check_graph(jobs: Sequence[Job]) -> dict[str, Job]:

@@ -104,8 +104,12 @@ def _ignore_interrupts_and_sleep(path: str, name: str, seconds: float) -> None:
   _sleep_and_log(path, name, seconds)
 
 
+# The parent as in a terminal: SIGINT raises KeyboardInterrupt even if this test process was
+# started with it ignored (pytest-xdist workers are), which its children would inherit.
 _INTERRUPT_SCRIPT = """
+import signal
 import sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from hilam_jax import jobs
 from tests import test_jobs
 log, fn, grace = sys.argv[1], getattr(test_jobs, sys.argv[2]), float(sys.argv[3])
@@ -123,16 +127,20 @@ def _start_and_interrupt(log, fn, grace):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, log, fn, str(grace)],
                           cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  deadline = time.time() + 180  # two spawned workers importing under a loaded machine
-  while time.time() < deadline and (not os.path.exists(log) or
-                                    open(log).read().count("start") < 2):
-    time.sleep(0.2)
-  assert open(log).read().count("start") == 2
-  start = time.time()
-  proc.send_signal(signal.SIGINT)
-  proc.communicate(timeout=grace + 60)
-  assert proc.returncode != 0
-  return time.time() - start
+  try:
+    deadline = time.time() + 180  # two spawned workers importing under a loaded machine
+    while time.time() < deadline and (not os.path.exists(log) or
+                                      open(log).read().count("start") < 2):
+      time.sleep(0.2)
+    assert open(log).read().count("start") == 2
+    start = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=grace + 60)
+    assert proc.returncode != 0
+    return time.time() - start
+  finally:
+    if proc.poll() is None:  # a failed test leaves no scheduler (and its workers) behind
+      proc.kill()
 
 
 def test_interrupting_the_parent_stops_running_jobs_and_starts_no_more(tmp_path):
