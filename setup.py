@@ -60,7 +60,7 @@ setuptools.setup(
         ],
         "test": [
             "pytest>=8",
-            # The suite in 2 worker processes, one test file each (tests/README command).
+            # The suite in 2 worker processes, one test file each (README command 2, .ci/run).
             "pytest-xdist>=3.5",
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.

@@ -163,8 +163,9 @@ def test_episode_subset_and_chunked_labels_in_pipeline(toy_dataset):
 
 @pytest.mark.parametrize("cache", ["encoded", "decoded"])
 def test_cached_pipeline_repeats_the_subset_and_first_epoch_is_the_uncached_one(toy_dataset, cache):
-  """cache="encoded" / "decoded": the first pass is exactly the uncached pipeline's; later epochs (served from
-  memory) hold the same frames of the episode subset again, each frame once per epoch."""
+  """cache="encoded" / "decoded": the first pass is exactly the uncached pipeline's; later epochs
+  (served from memory) hold the same frames of the episode subset again, each frame once per
+  epoch."""
   ids = dp.list_episode_ids(dp.DatasetSpec(toy_dataset))
   subset = ids[1:4]
   episodes = _episodes(reader.read_trajectories(toy_dataset))
