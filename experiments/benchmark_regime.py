@@ -18,7 +18,8 @@ What it does (config: experiments/configs/benchmark_regime.py):
      seeds per fraction, validation loss / accuracy curves, whether the validation loss has
      flattened, and the share of the majority action in the validation data (the accuracy of a
      policy that always predicts it: the plateau's level).
-Each run writes <workdir>/runs/<name>/result.json when done; a rerun skips finished runs and resumes
+Runs go to `num_workers` single-threaded worker processes (default 2, one per core of the
+reference machine). Each run writes <workdir>/runs/<name>/result.json when done; a rerun skips finished runs and resumes
 an interrupted one from its checkpoint. `--only=name1,name2` restricts the runs.
 """
 import json
@@ -106,8 +107,9 @@ def _evaluate(config, workdir: str, dataset_dir: str, mode: str) -> dict:
   result = babyai_eval.evaluate_babyai(
       policy, settings["level"], num_episodes=config.eval.num_episodes,
       num_envs=config.eval.num_envs, seed=config.eval.seed, view=settings["view"],
-      tile_size=settings["tile_size"])
+      tile_size=settings["tile_size"], max_steps=config.eval.max_steps)
   return {"success_rate": result.success_rate, "wilson_95": [result.ci_low, result.ci_high],
+          "max_steps": config.eval.max_steps,
           "num_episodes": result.num_episodes, "mean_episode_length": result.mean_episode_length,
           "seconds": round(time.perf_counter() - start, 1)}
 
@@ -142,7 +144,8 @@ def _train_and_evaluate(config, run: dict, dataset_dir: str, root: str) -> dict:
            **_flattened(curves["eval/loss"]), "evaluations": {}}
   modes = config.plateau.eval_modes if run["regime"] == "plateau" else config.eval.modes
   for mode in modes:
-    if mode not in out["evaluations"]:
+    cached = out["evaluations"].get(mode)  # one under another step limit is redone
+    if cached is None or cached.get("max_steps") != config.eval.max_steps:
       out["evaluations"][mode] = _evaluate(config, workdir, dataset_dir, mode)
       logging.info("%s: %s success %.3f over %d seeds", run["name"], mode,
                    out["evaluations"][mode]["success_rate"], config.eval.num_episodes)
@@ -186,6 +189,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top
   from data_pipeline.generators import babyai
+  from hilam_jax import jobs
   from hilam_jax import logs
   from hilam_jax.evaluation import stats
   logs.quiet_library_logs()
@@ -197,10 +201,18 @@ def main(argv):
   majority = max(shares, key=shares.get)
   logging.info("validation action shares %s", shares)
   runs = [r for r in _runs(config) if not _ONLY.value or r["name"] in _ONLY.value]
-  results = []
-  for i, run in enumerate(runs, 1):
-    logging.info("run %d/%d: %s", i, len(runs), run["name"])
-    results.append(_train_and_evaluate(config, run, dataset_dir, root))
+  unknown = sorted(set(_ONLY.value) - {r["name"] for r in _runs(config)})
+  if unknown:
+    raise app.UsageError(f"--only: unknown runs {unknown}; runs: "
+                         f"{[r['name'] for r in _runs(config)]}")
+  # One single-threaded worker process per core (num_workers=0: in this process, in order).
+  graph = [jobs.Job(run["name"], _train_and_evaluate,
+                    dict(config=config, run=run, dataset_dir=dataset_dir, root=root))
+           for run in runs]
+  done = jobs.run_jobs(graph, num_workers=config.num_workers,
+                       worker_env=jobs.single_thread_env() if config.num_workers else None,
+                       what="benchmark runs")
+  results = [done[run["name"]] for run in runs]
   by_fraction = {}
   for mode in config.eval.modes:
     by_fraction[mode] = {}

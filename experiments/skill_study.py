@@ -13,10 +13,12 @@ setting) after every setting.
 
 Settings are named override sets of `experiments/configs/train_skill_model.py:<--variant>`
 (`SETTINGS` below); `--num_steps` is the training length of every setting that does not set its
-own.
+own, and `--set=key=value` (repeatable) overrides a field in every setting, e.g. the main job's
+UnlockLocal windows: `--set=data.window=32 --set=data.window_hop=16`.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import time
@@ -78,13 +80,32 @@ _EVAL_DIR = flags.DEFINE_string("eval_name", "eval",
 _WORKERS = flags.DEFINE_integer("num_workers", 2,
                                 "(setting, seed) runs in parallel processes, one core each; 0: "
                                 "in this process.")
+_SET = flags.DEFINE_multi_string(
+    "set", [], "key=value config override applied to every setting before its own (e.g. "
+    "--set=data.window=32 --set=data.window_hop=16); values are Python literals or strings.")
 _TABLE_ONLY = flags.DEFINE_bool("table_only", False,
                                 "Only rebuild study.json / study.md from the settings' finished "
                                 "<setting>/eval/skill_discovery.json (no training).")
 
 
-def setting_config(name: str, seed: int, labels_dir: str, variant: str, num_steps: int):
-  """The training config of one (setting, seed)."""
+def parse_overrides(items: list[str]) -> dict[str, object]:
+  """["a.b=3", "c=none"] -> {"a.b": 3, "c": "none"} (values: Python literals, else strings)."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"override {item!r}: expected key=value")
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text
+  return out
+
+
+def setting_config(name: str, seed: int, labels_dir: str, variant: str, num_steps: int,
+                   common: dict[str, object] | None = None):
+  """The training config of one (setting, seed): the variant, then `common`, then the
+  setting's own overrides."""
   from experiments.configs import train_skill_model  # pylint: disable=g-import-not-at-top
   config = train_skill_model.get_config(variant)
   config.data.labels_dir = labels_dir
@@ -94,11 +115,15 @@ def setting_config(name: str, seed: int, labels_dir: str, variant: str, num_step
   config.checkpoint_every = 400
   config.num_eval_batches = 4
   overrides, _ = SETTINGS[name]
-  for key, value in overrides.items():
+  for key, value in {**(common or {}), **overrides}.items():
     node = config
     *path, leaf = key.split(".")
     for part in path:
+      if part not in node:
+        raise ValueError(f"override {key!r}: the config has no field {part!r}")
       node = node[part]
+    if leaf not in node:
+      raise ValueError(f"override {key!r}: the config has no field {leaf!r}")
     node[leaf] = value
   return config
 
@@ -112,7 +137,7 @@ def _setup_worker() -> None:
 
 
 def run_seed(name: str, seed: int, out_dir: str, labels_dir: str, variant: str, num_steps: int,
-             split: str) -> str:
+             split: str, common: dict[str, object] | None = None) -> str:
   """Trains + extracts one (setting, seed) unless done; returns its skills folder. A job."""
   root = os.path.join(out_dir, name, f"seed{seed}")
   skills = os.path.join(root, "skills")
@@ -123,7 +148,7 @@ def run_seed(name: str, seed: int, out_dir: str, labels_dir: str, variant: str, 
   # pylint: disable=g-import-not-at-top
   from hilam_jax.skill import extract
   from hilam_jax.skill import trainer
-  config = setting_config(name, seed, labels_dir, variant, num_steps)
+  config = setting_config(name, seed, labels_dir, variant, num_steps, common)
   start = time.time()
   final = trainer.train_and_evaluate(config, os.path.join(root, "train"))
   train_seconds = time.time() - start
@@ -131,7 +156,7 @@ def run_seed(name: str, seed: int, out_dir: str, labels_dir: str, variant: str, 
                                  splits=(split,))
   with open(done, "w") as f:
     json.dump({"final_eval": final, "train_seconds": train_seconds, "extract": stats,
-               "num_steps": config.num_steps}, f, indent=1)
+               "num_steps": config.num_steps, "common_overrides": common or {}}, f, indent=1)
   logging.info("study: %s seed %d trained in %.0f s: %s", name, seed, train_seconds, final)
   return skills
 
@@ -196,6 +221,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
   seeds = [int(s) for s in _SEEDS.value]
+  common = parse_overrides(_SET.value)
+  setting_config(_SETTINGS.value[0], seeds[0], _LABELS.value, _VARIANT.value, _STEPS.value,
+                 common)  # a bad override fails here, before any worker starts
   os.makedirs(_OUT.value, exist_ok=True)
   suffix = "" if _EVAL_DIR.value == "eval" else f"_{_EVAL_DIR.value}"
   study_path = os.path.join(_OUT.value, f"study{suffix}.json")
@@ -205,7 +233,8 @@ def main(argv):
       for seed in seeds:
         graph.append(jobs.Job(f"{name}/seed{seed}", run_seed, dict(
             name=name, seed=seed, out_dir=_OUT.value, labels_dir=_LABELS.value,
-            variant=_VARIANT.value, num_steps=_STEPS.value, split=_SPLIT.value)))
+            variant=_VARIANT.value, num_steps=_STEPS.value, split=_SPLIT.value,
+            common=common)))
       skills = [os.path.join(_OUT.value, name, f"seed{seed}", "skills") for seed in seeds]
       graph.append(jobs.Job(f"{name}/evaluate", evaluate_setting, dict(
           skills=skills, dataset_dir=_DATASET.value,
@@ -231,6 +260,8 @@ def main(argv):
         study = json.load(f)
     study[name] = {"overrides": {k: list(v) if isinstance(v, tuple) else v
                                  for k, v in SETTINGS[name][0].items()},
+                   "common_overrides": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in common.items()},
                    "why": SETTINGS[name][1], "seeds": seeds,
                    "num_steps": _num_steps(name, seeds[0]),
                    "summary": report["summary"]}

@@ -504,6 +504,8 @@ def _policies_and_evaluation(config: Any, paths: Paths, data: dict) -> dict:
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the whole experiment in `workdir`; returns the results dict."""
   from hilam_jax import report  # pylint: disable=g-import-not-at-top
+  if config.stop_after not in ("", "data", "skills"):
+    raise ValueError(f"stop_after={config.stop_after!r}: expected '', 'data' or 'skills'")
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   paths = Paths(workdir)
@@ -515,6 +517,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   labels = _stage(workdir, "3_labels", lambda: _label(config, paths, data))
   skill = _stage(workdir, "4_skill_model", lambda: _train_skill_model(config, paths))
   skills = _stage(workdir, "5_skills", lambda: _extract_and_score_skills(config, paths, data))
+  if config.stop_after == "skills":
+    return {"data": data, "lam": lam, "labels": labels, "skill_model": skill, "skills": skills}
   policies = _stage(workdir, "6_policies", lambda: _policies_and_evaluation(config, paths, data))
   results = {
       "level": config.level, "seed": config.seed, "seeds": list(config.seeds), "data": data, "lam": lam, "labels": labels,

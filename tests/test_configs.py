@@ -29,3 +29,13 @@ def test_main_job_regime_is_the_measured_benchmark_regime():
       r.chunk, r.data.augment, r.learning_rate, r.batch_size, tuple(r.data.image_size))
   assert config.video.seed != config.demos.seed
   assert config.video.num_train_episodes >= 10 * config.demos.num_train_episodes
+
+
+def test_main_job_refuses_an_unknown_stop_after_before_writing(tmp_path):
+  from experiments.configs import main  # pylint: disable=g-import-not-at-top
+  from hilam_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = main.get_config("smoke")
+  config.stop_after = "policies"
+  with pytest.raises(ValueError, match="stop_after='policies'"):
+    experiment.run(config, str(tmp_path / "main"))
+  assert not (tmp_path / "main").exists()

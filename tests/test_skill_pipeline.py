@@ -336,12 +336,13 @@ def test_skill_study_script_end_to_end(tiny_data, tmp_path):
       [sys.executable, "-m", "experiments.skill_study", f"--labels_dir={labels_dir}",
        f"--dataset_dir={dataset_dir}", f"--out_dir={out_dir}", "--variant=tiny",
        "--settings=default,bottleneck", "--seeds=0", "--num_steps=4", "--num_workers=2",
-       "--ground_truth=leaf", "--eval_name=eval_leaf"],
+       "--ground_truth=leaf", "--eval_name=eval_leaf", "--set=data.window_hop=4"],
       cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   study = json.load(open(os.path.join(out_dir, "study_eval_leaf.json")))
   assert set(study) == {"default", "bottleneck"}
   assert study["bottleneck"]["overrides"]["model.bottleneck_heads"] is True
+  assert study["default"]["common_overrides"] == {"data.window_hop": 4}
   report = json.load(open(os.path.join(out_dir, "bottleneck", "eval_leaf",
                                        "skill_discovery.json")))
   assert report["ground_truth"] == "leaf"
@@ -358,3 +359,4 @@ def test_skill_study_script_end_to_end(tiny_data, tmp_path):
   config = checkpoint_lib.load_checkpoint_config(
       os.path.join(out_dir, "bottleneck", "seed0", "train", "checkpoints"))
   assert config["model"]["bottleneck_heads"] is True and config["lambda_aux"] == 1.0
+  assert config["data"]["window_hop"] == 4  # --set reaches every setting (tiny's own: 8)

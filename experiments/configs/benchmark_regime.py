@@ -66,6 +66,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.policy.log_every = 250
   config.fractions = (1.0, 0.1)
   config.seeds = (0, 1, 2)
+  config.num_workers = 2  # runs in parallel single-threaded processes; 0 = in this process
   # The plateau runs (fraction 1.0, seed 0): the main job's former regime (chunk 10 +
   # random-shift augmentation) and each of its two parts alone, on the same data, to tell which
   # part keeps the policy on the majority-action plateau. (chunk, augment) per run.
@@ -79,6 +80,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.eval.num_episodes = 100
   config.eval.num_envs = 20
   config.eval.seed = 0
+  # Step limit per episode, as in the main job (configs/main.py): 64 = 2.4x the longest
+  # demonstration; None = the level's 576, where a sampling policy succeeds by wandering.
+  config.eval.max_steps = 64
   # Action selection, headline first: "sample" (BabyAI's convention) and "argmax" (greedy).
   config.eval.modes = ("sample", "argmax")
   if arg == "smoke":
@@ -100,6 +104,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.policy.data.shuffle_buffer = 64
     config.fractions = (1.0, 0.5)
     config.seeds = (0,)
+    config.num_workers = 0
     config.plateau.variants = ((2, True), (1, True))
     config.plateau.eval_every = 2
     config.plateau.num_steps = 4

@@ -17,8 +17,9 @@ evaluate in the simulator and write the report. Rerunning the same command resum
   # smoke variant (tiny sizes, a few steps: the CI test)
   python -m experiments.main --config=experiments/configs/main.py:smoke --workdir=/tmp/main_smoke
 
-  # only generate the datasets
+  # only generate the datasets / stop before the policy runs
   python -m experiments.main --config.stop_after=data
+  python -m experiments.main --config.stop_after=skills
 
 The benchmark and the policy regime were chosen by measurement (README, "A benchmark in a
 learnable regime"; `experiments/benchmark_regime.py`): BabyAI-UnlockLocal (fetch the key, open
@@ -44,7 +45,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.seed = 0  # of the LAM and skill model (one of each per experiment)
   config.seeds = (0, 1, 2)  # training seeds of every policy run (pretraining included)
   config.level = LEVEL
-  config.stop_after = ""  # "data": stop after generating the datasets
+  # "data": stop after generating the datasets; "skills": after the LAM, labels, skill model
+  # and skill extraction (before any policy run).
+  config.stop_after = ""
   # Action-free video (seed 1) and demonstrations (seed 0): disjoint environment seeds; the
   # video is 10x the demos.
   config.video = benchmark_regime.demos(seed=1, train=10_000, val=200, action_free=True)
