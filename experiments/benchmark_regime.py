@@ -19,8 +19,8 @@ What it does (config: experiments/configs/benchmark_regime.py):
      flattened, and the share of the majority action in the validation data (the accuracy of a
      policy that always predicts it: the plateau's level).
 Runs go to `num_workers` single-threaded worker processes (default 2, one per core of the
-reference machine). Each run writes <workdir>/runs/<name>/result.json when done; a rerun skips finished runs and resumes
-an interrupted one from its checkpoint. `--only=name1,name2` restricts the runs.
+reference machine). Each run writes <workdir>/runs/<name>/result.json when done; a rerun skips
+finished runs and resumes an interrupted one from its checkpoint. `--only=name1,name2` restricts the runs.
 """
 import json
 import os
@@ -194,17 +194,17 @@ def main(argv):
   from hilam_jax.evaluation import stats
   logs.quiet_library_logs()
   config, root = _CONFIG.value, _WORKDIR.value
+  all_runs = _runs(config)
+  unknown = sorted(set(_ONLY.value) - {r["name"] for r in all_runs})
+  if unknown:  # before any data is generated
+    raise app.UsageError(f"--only: unknown runs {unknown}; runs: {[r['name'] for r in all_runs]}")
+  runs = [r for r in all_runs if not _ONLY.value or r["name"] in _ONLY.value]
   os.makedirs(root, exist_ok=True)
   generation = babyai.generate(config.demos, os.path.join(root, "data"))
   dataset_dir = generation["dataset_dir"]
   shares = _action_shares(dataset_dir, "val")
   majority = max(shares, key=shares.get)
   logging.info("validation action shares %s", shares)
-  runs = [r for r in _runs(config) if not _ONLY.value or r["name"] in _ONLY.value]
-  unknown = sorted(set(_ONLY.value) - {r["name"] for r in _runs(config)})
-  if unknown:
-    raise app.UsageError(f"--only: unknown runs {unknown}; runs: "
-                         f"{[r['name'] for r in _runs(config)]}")
   # One single-threaded worker process per core (num_workers=0: in this process, in order).
   graph = [jobs.Job(run["name"], _train_and_evaluate,
                     dict(config=config, run=run, dataset_dir=dataset_dir, root=root))

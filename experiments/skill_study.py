@@ -182,6 +182,11 @@ def _num_steps(name: str, seed: int) -> int | None:
     return json.load(f)["num_steps"]
 
 
+def _as_json(overrides: dict) -> dict:
+  """Override values as JSON keeps them (tuples as lists)."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
+
+
 def _fmt(pair) -> str:
   return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
@@ -258,10 +263,8 @@ def main(argv):
     if os.path.exists(study_path):
       with open(study_path) as f:
         study = json.load(f)
-    study[name] = {"overrides": {k: list(v) if isinstance(v, tuple) else v
-                                 for k, v in SETTINGS[name][0].items()},
-                   "common_overrides": {k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in common.items()},
+    study[name] = {"overrides": _as_json(SETTINGS[name][0]),
+                   "common_overrides": _as_json(common),
                    "why": SETTINGS[name][1], "seeds": seeds,
                    "num_steps": _num_steps(name, seeds[0]),
                    "summary": report["summary"]}
