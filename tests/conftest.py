@@ -32,6 +32,19 @@ def pytest_runtest_makereport(item, call):
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: long tests of optional extras (e.g. LIBERO); deselect with -m 'not slow'")
+  config.addinivalue_line(
+      "markers", "manual: minutes-long checks (e.g. full-size parity) left out of a run without "
+      "a -m expression; run them with -m slow (mark them slow too)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Deselects (does not skip: CI fails skips) `manual` tests unless -m selects tests itself."""
+  if config.option.markexpr:
+    return
+  manual = [item for item in items if item.get_closest_marker("manual") is not None]
+  if manual:
+    config.hook.pytest_deselected(items=manual)
+    items[:] = [item for item in items if item.get_closest_marker("manual") is None]
 
 
 @registry.register("pipetest_*")
