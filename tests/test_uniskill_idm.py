@@ -25,8 +25,8 @@ from hilam_jax.lam.uniskill_idm import IDMConfig
 from tests import uniskill_torch_reference as reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = IDMConfig.small()
-# XLA's CPU backend optimisation dominates these tests: 6-20 s per compile of the small model on
+TINY = IDMConfig.tiny()
+# XLA's CPU backend optimisation dominates these tests: 6-20 s per compile of the tiny model on
 # the shared 2-core machine, under 2 s without it (values agree to float32 rounding). The slow
 # full-size test compiles normally.
 FAST_COMPILE = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
@@ -107,13 +107,13 @@ def torch_outputs(model, rgb, depth):
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-  """The small reference, its saved state_dict and its conversion."""
+  """The tiny reference, its saved state_dict and its conversion."""
   root = tmp_path_factory.mktemp("uniskill")
-  model = reference.make_reference(SMALL, seed=0)
+  model = reference.make_reference(TINY, seed=0)
   idm_path = str(root / "idm.pth")
   reference.save_state_dict(model, idm_path)
   out_dir = str(root / "converted")
-  manifest = uniskill_convert.convert_idm(idm_path, out_dir, SMALL)
+  manifest = uniskill_convert.convert_idm(idm_path, out_dir, TINY)
   return {"model": model, "idm_path": idm_path, "out_dir": out_dir, "manifest": manifest}
 
 
@@ -137,19 +137,22 @@ def test_reference_has_the_released_keys_shapes_and_parameter_count():
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_converted_idm_matches_torch(converted, batch_size):
   config, variables = uniskill_convert.load_idm(converted["out_dir"])
-  assert config == SMALL
-  rgb, depth = random_inputs(SMALL, batch_size, seed=batch_size)
+  assert config == TINY
+  rgb, depth = random_inputs(TINY, batch_size, seed=batch_size)
   skill, token = torch_outputs(converted["model"], rgb, depth)
-  idm_skill = compiled(uniskill_idm.idm_skill, variables, rgb, depth, config=SMALL)
+  idm_skill = compiled(uniskill_idm.idm_skill, variables, rgb, depth, config=TINY)
   flax_skill = idm_skill(variables, rgb, depth)
-  flax_token = compiled(uniskill_idm.idm_fdm_token, variables, rgb, depth, config=SMALL)(
+  flax_token = compiled(uniskill_idm.idm_fdm_token, variables, rgb, depth, config=TINY)(
       variables, rgb, depth)
-  assert flax_skill.shape == (batch_size, SMALL.skill_dim) and flax_skill.dtype == jnp.float32
-  assert flax_token.shape == (batch_size, 1, SMALL.out_dim)
-  assert relative_error(flax_skill, skill) <= 1e-4
-  assert relative_error(flax_token, token) <= 1e-4
+  assert flax_skill.shape == (batch_size, TINY.skill_dim) and flax_skill.dtype == jnp.float32
+  assert flax_token.shape == (batch_size, 1, TINY.out_dim)
+  # The issue asks for 1e-4; the tiny model agrees to ~5e-7, and two of the details parity
+  # depends on stay under 1e-4 here (tanh GELU: 6e-5, LayerNorm eps 1e-6: 2e-5), so hold it
+  # to 5e-6.
+  assert relative_error(flax_skill, skill) <= 5e-6
+  assert relative_error(flax_token, token) <= 5e-6
   token_of_skill = compiled(uniskill_idm.fdm_token_from_skill, variables, flax_skill,
-                            config=SMALL)(variables, flax_skill)
+                            config=TINY)(variables, flax_skill)
   np.testing.assert_allclose(token_of_skill, flax_token, rtol=1e-6, atol=1e-6)
   # The inputs matter: the second frame's pixels and depth both move the latent.
   moved_rgb, moved_depth = rgb.copy(), depth.copy()
@@ -163,10 +166,10 @@ def test_gradients_match_torch_autograd(converted):
   """d(loss)/d(rgb, depth, every parameter) of loss = <skill, a> + <token, b>."""
   model = converted["model"]
   _, variables = uniskill_convert.load_idm(converted["out_dir"])
-  rgb, depth = random_inputs(SMALL, 2, seed=7)
+  rgb, depth = random_inputs(TINY, 2, seed=7)
   rng = np.random.default_rng(8)
-  a = rng.normal(size=(2, SMALL.skill_dim)).astype(np.float32)
-  b = rng.normal(size=(2, 1, SMALL.out_dim)).astype(np.float32)
+  a = rng.normal(size=(2, TINY.skill_dim)).astype(np.float32)
+  b = rng.normal(size=(2, 1, TINY.out_dim)).astype(np.float32)
 
   model.zero_grad()
   rgb_t = torch.from_numpy(rgb).permute(0, 1, 4, 2, 3).clone().requires_grad_()
@@ -178,9 +181,9 @@ def test_gradients_match_torch_autograd(converted):
   # convert exactly like the parameters do.
   torch_grads = {n: p.grad.numpy() for n, p in model.named_parameters()}
   torch_grads.update({n: t.numpy() for n, t in model.named_buffers()})
-  torch_param_grads = uniskill_convert.state_dict_to_variables(torch_grads, SMALL)["params"]
+  torch_param_grads = uniskill_convert.state_dict_to_variables(torch_grads, TINY)["params"]
 
-  module = uniskill_idm.UniSkillIDM(SMALL)
+  module = uniskill_idm.UniSkillIDM(TINY)
 
   def flax_loss(params, rgb, depth):
     out = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, rgb, depth)
@@ -207,7 +210,7 @@ def test_gradients_match_torch_autograd(converted):
       errors[path] = relative_error(g, flat_torch[path])
   assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
   # The frozen entry points pass no gradient to the parameters.
-  frozen_loss = lambda v: jnp.sum(uniskill_idm.idm_skill(v, rgb, depth, config=SMALL))
+  frozen_loss = lambda v: jnp.sum(uniskill_idm.idm_skill(v, rgb, depth, config=TINY))
   frozen = compiled(jax.jit(jax.grad(frozen_loss)), variables)(variables)
   assert all(not np.any(g) for g in jax.tree_util.tree_leaves(frozen))
 
@@ -230,7 +233,7 @@ def test_converter_refuses_mismatched_state_dicts(converted, tmp_path, case, key
   if case == "missing":
     del state_dict[key]
   elif case == "unexpected":
-    state_dict[key] = torch.ones(SMALL.hidden_dim)
+    state_dict[key] = torch.ones(TINY.hidden_dim)
   elif case == "mis-shaped":
     state_dict[key] = state_dict[key][..., :-1].clone()
   else:
@@ -238,12 +241,12 @@ def test_converter_refuses_mismatched_state_dicts(converted, tmp_path, case, key
   path = str(tmp_path / "idm.pth")
   torch.save(state_dict, path)
   with pytest.raises(uniskill_convert.ConversionError, match=re.escape(repr(key))):
-    uniskill_convert.convert_idm(path, str(tmp_path / "out"), SMALL)
+    uniskill_convert.convert_idm(path, str(tmp_path / "out"), TINY)
   assert not os.path.exists(tmp_path / "out")  # nothing written
 
 
 def test_converter_refuses_a_config_that_does_not_fit(converted, tmp_path):
-  wider = IDMConfig(**{**SMALL.to_dict(), "resnet_widths": (8, 16, 24, 40)})
+  wider = IDMConfig(**{**TINY.to_dict(), "resnet_widths": (8, 16, 24, 40)})
   with pytest.raises(uniskill_convert.ConversionError, match="'visual_encoder.7.0.conv1.weight'"):
     uniskill_convert.convert_idm(converted["idm_path"], str(tmp_path / "out"), wider)
 
@@ -263,7 +266,7 @@ def test_manifest_describes_the_conversion(converted):
                                              if k.endswith("num_batches_tracked")}
   assert len(manifest["num_batches_tracked"]) == 20
   assert manifest["num_parameters"] == sum(p.numel() for p in converted["model"].parameters())
-  assert IDMConfig.from_dict(manifest["config"]) == SMALL
+  assert IDMConfig.from_dict(manifest["config"]) == TINY
   for package in ("torch", "jax", "flax", "numpy"):
     assert manifest["versions"][package]
   variables_path = os.path.join(converted["out_dir"], manifest["variables_file"])
@@ -300,33 +303,33 @@ def _primitive_dtypes(jaxpr, names):
 
 def test_bfloat16_compute_is_finite_and_close_to_float32(converted):
   _, variables = uniskill_convert.load_idm(converted["out_dir"])
-  rgb, depth = random_inputs(SMALL, 3, seed=11)
-  f32 = compiled(uniskill_idm.idm_fdm_token, variables, rgb, depth, config=SMALL)(
+  rgb, depth = random_inputs(TINY, 3, seed=11)
+  f32 = compiled(uniskill_idm.idm_fdm_token, variables, rgb, depth, config=TINY)(
       variables, rgb, depth)
-  bf16 = compiled(uniskill_idm.idm_fdm_token, variables, rgb, depth, config=SMALL,
+  bf16 = compiled(uniskill_idm.idm_fdm_token, variables, rgb, depth, config=TINY,
                   dtype=jnp.bfloat16)(variables, rgb, depth)
   assert bf16.dtype == jnp.float32 and np.all(np.isfinite(bf16))
   error = relative_error(bf16, f32)
   assert 0 < error <= 0.05, error
   jaxpr = jax.make_jaxpr(lambda v, r, d: uniskill_idm.idm_fdm_token(
-      v, r, d, config=SMALL, dtype=jnp.bfloat16))(variables, rgb, depth)
+      v, r, d, config=TINY, dtype=jnp.bfloat16))(variables, rgb, depth)
   operand_dtypes = _primitive_dtypes(jaxpr.jaxpr, ("dot_general", "conv_general_dilated"))
   # 20 convs; 2 contractions of the bilinear upsampling; per block 2 x (q, k, v, out, logits,
   # weighted sum) + 2 MLP matmuls; 5 projections (depth, modal, proj, skill, latent).
-  assert len(operand_dtypes) == 20 + 2 + 14 * SMALL.num_layers + 5
+  assert len(operand_dtypes) == 20 + 2 + 14 * TINY.num_layers + 5
   # All in bfloat16 but the attention's weighted sum of values: its softmax weights stay float32.
   mixed = [d for d in operand_dtypes if d != {"bfloat16"}]
-  assert mixed == [{"float32", "bfloat16"}] * (2 * SMALL.num_layers), operand_dtypes
+  assert mixed == [{"float32", "bfloat16"}] * (2 * TINY.num_layers), operand_dtypes
 
 
 def test_inputs_of_the_wrong_size_are_refused(converted):
   _, variables = uniskill_convert.load_idm(converted["out_dir"])
-  rgb, depth = random_inputs(IDMConfig(**{**SMALL.to_dict(), "image_size": 96}), 1, seed=0)
+  rgb, depth = random_inputs(IDMConfig(**{**TINY.to_dict(), "image_size": 96}), 1, seed=0)
   with pytest.raises(ValueError, match="rgb: expected"):
-    uniskill_idm.idm_skill(variables, rgb, depth, config=SMALL)
-  rgb, depth = random_inputs(SMALL, 2, seed=0)
+    uniskill_idm.idm_skill(variables, rgb, depth, config=TINY)
+  rgb, depth = random_inputs(TINY, 2, seed=0)
   with pytest.raises(ValueError, match="depth: expected"):
-    uniskill_idm.idm_skill(variables, rgb, depth[:1], config=SMALL)
+    uniskill_idm.idm_skill(variables, rgb, depth[:1], config=TINY)
 
 
 def test_launch_script_converts_and_loading_never_imports_torch(converted, tmp_path):
@@ -334,7 +337,7 @@ def test_launch_script_converts_and_loading_never_imports_torch(converted, tmp_p
   out_dir = str(tmp_path / "out")
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.convert_uniskill", f"--idm={converted['idm_path']}",
-       f"--out_dir={out_dir}", f"--idm_config={json.dumps(SMALL.to_dict())}"],
+       f"--out_dir={out_dir}", f"--idm_config={json.dumps(TINY.to_dict())}"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "180 keys" in proc.stdout

@@ -101,7 +101,7 @@ class IDMConfig(config_io.DictConfig):
                        f"{self.num_heads}")
 
   @classmethod
-  def small(cls) -> "IDMConfig":
+  def tiny(cls) -> "IDMConfig":
     """A tiny size for tests (64 px, 2 blocks, narrow ResNet); same structure as the release."""
     return cls(num_layers=2, num_heads=2, hidden_dim=32, skill_dim=8, out_dim=24, image_size=64,
                resnet_widths=(8, 16, 24, 32))
