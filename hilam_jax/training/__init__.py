@@ -4,7 +4,8 @@ mesh         one 1-D "data" mesh over all devices; shardings; per-process batch 
 train_state  pure `TrainState`, sharded init, jitted train/eval steps (explicit shardings)
 checkpoint   orbax composite checkpoints (state, params, config, versions, extra), strict restore
 metrics      TensorBoard writer (process 0) and a progress line with steps/s and ETA
-loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on interrupt
+loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on interrupt and
+             on SIGTERM (preemption)
 """
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
                                            ConfigMismatchError, load_checkpoint_config,
