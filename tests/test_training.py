@@ -339,3 +339,53 @@ def test_sigterm_handler_is_the_loops_only_while_it_runs(mesh, tmp_path):
     signal.signal(signal.SIGTERM, previous)
   assert ckpt.all_steps() == [4]
   ckpt.close()
+
+
+@pytest.mark.parametrize("damaged", ["state/d", "config/metadata"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_step_before(mesh, tmp_path, caplog, damaged):
+  """Truncated files in the newest step (the state's array data, or its config JSON): resuming
+  restores the step before with a warning naming the damaged one, which is set aside so that
+  training saves that step again."""
+  tx = tw.make_tx()
+  train_step = training.make_train_step(tw.loss_fn, tx, mesh)
+  abstract = training.abstract_train_state(tw.init_params_fn(), tx, mesh)
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  final = training.train_loop(state=new_state(mesh, tx), train_step=train_step,
+                              batches=sharded_batches(mesh), num_steps=4, checkpointer=ckpt,
+                              checkpoint_every=2, log_every=100)
+  at_2 = ckpt.restore(abstract, step=2)
+  ckpt.close()
+  victim = tmp_path / "4" / damaged
+  for path in (sorted(victim.iterdir()) if victim.is_dir() else [victim]):
+    with open(path, "r+b") as f:
+      f.truncate(path.stat().st_size // 2)
+
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  restored = ckpt.restore(abstract)
+  assert int(restored.step) == 2
+  assert_trees_equal(restored, at_2)
+  assert "Checkpoint step 4" in caplog.text and "unreadable" in caplog.text
+  assert ckpt.all_steps() == [2] and (tmp_path / "4.corrupt").is_dir()
+  resumed = training.train_loop(state=restored, train_step=train_step,
+                                batches=sharded_batches(mesh, start=2), num_steps=4,
+                                checkpointer=ckpt)
+  ckpt.close()
+  assert_trees_equal(resumed, final)
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  assert ckpt.all_steps() == [2, 4]
+  assert_trees_equal(ckpt.restore(abstract), final)
+  ckpt.close()
+
+
+def test_no_readable_checkpoint_is_one_clear_error(mesh, tmp_path):
+  tx = tw.make_tx()
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  ckpt.save(1, new_state(mesh, tx), force=True)
+  ckpt.close()
+  for path in sorted((tmp_path / "1" / "state" / "d").iterdir()):
+    path.write_bytes(b"")
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  with pytest.raises(training.CorruptCheckpointError, match=r"can be read: step 1: ValueError"):
+    ckpt.restore(training.abstract_train_state(tw.init_params_fn(), tx, mesh))
+  assert ckpt.all_steps() == [1]  # nothing set aside
+  ckpt.close()

@@ -76,7 +76,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
-    logging.info("resumed from step %d", latest)
+    logging.info("resumed from step %d", int(state.step))  # may fall back from `latest`
   else:
     state = training.create_train_state(init_params, tx, rng, mesh)
   start_step = int(state.step)

@@ -8,8 +8,9 @@ loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on int
              on SIGTERM (preemption)
 """
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
-                                           ConfigMismatchError, load_checkpoint_config,
-                                           params_sha256, restore_params)
+                                           ConfigMismatchError, CorruptCheckpointError,
+                                           load_checkpoint_config, params_sha256,
+                                           restore_params)
 from hilam_jax.training.loop import (NonFiniteError, check_finite, finish_run, run_eval,
                                      run_training, train_loop)
 from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch,
@@ -19,7 +20,8 @@ from hilam_jax.training.train_state import (TrainState, abstract_train_state, cr
                                             make_eval_step, make_optimizer, make_train_step)
 
 __all__ = [
-    "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "MetricWriter",
+    "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "CorruptCheckpointError",
+    "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
     "create_train_state", "data_sharding", "finish_run", "load_checkpoint_config",
     "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
