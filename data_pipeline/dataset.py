@@ -237,6 +237,15 @@ def make_dataset(
   return Pipeline(ds, sources, num_skipped)
 
 
+def check_datasets(datasets: Sequence[DatasetSpec | Mapping[str, Any]]) -> None:
+  """Opens every dataset split without reading a record: a missing directory, metadata, split
+  or shard file, or an unregistered name, fails now (`schema.DatasetError`), before a trainer
+  builds anything."""
+  for spec in datasets:
+    spec = _as_spec(spec)
+    reader.get_source(spec.dataset_dir, spec.name, spec.split)
+
+
 def list_episode_ids(spec: DatasetSpec | Mapping[str, Any]) -> list[str]:
   """The episode ids of one dataset split, in a fixed order (sorted); images are not decoded."""
   spec = _as_spec(spec)

@@ -225,11 +225,25 @@ def policy_loss(params, batch, rng, *, module, head_cfgs, high=None, train=True)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) one policy in `workdir`; returns the final validation metrics."""
+  """Trains (or resumes) one policy in `workdir`; returns the final validation metrics.
+
+  The config, the datasets and label folders, and a resumed run's stored config are checked
+  before anything is built or written (a refused run leaves the workdir as it was).
+  """
   _check_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  run_info.write_run_info(workdir, config)
+  training.check_run_config(config)
+  dp.check_datasets([dict(s, split=config.data.train_split) for s in config.data.train] +
+                    [dict(s, split=config.data.val_split) for s in config.data.val])
+  for join_key, spec in config.data.labels.items():
+    if not os.path.exists(os.path.join(spec["dir"], labeling.MANIFEST)):
+      raise FileNotFoundError(f"label {join_key!r}: no manifest in {spec['dir']}")
   cfg = networks.model_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
+      max_to_keep=1, save_interval_steps=config.checkpoint_every,
+      allowed_config_changes=("num_steps",))
+  run_info.write_run_info(workdir, config)
   module = baku.BakuPolicy(cfg)
   head_cfgs = cfg.heads
   image_size = tuple(config.data.image_size)
@@ -272,10 +286,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   extra["episodes"] = len(episode_ids) if episode_ids is not None else "all"
   tables = label_tables(config.data.labels)
 
-  checkpointer = training.Checkpointer(
-      os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
-      max_to_keep=1, save_interval_steps=config.checkpoint_every,
-      allowed_config_changes=("num_steps",))
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))

@@ -302,10 +302,30 @@ def check_lam_matches_labels(lam: interface.FrozenDynamicsModel, manifest: dict)
                      f"labels (k={manifest['frame_gap']}, Dz={manifest['latent_dim']})")
 
 
+def check_inputs(config: Any) -> None:
+  """The label folder has a manifest; with L_rec the datasets it names (the frames) exist."""
+  manifest_path = os.path.join(config.data.labels_dir, labeling.MANIFEST)
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(f"config.data.labels_dir {config.data.labels_dir!r}: no label "
+                            f"manifest {labeling.MANIFEST} (labeling not run or unfinished?)")
+  if config.lambda_rec:
+    from data_pipeline import dataset as dp  # pylint: disable=g-import-not-at-top
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    dp.check_datasets([{"dataset_dir": d["dataset_dir"], "name": d.get("name"),
+                        "split": d.get("split", "train")} for d in manifest.get("datasets", [])
+                       if d.get("split", "train") in (config.data.train_split,
+                                                      config.data.val_split)])
+
+
 def train_and_evaluate(config: Any, workdir: str,
                        frozen_lam: Optional[interface.FrozenDynamicsModel] = None
                        ) -> dict[str, float]:
   """Trains (or resumes) a skill model in `workdir`; returns the final eval metrics.
+
+  The config, the label folder (and with L_rec the datasets it names) and a resumed run's
+  stored config are checked before anything is built or written (a refused run leaves the
+  workdir as it was).
 
   Args:
     config: see experiments/configs/train_skill_model.py.
@@ -313,7 +333,12 @@ def train_and_evaluate(config: Any, workdir: str,
     frozen_lam: the frozen model for L_rec (tests); None loads `resolve_frozen_lam(config)` when
       `config.lambda_rec > 0`. Unused when lambda_rec == 0.
   """
+  training.check_run_config(config)
+  check_inputs(config)
   os.makedirs(workdir, exist_ok=True)
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
+      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
   run_info.write_run_info(workdir, config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   module = skill_model.SkillModel(model_config)
@@ -368,9 +393,6 @@ def train_and_evaluate(config: Any, workdir: str,
         rng, np.zeros((1, window, model_config.latent_dim), np.float32),
         np.ones((1, window), bool))["params"]
 
-  checkpointer = training.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
-      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
     logging.info("resumed from step %d", int(state.step))

@@ -11,8 +11,8 @@ from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer
                                            ConfigMismatchError, CorruptCheckpointError,
                                            load_checkpoint_config, params_sha256,
                                            restore_params)
-from hilam_jax.training.loop import (NonFiniteError, check_finite, finish_run, run_eval,
-                                     run_training, train_loop)
+from hilam_jax.training.loop import (NonFiniteError, check_finite, check_run_config, finish_run,
+                                     run_eval, run_training, train_loop)
 from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch,
                                      replicated_sharding, shard_batch, shard_batches)
 from hilam_jax.training.metrics import MetricWriter, Progress
@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "CorruptCheckpointError",
     "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
+    "check_run_config",
     "create_train_state", "data_sharding", "finish_run", "load_checkpoint_config",
     "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
     "per_process_batch", "replicated_sharding",

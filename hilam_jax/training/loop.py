@@ -91,6 +91,19 @@ def run_eval(eval_step: Callable[[Any, Any, jax.Array], Mapping[str, jax.Array]]
   return {k: float(v) / count for k, v in jax.device_get(sums).items()}
 
 
+def check_run_config(config: Any) -> None:
+  """Refuses settings every trainer needs, before anything is built or written.
+
+  Raises:
+    ValueError: `num_steps` < 1 (nothing to train; a run would evaluate its random init and
+      mark itself finished) or `log_every` < 1 (the loop logs at multiples of it).
+  """
+  for key in ("num_steps", "log_every"):
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"config.{key} must be an integer >= 1, got {value!r}")
+
+
 def stop_requested(request: preemption.StopRequest) -> bool:
   """Whether to stop at this step boundary (SIGTERM received).
 
