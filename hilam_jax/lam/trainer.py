@@ -28,6 +28,9 @@ from hilam_jax.lam import losses
 from hilam_jax.lam import model as lam_model
 
 PAIR_KEYS = ("observation/image_primary", "next_observation/image_primary")
+# Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
+# after one was found; also absent from checkpoints written before the option existed).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 
 def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
@@ -43,7 +46,7 @@ def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
       [dict(d) for d in data[split_key]], batch_size=batch_size, transforms=transforms,
       shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
       seed=seed, repeat=repeat, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), skip_corrupted=bool(data.get("skip_corrupted", False)))
 
 
 def to_model_batch(batch: dict) -> dict:
@@ -68,7 +71,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
-      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
+      save_interval_steps=config.checkpoint_every, allowed_config_changes=ALLOWED_CHANGES)
   run_info.write_run_info(workdir, config)
   module = lam_model.LatentActionModel(lam_config)
   mesh = training.make_mesh()

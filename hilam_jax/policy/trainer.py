@@ -59,6 +59,9 @@ from hilam_jax.policy import networks
 from hilam_jax.skill import extract as skill_extract
 
 ROLES = ("flat", "high", "low")
+# Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
+# after one was found; also absent from checkpoints written before the option existed).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -103,13 +106,15 @@ def label_tables(labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   return tables
 
 
-def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0) -> list[str] | None:
-  """A nested subset: the first ceil(fraction * n) episode ids in a seeded hash order."""
+def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0, *,
+                    skip_corrupted: bool = False) -> list[str] | None:
+  """A nested subset: the first ceil(fraction * n) episode ids in a seeded hash order (of the
+  readable episodes with `skip_corrupted`)."""
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"episode_fraction must be in (0, 1], got {fraction}")
   if fraction == 1.0:
     return None
-  ids = dp.list_episode_ids(spec)
+  ids = dp.list_episode_ids(spec, skip_corrupted=skip_corrupted)
   order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
   return order[:max(1, math.ceil(fraction * len(ids)))]
 
@@ -170,6 +175,7 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
       shuffle_buffer=config.data.shuffle_buffer if train else 1000, labels=dict(tables),
       drop_unlabeled=bool(tables), episode_ids=episode_ids,
       cache=(config.data.get("cache") or None) if train else None,
+      skip_corrupted=bool(config.data.get("skip_corrupted", False)),
       process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -242,7 +248,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
       max_to_keep=1, save_interval_steps=config.checkpoint_every,
-      allowed_config_changes=("num_steps",))
+      allowed_config_changes=ALLOWED_CHANGES)
   run_info.write_run_info(workdir, config)
   module = baku.BakuPolicy(cfg)
   head_cfgs = cfg.heads
@@ -282,7 +288,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     return params
 
   train_spec = dict(config.data.train[0], split=config.data.train_split)
-  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed)
+  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
+                                skip_corrupted=bool(config.data.get("skip_corrupted", False)))
   extra["episodes"] = len(episode_ids) if episode_ids is not None else "all"
   tables = label_tables(config.data.labels)
 

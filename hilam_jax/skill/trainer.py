@@ -65,6 +65,9 @@ def load_split_latents(labels_dir: str, split: str) -> dict[str, np.ndarray]:
 
 
 NORMALIZATION_FILE = "latent_normalization.json"
+# Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
+# after one was found; also absent from checkpoints written before the option existed).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 
 def latent_statistics(latents: dict[str, np.ndarray]) -> dict[str, list[float]]:
@@ -160,8 +163,12 @@ class EpisodeFrames:
 
 
 def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
-                      episode_ids: set[str]) -> EpisodeFrames:
-  """Frames of the labelled episodes of `split`, read from the datasets named in the manifest."""
+                      episode_ids: set[str], skip_corrupted: bool = False) -> EpisodeFrames:
+  """Frames of the labelled episodes of `split`, read from the datasets named in the manifest.
+
+  A corrupted record raises `CorruptedRecordError` naming its file; with `skip_corrupted` only
+  intact records are read and the episodes of the others are left out (with a warning).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import frame_transforms as ft  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
@@ -174,16 +181,25 @@ def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
   size = tuple(int(s) for s in image_size)
   per_episode: dict[str, np.ndarray] = {}
   for spec in specs:
-    ds = reader.read_trajectories(spec["dataset_dir"], spec.get("name"), split)
+    source = reader.get_source(spec["dataset_dir"], spec.get("name"), split)
+    ds = reader.read_trajectories(spec["dataset_dir"], source=source,
+                                  skip_corrupted=skip_corrupted)
     ds = ds.map(lambda t: (t["episode_id"][0],
                            ft.decode_images(t["observation"]["image_primary"], size)),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    for episode_id, frames in ds.as_numpy_iterator():
-      episode_id = episode_id.decode()
-      if episode_id in episode_ids:
-        per_episode[episode_id] = frames
+    try:
+      for episode_id, frames in ds.as_numpy_iterator():
+        episode_id = episode_id.decode()
+        if episode_id in episode_ids:
+          per_episode[episode_id] = frames
+    except tf.errors.DataLossError:
+      reader.raise_for_corruption(source.files, source.shard_lengths)
+      raise
   missing = sorted(episode_ids - set(per_episode))
-  if missing:
+  if missing and skip_corrupted:
+    logging.warning("%d labelled episodes of split %r are in unreadable records (skipped), "
+                    "e.g. %s", len(missing), split, missing[:3])
+  elif missing:
     raise ValueError(f"{len(missing)} labelled episodes of split {split!r} not found in the "
                      f"manifest's datasets, e.g. {missing[:3]}")
   order = sorted(per_episode)
@@ -338,7 +354,7 @@ def train_and_evaluate(config: Any, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
-      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
+      save_interval_steps=config.checkpoint_every, allowed_config_changes=ALLOWED_CHANGES)
   run_info.write_run_info(workdir, config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   module = skill_model.SkillModel(model_config)
@@ -361,8 +377,6 @@ def train_and_evaluate(config: Any, workdir: str,
                  np.round(normalization["std"], 3).tolist())
     train_latents = normalize_latents(train_latents, normalization)
     val_latents = normalize_latents(val_latents, normalization)
-  train_windows = make_windows(train_latents, window, hop)
-  val_windows = make_windows(val_latents, window, hop)
   train_frames = val_frames = None
   rec_positions = 0
   if config.lambda_rec:
@@ -372,13 +386,22 @@ def train_and_evaluate(config: Any, workdir: str,
       with open(os.path.join(config.data.labels_dir, labeling.MANIFEST)) as f:
         check_lam_matches_labels(frozen_lam, json.load(f))
     rec_positions = min(config.data.rec_positions or window, window)
-    train_frames, val_frames = (
-        make_window_frames(
-            latents, load_split_frames(config.data.labels_dir, split, frozen_lam.image_size,
-                                       set(latents)),
-            window, hop, frozen_lam.frame_gap)
+    skip_corrupted = bool(config.data.get("skip_corrupted", False))
+    split_frames = [
+        load_split_frames(config.data.labels_dir, split, frozen_lam.image_size, set(latents),
+                          skip_corrupted=skip_corrupted)
         for latents, split in ((train_latents, config.data.train_split),
-                               (val_latents, config.data.val_split)))
+                               (val_latents, config.data.val_split))]
+    # Episodes in unreadable records (skip_corrupted) have no frames: their windows go too.
+    train_latents, val_latents = (
+        {e: z for e, z in latents.items() if e in frames.lengths}
+        for latents, frames in zip((train_latents, val_latents), split_frames))
+    train_frames, val_frames = (
+        make_window_frames(latents, frames, window, hop, frozen_lam.frame_gap)
+        for latents, frames in zip((train_latents, val_latents), split_frames))
+  train_windows = make_windows(train_latents, window, hop)
+  val_windows = make_windows(val_latents, window, hop)
+  if config.lambda_rec:
     logging.info("L_rec: %s frames of %s in memory (%.0f MB), %d positions per window",
                  f"{len(train_frames.frames) + len(val_frames.frames):,}",
                  frozen_lam.image_size,
