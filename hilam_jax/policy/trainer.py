@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import math
 import os
 from typing import Any, Mapping
@@ -327,8 +326,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
-  with open(os.path.join(workdir, "policy.json"), "w") as f:
-    json.dump(extra, f, indent=1)
+  run_info.write_json_atomic(os.path.join(workdir, "policy.json"), extra)
   progress_keys = ("loss",) + tuple(
       f"{n}/accuracy" for n, h in config.heads.items() if h["kind"] == "categorical")
   return training.run_training(

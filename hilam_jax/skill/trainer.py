@@ -105,10 +105,7 @@ def resolve_normalization(config: Any, workdir: str,
     raise FileNotFoundError(f"{path} missing: data.normalize='zscore' needs the statistics the "
                             "model was trained with")
   stats = latent_statistics(train_latents)
-  os.makedirs(workdir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(stats, f)
-  os.replace(path + ".tmp", path)
+  run_info.write_json_atomic(path, stats)
   return stats
 
 
