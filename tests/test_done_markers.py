@@ -93,7 +93,7 @@ def test_a_dataset_shard_whose_progress_record_does_not_parse_is_written_again(t
                                           "train-00002.json"]
   record = os.path.join(progress, "train-00001.json")
   _cut_short(record, '{"num_examples": 4, "num_by')
-  writer = ShardedRLDSWriter(str(tmp_path), "pipetest_toy", _toy_features(),
+  writer = ShardedRLDSWriter(str(tmp_path), "pipetest_toy", conftest.toy_features(),
                              config={"toy": True})
   assert writer.is_done("train", 0) and not writer.is_done("train", 1)
   assert "train-00001.json does not parse" in caplog.text
@@ -102,21 +102,6 @@ def test_a_dataset_shard_whose_progress_record_does_not_parse_is_written_again(t
   assert writer.is_done("train", 1)
   assert json.load(open(record))["num_examples"] == 4
   writer.finalize()
-
-
-def _toy_features():
-  """The toy dataset's features (conftest.write_toy_dataset)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from data_pipeline.rlds_writer import episode_features  # pylint: disable=g-import-not-at-top
-  return episode_features(
-      {"observation": {"image": tfds.features.Image(shape=(16, 16, 3), encoding_format="jpeg"),
-                       "state": tfds.features.Tensor(shape=(2,), dtype=np.float32)},
-       "action": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-       "language_instruction": tfds.features.Text(),
-       "is_first": tf.bool, "is_last": tf.bool},
-      {"seed": tf.int64})
 
 
 def test_benchmark_regime_run_whose_result_does_not_parse_is_redone(tmp_path):

@@ -92,7 +92,7 @@ def test_worker_env_is_set_in_workers():
 
 def _sleep_and_log(path: str, name: str, seconds: float) -> None:
   with open(path, "a") as f:
-    f.write(f"start {name}\n")
+    f.write(f"start {name} {os.getpid()}\n")
   time.sleep(seconds)
   with open(path, "a") as f:
     f.write(f"end {name}\n")
@@ -116,14 +116,6 @@ log, fn, grace = sys.argv[1], getattr(test_jobs, sys.argv[2]), float(sys.argv[3]
 graph = [jobs.Job(f"j{i}", fn, {"path": log, "name": f"j{i}", "seconds": 300}) for i in range(5)]
 jobs.run_jobs(graph, num_workers=2, interrupt_grace_s=grace)
 """
-
-
-def _log_pid_and_sleep(path: str, name: str, seconds: float) -> None:
-  with open(path, "a") as f:
-    f.write(f"start {name} {os.getpid()}\n")
-  time.sleep(seconds)
-  with open(path, "a") as f:
-    f.write(f"end {name}\n")
 
 
 def _start_and_interrupt(log, fn, grace, signum=None):
@@ -183,7 +175,7 @@ def test_sigterm_to_the_parent_stops_the_run_like_an_interrupt(tmp_path):
     return [int(line.split()[2]) for line in lines if line.startswith("start")]
 
   try:
-    seconds = _start_and_interrupt(log, "_log_pid_and_sleep", jobs.INTERRUPT_GRACE_S,
+    seconds = _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S,
                                    signal.SIGTERM)
     assert seconds < 30
     assert len(worker_pids()) == 2

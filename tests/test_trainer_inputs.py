@@ -54,6 +54,15 @@ def _config(trainer, dataset_dir, root):
   return config
 
 
+def _stand_in_checkpoint(workdir, config):
+  """A step-1 checkpoint stored with `config` (its state: the MLP of tests/training_worker)."""
+  mesh = training.make_mesh(jax.devices()[:1])
+  ckpt = training.Checkpointer(os.path.join(workdir, "checkpoints"), config)
+  ckpt.save(1, training.create_train_state(tw.init_params_fn(), tw.make_tx(),
+                                           jax.random.PRNGKey(0), mesh), force=True)
+  ckpt.close()
+
+
 def _train(trainer, config, workdir):
   module = {"lam": lam_trainer, "skill": skill_trainer, "policy": policy_trainer}[trainer]
   return module.train_and_evaluate(config, workdir)
@@ -117,11 +126,7 @@ def test_refused_resume_leaves_the_workdir_as_it_was(trainer, toy_dataset, tmp_p
   """A workdir holding another run (its checkpoint and run_info.json): the trainer refuses to
   resume, and run_info.json still describes that run; nothing else is written."""
   workdir = str(tmp_path / "run")
-  mesh = training.make_mesh(jax.devices()[:1])
-  other = training.Checkpointer(os.path.join(workdir, "checkpoints"), tw.CONFIG)
-  other.save(1, training.create_train_state(tw.init_params_fn(), tw.make_tx(),
-                                            jax.random.PRNGKey(0), mesh), force=True)
-  other.close()
+  _stand_in_checkpoint(workdir, tw.CONFIG)
   info = run_info.write_run_info(workdir, tw.CONFIG)
   before = open(info, "rb").read()
   with pytest.raises(training.ConfigMismatchError, match="Refusing to resume"):
@@ -226,11 +231,7 @@ def test_a_checkpoint_without_skip_corrupted_is_resumed(trainer, toy_dataset, tm
     stored["model_config"] = networks.model_config(config).to_dict()
   del stored["data"]["skip_corrupted"]
   workdir = str(tmp_path / "run")
-  mesh = training.make_mesh(jax.devices()[:1])
-  earlier = training.Checkpointer(os.path.join(workdir, "checkpoints"), stored)
-  earlier.save(1, training.create_train_state(tw.init_params_fn(), tw.make_tx(),
-                                              jax.random.PRNGKey(0), mesh), force=True)
-  earlier.close()
+  _stand_in_checkpoint(workdir, stored)
   config.data.skip_corrupted = True
   with pytest.raises(training.CheckpointMismatchError):
     _train(trainer, config, workdir)

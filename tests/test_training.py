@@ -40,6 +40,12 @@ def new_state(mesh, tx=None):
                                      jax.random.PRNGKey(0), mesh)
 
 
+def checkpoint_at_step_1(mesh, directory, tx):
+  ckpt = training.Checkpointer(directory, tw.CONFIG)
+  ckpt.save(1, new_state(mesh, tx), force=True)
+  ckpt.close()
+
+
 def assert_trees_equal(a, b):
   a_leaves, a_def = jax.tree.flatten(a)
   b_leaves, b_def = jax.tree.flatten(b)
@@ -147,10 +153,7 @@ def test_keyboard_interrupt_saves_checkpoint(mesh, tmp_path):
 
 
 def test_mismatched_config_is_refused(mesh, tmp_path):
-  tx = tw.make_tx()
-  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
-  ckpt.save(1, new_state(mesh, tx), force=True)
-  ckpt.close()
+  checkpoint_at_step_1(mesh, tmp_path, tw.make_tx())
 
   other = {**tw.CONFIG, "model": {"hidden": 16}}
   with pytest.raises(training.ConfigMismatchError, match=r"model\.hidden: checkpoint 32 != "
@@ -379,9 +382,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_step_before(mesh, tmp_path,
 
 def test_no_readable_checkpoint_is_one_clear_error(mesh, tmp_path):
   tx = tw.make_tx()
-  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
-  ckpt.save(1, new_state(mesh, tx), force=True)
-  ckpt.close()
+  checkpoint_at_step_1(mesh, tmp_path, tx)
   for path in sorted((tmp_path / "1" / "state" / "d").iterdir()):
     path.write_bytes(b"")
   ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
