@@ -237,10 +237,22 @@ def make_dataset(
   return Pipeline(ds, sources, num_skipped)
 
 
-def list_episode_ids(spec: DatasetSpec | Mapping[str, Any]) -> list[str]:
-  """The episode ids of one dataset split, in a fixed order (sorted); images are not decoded."""
+def check_datasets(datasets: Sequence[DatasetSpec | Mapping[str, Any]]) -> None:
+  """Opens every dataset split without reading a record: a missing directory, metadata, split
+  or shard file, or an unregistered name, fails now (`schema.DatasetError`), before a trainer
+  builds anything."""
+  for spec in datasets:
+    spec = _as_spec(spec)
+    reader.get_source(spec.dataset_dir, spec.name, spec.split)
+
+
+def list_episode_ids(spec: DatasetSpec | Mapping[str, Any], *,
+                     skip_corrupted: bool = False) -> list[str]:
+  """The episode ids of one dataset split, in a fixed order (sorted); images are not decoded.
+  With `skip_corrupted`, those of the intact records only."""
   spec = _as_spec(spec)
-  ds, _, _ = trajectory_dataset(spec, TransformConfig(keys=("episode_id",)))
+  ds, _, _ = trajectory_dataset(spec, TransformConfig(keys=("episode_id",)),
+                                skip_corrupted=skip_corrupted)
   ds = ds.map(lambda t: t["episode_id"][0])
   return sorted(x.decode() for x in ds.as_numpy_iterator())
 

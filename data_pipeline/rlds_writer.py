@@ -77,8 +77,7 @@ class ShardedRLDSWriter:
             f"  on disk: {previous}\n  now:     {self._config}\n"
             "Delete the folder or rerun with the same settings to resume.")
     else:
-      with open(config_path, "w") as f:
-        json.dump(self._config, f, indent=1, sort_keys=True)
+      run_info.write_json_atomic(config_path, self._config)
 
   def is_finalized(self) -> bool:
     return os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json"))
@@ -92,8 +91,9 @@ class ShardedRLDSWriter:
     return os.path.join(self._progress_dir, f"{split}-{index:05d}.json")
 
   def is_done(self, split: str, index: int) -> bool:
-    """True if shard `index` of `split` was completely written by an earlier run."""
-    return os.path.exists(self._record_path(split, index))
+    """True if shard `index` of `split` was completely written by an earlier run (its progress
+    record exists and parses; a damaged one is warned about and the shard is redone)."""
+    return run_info.read_done_json(self._record_path(split, index)) is not None
 
   def write_shard(self, split: str, index: int, num_shards: int,
                   episodes: Iterable[Mapping[str, Any]]) -> int:
@@ -121,8 +121,9 @@ class ShardedRLDSWriter:
         os.remove(tmp_path)
       raise
     os.replace(tmp_path, path)
-    with open(self._record_path(split, index), "w") as f:
-      json.dump({"num_examples": count, "num_bytes": num_bytes, "num_shards": num_shards}, f)
+    run_info.write_json_atomic(self._record_path(split, index),
+                               {"num_examples": count, "num_bytes": num_bytes,
+                                "num_shards": num_shards})
     return count
 
   def _serialize(self, episode: Mapping[str, Any]) -> bytes:
@@ -142,8 +143,9 @@ class ShardedRLDSWriter:
       if fname == "config.json" or not fname.endswith(".json"):
         continue
       split, index = fname[:-len(".json")].rsplit("-", 1)
-      with open(os.path.join(self._progress_dir, fname)) as f:
-        records.setdefault(split, {})[int(index)] = json.load(f)
+      record = run_info.read_done_json(os.path.join(self._progress_dir, fname))
+      if record is not None:  # a damaged record: that shard is reported missing below
+        records.setdefault(split, {})[int(index)] = record
     if not records:
       raise ValueError(f"no finished shards in {self.dataset_dir}")
     split_infos = []

@@ -9,6 +9,8 @@ import platform
 import sys
 from typing import Any, Mapping
 
+from absl import logging
+
 PACKAGES = (
     "hilam_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy",
     "tensorflow-cpu", "tensorflow-datasets", "ml-collections", "absl-py", "minigrid",
@@ -36,8 +38,7 @@ def to_jsonable(config: Any) -> Any:
 
 def write_run_info(out_dir: str, config: Any, filename: str = "run_info.json",
                    extra: Mapping[str, Any] | None = None) -> str:
-  """Writes {config, package versions, command line, time} as JSON into `out_dir`."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes {config, package versions, command line, time} as JSON into `out_dir` (atomic)."""
   info = {
       "config": to_jsonable(config),
       "versions": package_versions(),
@@ -45,18 +46,41 @@ def write_run_info(out_dir: str, config: Any, filename: str = "run_info.json",
       "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       **(dict(extra) if extra else {}),
   }
-  path = os.path.join(out_dir, filename)
-  with open(path, "w") as f:
-    json.dump(info, f, indent=1, sort_keys=True)
-  return path
+  return write_json_atomic(os.path.join(out_dir, filename), info)
 
 
 def write_json_atomic(path: str, value: Any) -> str:
-  """Writes `value` as JSON to `path` via a temporary file and a rename: a reader (or a rerun
-  checking whether a step is done) sees the old file or the complete new one, never a part."""
+  """Writes `value` as JSON (keys sorted) to `path` via a temporary file in the same directory
+  and a rename: a reader, or a rerun checking whether a step is done, sees the old file or the
+  complete new one, never a part. The way to write every "done" marker (`read_done_json`)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  text = json.dumps(to_jsonable(value), indent=1)
   tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(value), f, indent=1)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
   return path
+
+
+def read_done_json(path: str) -> Any | None:
+  """The JSON a step wrote when it finished (`write_json_atomic`), or None if it is not done.
+
+  Not done: `path` is missing, or it does not parse (cut short by an earlier, non-atomic writer
+  or damaged): a warning names it, and the caller redoes the step, which rewrites it.
+  """
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    logging.warning("%s does not parse (%s): its step counts as not finished and is redone.",
+                    path, e)
+    return None

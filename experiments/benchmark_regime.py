@@ -31,6 +31,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from data_pipeline import run_info
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/benchmark_regime.py", "Benchmark config.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/benchmark_regime", "Output folder.")
@@ -121,9 +123,8 @@ def _train_and_evaluate(config, run: dict, dataset_dir: str, root: str) -> dict:
   from hilam_jax.training import metrics
   workdir = os.path.join(root, "runs", run["name"])
   done = os.path.join(workdir, "result.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      out = json.load(f)
+  out = run_info.read_done_json(done)  # None also if it does not parse: the run is redone
+  if out is not None:
     if "evaluations" not in out:  # written before evaluation modes existed: argmax
       out["evaluations"] = {"argmax": {
           "success_rate": out["success_rate"], "wilson_95": out["wilson_95"],
@@ -152,9 +153,7 @@ def _train_and_evaluate(config, run: dict, dataset_dir: str, root: str) -> dict:
   primary = out["evaluations"][modes[0]]
   out.update(success_rate=primary["success_rate"], eval_mode=modes[0],
              num_eval_episodes=primary["num_episodes"], eval_seed=config.eval.seed)
-  with open(done + ".tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(done + ".tmp", done)
+  run_info.write_json_atomic(done, out)
   return out
 
 

@@ -3,6 +3,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from hilam_jax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/main.py:default", "Main job config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "./runs/main", "Output folder (data, runs, report).")
@@ -20,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

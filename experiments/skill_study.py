@@ -27,6 +27,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from data_pipeline import run_info
+
 # name -> (config overrides as dotted keys, why it is in the study)
 SETTINGS = {
     "default": ({}, "the babyai skill config (N = (3, 3), window 64, lambda_ratio 0.03)"),
@@ -142,7 +144,7 @@ def run_seed(name: str, seed: int, out_dir: str, labels_dir: str, variant: str, 
   root = os.path.join(out_dir, name, f"seed{seed}")
   skills = os.path.join(root, "skills")
   done = os.path.join(root, "done.json")
-  if os.path.exists(done):
+  if run_info.read_done_json(done) is not None:  # one that does not parse: redone
     return skills
   _setup_worker()
   # pylint: disable=g-import-not-at-top
@@ -154,9 +156,9 @@ def run_seed(name: str, seed: int, out_dir: str, labels_dir: str, variant: str, 
   train_seconds = time.time() - start
   stats = extract.extract_skills(os.path.join(root, "train"), labels_dir, skills,
                                  splits=(split,))
-  with open(done, "w") as f:
-    json.dump({"final_eval": final, "train_seconds": train_seconds, "extract": stats,
-               "num_steps": config.num_steps, "common_overrides": common or {}}, f, indent=1)
+  run_info.write_json_atomic(done, {"final_eval": final, "train_seconds": train_seconds,
+                                    "extract": stats, "num_steps": config.num_steps,
+                                    "common_overrides": common or {}})
   logging.info("study: %s seed %d trained in %.0f s: %s", name, seed, train_seconds, final)
   return skills
 
@@ -175,11 +177,8 @@ def evaluate_setting(skills: list[str], dataset_dir: str, out_dir: str, split: s
 
 def _num_steps(name: str, seed: int) -> int | None:
   """Training steps of a finished (setting, seed), from its done.json."""
-  path = os.path.join(_OUT.value, name, f"seed{seed}", "done.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)["num_steps"]
+  done = run_info.read_done_json(os.path.join(_OUT.value, name, f"seed{seed}", "done.json"))
+  return None if done is None else done["num_steps"]
 
 
 def _as_json(overrides: dict) -> dict:
@@ -270,10 +269,7 @@ def main(argv):
                    "summary": report["summary"]}
     logging.info("study: %s\n%s", name, report["table"])
     order = [n for n in SETTINGS if n in study]
-    tmp = f"{study_path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(study, f, indent=1)
-    os.replace(tmp, study_path)
+    run_info.write_json_atomic(study_path, study)
     lines = [HEADER] + [study_row(n, study[n]["summary"], study[n]["seeds"]) for n in order]
     with open(os.path.join(_OUT.value, f"study{suffix}.md"), "w") as f:
       f.write(f"# Skill-discovery study ({_TRUTH.value} subtasks; test half; F1 ±2 frames; "

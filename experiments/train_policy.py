@@ -3,6 +3,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from hilam_jax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/train_policy.py:baku", "Policy training config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, TensorBoard).",
@@ -19,4 +21,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

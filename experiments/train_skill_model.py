@@ -3,6 +3,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from hilam_jax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/train_skill_model.py:babyai", "Skill model training config.",
     lock_config=True)
@@ -20,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -46,12 +46,13 @@ FLAT_TARGETS = {"flat_z0": "z0", "flat_z2": "s2"}
 
 
 def _stage(workdir: str, name: str, fn: Callable[[], Any]) -> Any:
-  """Runs `fn` once: its JSON result is stored in <workdir>/stages/<name>.json and reused."""
+  """Runs `fn` once: its JSON result is stored in <workdir>/stages/<name>.json and reused (a
+  file that does not parse counts as not done: the stage is redone, with a warning)."""
   path = os.path.join(workdir, "stages", f"{name}.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      logging.info("[%s] done before, reusing %s", name, path)
-      return json.load(f)
+  done = run_info.read_done_json(path)
+  if done is not None:
+    logging.info("[%s] done before, reusing %s", name, path)
+    return done
   logging.info("[%s] starting", name)
   start = time.perf_counter()
   result = fn()
@@ -227,9 +228,9 @@ def _worker_setup(cache_dir: str | None) -> None:
 def train_policy_job(workdir: str, config: dict, cache_dir: str | None = None) -> dict:
   """Trains one policy (cached: final_metrics.json marks a finished run). A `jobs.Job` function."""
   done = os.path.join(workdir, "final_metrics.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  finished = run_info.read_done_json(done)  # None also if it does not parse: trained again
+  if finished is not None:
+    return finished
   _worker_setup(cache_dir)
   from hilam_jax.policy import trainer  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -259,9 +260,9 @@ def evaluate_job(out_dir: str, spec: dict, eval_config: dict, level: str, demos_
   seed, or greedy if eval_config["actions"] == "argmax".
   """
   done = os.path.join(out_dir, "result.json")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+  finished = run_info.read_done_json(done)  # None also if it does not parse: evaluated again
+  if finished is not None:
+    return finished
   _worker_setup(cache_dir)
   from data_pipeline.sim import babyai as sim  # pylint: disable=g-import-not-at-top
   from hilam_jax.evaluation import babyai as babyai_eval  # pylint: disable=g-import-not-at-top

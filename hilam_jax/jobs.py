@@ -16,6 +16,10 @@ job whose dependencies are done in a pool of `num_workers` spawned processes and
   anything is imported (e.g. thread counts: `single_thread_env()`).
 - `num_workers=0` runs the jobs in this process, in dependency order (tests, debugging).
 - Progress: one log line per finished job with the count done and an ETA.
+- Interrupts: Ctrl-C, SIGINT or SIGTERM (preemption: `hilam_jax.preemption`) to the scheduling
+  process, or a job stopped by one, stop the run: the running jobs get the signal (a training
+  job saves a checkpoint) and a bounded grace period, no new job starts, and the interrupt
+  (`KeyboardInterrupt`, or its subclass `Preempted` for SIGTERM) is raised.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
+
+from hilam_jax import preemption
 
 INTERRUPT_GRACE_S = 60.0  # a running job's time to save and stop after an interrupt
 
@@ -59,6 +65,7 @@ def _init_worker(env: Mapping[str, str]) -> None:
   # pytest-xdist worker) passes that on to its children, and Python then raises no
   # KeyboardInterrupt: the interrupt this module forwards to its workers must reach their jobs.
   signal.signal(signal.SIGINT, signal.default_int_handler)
+  preemption.raise_on_sigterm()  # a job outside a train loop stops as on an interrupt
 
 
 def _check_graph(jobs: Sequence[Job]) -> dict[str, Job]:
@@ -107,18 +114,20 @@ def _timed(fn: Callable[..., Any], kwargs: Mapping[str, Any]) -> tuple[Any, floa
   return fn(**kwargs), time.perf_counter() - start
 
 
-def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, what: str, grace_s: float) -> None:
-  """Interrupts the pool's workers, gives their jobs `grace_s` to save and stop, then
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, what: str, grace_s: float,
+                  signum: int = signal.SIGINT) -> None:
+  """Sends `signum` to the pool's workers, gives their jobs `grace_s` to save and stop, then
   terminates the ones still alive.
 
   Ctrl-C in a terminal reaches every worker (one process group); a signal sent to the parent
-  alone does not: it is passed on, so that running jobs stop (and save) now. The pool's own
-  shutdown is not waited for: it can block on a worker the signal caught outside a job.
+  alone does not: it is passed on, so that running jobs stop (and save) now. SIGTERM is passed
+  on as SIGTERM: a train loop then saves at its next step boundary. The pool's own shutdown is
+  not waited for: it can block on a worker the signal caught outside a job.
   """
   processes = list((getattr(pool, "_processes", None) or {}).values())
   for process in processes:
     try:
-      os.kill(process.pid, signal.SIGINT)
+      os.kill(process.pid, signum)
     except (ProcessLookupError, OSError):
       pass
   pool.shutdown(wait=False, cancel_futures=True)
@@ -144,7 +153,19 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
     what: label of the progress lines.
     interrupt_grace_s: on an interrupt, the running jobs' time to save and stop before their
       workers are terminated.
+
+  Raises:
+    KeyboardInterrupt: interrupted (`preemption.Preempted` for SIGTERM), after the running
+      jobs stopped or the grace period ended. SIGTERM raises `Preempted` here while this runs.
+    RuntimeError: the first job that failed, after the running ones ended.
   """
+  with preemption.raising_on_sigterm():
+    return _run_jobs(jobs, num_workers=num_workers, worker_env=worker_env, what=what,
+                     interrupt_grace_s=interrupt_grace_s)
+
+
+def _run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, str] | None,
+              what: str, interrupt_grace_s: float) -> dict[str, Any]:
   if num_workers < 0:
     raise ValueError(f"num_workers must be >= 0, got {num_workers}")
   by_name = _check_graph(jobs)
@@ -187,6 +208,8 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
         name = running.pop(future)
         try:
           results[name], seconds = future.result()
+        except KeyboardInterrupt:
+          raise  # a job stopped by an interrupt (e.g. its worker got SIGTERM): stop the run
         except BaseException as e:  # pylint: disable=broad-except
           if error is None:
             error = (name, e)
@@ -196,9 +219,11 @@ def run_jobs(jobs: Sequence[Job], *, num_workers: int, worker_env: Mapping[str, 
           continue
         del pending[name]
         progress.finished(name, seconds)
-  except KeyboardInterrupt:
-    logging.warning("[%s] interrupted: stopping %d running job(s)", what, len(running))
-    _stop_workers(pool, what, interrupt_grace_s)
+  except KeyboardInterrupt as e:
+    preempted = isinstance(e, preemption.Preempted)
+    logging.warning("[%s] %s: stopping %d running job(s)", what,
+                    "preempted (SIGTERM)" if preempted else "interrupted", len(running))
+    _stop_workers(pool, what, interrupt_grace_s, signal.SIGTERM if preempted else signal.SIGINT)
     raise
   except BaseException:
     pool.shutdown(wait=False, cancel_futures=True)

@@ -80,15 +80,18 @@ def toy_episode(episode_index: int, num_steps: int) -> dict:
   }
 
 
-def write_toy_dataset(data_dir, name="pipetest_toy", splits=("train", "val")):
-  features = episode_features(
+def toy_features():
+  return episode_features(
       {"observation": {"image": tfds.features.Image(shape=(16, 16, 3), encoding_format="jpeg"),
                        "state": tfds.features.Tensor(shape=(2,), dtype=np.float32)},
        "action": tfds.features.Tensor(shape=(2,), dtype=np.float32),
        "language_instruction": tfds.features.Text(),
        "is_first": tf.bool, "is_last": tf.bool},
       {"seed": tf.int64})
-  writer = ShardedRLDSWriter(data_dir, name, features, config={"toy": True})
+
+
+def write_toy_dataset(data_dir, name="pipetest_toy", splits=("train", "val")):
+  writer = ShardedRLDSWriter(data_dir, name, toy_features(), config={"toy": True})
   for split_i, split in enumerate(splits):
     for shard in range(TOY_SHARDS):
       first = 100 * split_i + shard * TOY_EPISODES_PER_SHARD

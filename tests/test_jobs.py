@@ -92,7 +92,7 @@ def test_worker_env_is_set_in_workers():
 
 def _sleep_and_log(path: str, name: str, seconds: float) -> None:
   with open(path, "a") as f:
-    f.write(f"start {name}\n")
+    f.write(f"start {name} {os.getpid()}\n")
   time.sleep(seconds)
   with open(path, "a") as f:
     f.write(f"end {name}\n")
@@ -118,9 +118,9 @@ jobs.run_jobs(graph, num_workers=2, interrupt_grace_s=grace)
 """
 
 
-def _start_and_interrupt(log, fn, grace):
-  """Runs the 5-job graph in a subprocess, waits for both workers' jobs to start, sends SIGINT
-  to the parent alone; returns the seconds it took to exit."""
+def _start_and_interrupt(log, fn, grace, signum=None):
+  """Runs the 5-job graph in a subprocess, waits for both workers' jobs to start, sends
+  `signum` (default SIGINT) to the parent alone; returns the seconds it took to exit."""
   import signal  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -134,7 +134,7 @@ def _start_and_interrupt(log, fn, grace):
       time.sleep(0.2)
     assert open(log).read().count("start") == 2
     start = time.time()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT if signum is None else signum)
     proc.communicate(timeout=grace + 60)
     assert proc.returncode != 0
     return time.time() - start
@@ -162,3 +162,40 @@ def test_jobs_that_ignore_the_interrupt_are_terminated_after_the_grace_period(tm
   time.sleep(1)
   text = open(log).read()
   assert text.count("start") == 2 and "end" not in text
+
+
+def test_sigterm_to_the_parent_stops_the_run_like_an_interrupt(tmp_path):
+  """Preemption: SIGTERM to the scheduling process alone is passed on to the running jobs,
+  which stop (no job ends or starts), and every worker process exits with the parent."""
+  import signal  # pylint: disable=g-import-not-at-top
+  log = str(tmp_path / "log")
+
+  def worker_pids():
+    lines = open(log).read().splitlines() if os.path.exists(log) else []
+    return [int(line.split()[2]) for line in lines if line.startswith("start")]
+
+  try:
+    seconds = _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S,
+                                   signal.SIGTERM)
+    assert seconds < 30
+    assert len(worker_pids()) == 2
+
+    def alive(pid):
+      try:
+        os.kill(pid, 0)
+      except ProcessLookupError:
+        return False
+      return True
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(p) for p in worker_pids()):
+      time.sleep(0.2)
+    assert not [p for p in worker_pids() if alive(p)], "workers outlived their parent"
+    text = open(log).read()
+    assert text.count("start") == 2 and "end" not in text
+  finally:
+    for pid in worker_pids():  # the workers this test started, if they outlived the parent
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass

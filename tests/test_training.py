@@ -1,14 +1,17 @@
 """Tests of the shared training core `hilam_jax.training` on a tiny MLP regression."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from hilam_jax import preemption
 from hilam_jax import training
 from hilam_jax.training import metrics as metrics_lib
 from tests import training_worker as tw
@@ -35,6 +38,12 @@ def sharded_batches(mesh, start=0, poison_step=None):
 def new_state(mesh, tx=None):
   return training.create_train_state(tw.init_params_fn(), tx or tw.make_tx(),
                                      jax.random.PRNGKey(0), mesh)
+
+
+def checkpoint_at_step_1(mesh, directory, tx):
+  ckpt = training.Checkpointer(directory, tw.CONFIG)
+  ckpt.save(1, new_state(mesh, tx), force=True)
+  ckpt.close()
 
 
 def assert_trees_equal(a, b):
@@ -144,10 +153,7 @@ def test_keyboard_interrupt_saves_checkpoint(mesh, tmp_path):
 
 
 def test_mismatched_config_is_refused(mesh, tmp_path):
-  tx = tw.make_tx()
-  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
-  ckpt.save(1, new_state(mesh, tx), force=True)
-  ckpt.close()
+  checkpoint_at_step_1(mesh, tmp_path, tw.make_tx())
 
   other = {**tw.CONFIG, "model": {"hidden": 16}}
   with pytest.raises(training.ConfigMismatchError, match=r"model\.hidden: checkpoint 32 != "
@@ -253,3 +259,134 @@ def test_shard_batch_rejects_strings(mesh):
     training.shard_batch({**batch, "language": np.array(["pick"] * 16)}, mesh)
   with pytest.raises(ValueError, match=r"scalar"):
     training.shard_batch({"n": np.float32(3.0)}, mesh)
+
+
+def _wait_for(predicate, timeout, proc=None):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc is not None and proc.poll() is not None:
+      return predicate()
+    time.sleep(0.1)
+  return predicate()
+
+
+def test_sigterm_saves_at_a_step_boundary_exits_and_resumes(tmp_path):
+  """A real SIGTERM to a training process: it saves the step it is at (none due: checkpoints
+  every 1000 steps), exits with preemption.EXIT_CODE within 30 s, and the same command resumes
+  from that step and finishes."""
+  train_dir = tmp_path / "run"
+  train_dir.mkdir()
+  command = [sys.executable, "-m", "tests.training_worker", f"--train_dir={train_dir}",
+             "--num_steps=60", "--step_seconds=0.1"]
+  progress = train_dir / "progress"
+
+  def steps_started():
+    return len(progress.read_text().split()) if progress.exists() else 0
+
+  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    assert _wait_for(lambda: steps_started() >= 5, 240, proc), proc.communicate()[1][-3000:]
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    seconds = time.time() - sent
+  finally:
+    if proc.poll() is None:  # a failed test leaves no process behind
+      proc.kill()
+  print(f"SIGTERM to exit: {seconds:.2f} s")
+  assert proc.returncode == preemption.EXIT_CODE, stderr[-3000:]
+  assert seconds < 30
+  assert "SIGTERM: saving checkpoint at step" in stderr
+  ckpt = training.Checkpointer(train_dir / "checkpoints", {**tw.CONFIG, "num_steps": 60})
+  stopped_at = ckpt.latest_step()
+  ckpt.close()
+  # The step of the last batch taken, or the one before it (the signal came while fetching).
+  assert stopped_at is not None and 5 <= stopped_at < 60
+  assert stopped_at in (steps_started(), steps_started() - 1)
+
+  rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert int((train_dir / "start_step").read_text()) == stopped_at
+  ckpt = training.Checkpointer(train_dir / "checkpoints", {**tw.CONFIG, "num_steps": 60})
+  assert ckpt.latest_step() == 60
+  ckpt.close()
+
+
+def test_sigterm_handler_is_the_loops_only_while_it_runs(mesh, tmp_path):
+  """The loop's SIGTERM handler is restored afterwards, and a SIGTERM that arrives during the
+  run (here: while a batch is fetched) stops it after a checkpoint of the step it reached."""
+  tx = tw.make_tx()
+
+  def outside_the_loop(signum, frame):
+    raise RuntimeError("SIGTERM reached the handler installed outside the loop")
+
+  def batches():
+    source = sharded_batches(mesh)
+    for step in range(10):
+      if step == 3:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes: sets the flag
+      yield next(source)
+
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  previous = signal.signal(signal.SIGTERM, outside_the_loop)
+  try:
+    with pytest.raises(preemption.Preempted, match="step 4"):
+      training.train_loop(state=new_state(mesh, tx),
+                          train_step=training.make_train_step(tw.loss_fn, tx, mesh),
+                          batches=batches(), num_steps=10, checkpointer=ckpt)
+    assert signal.getsignal(signal.SIGTERM) is outside_the_loop
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert ckpt.all_steps() == [4]
+  ckpt.close()
+
+
+@pytest.mark.parametrize("damaged", ["state/d", "config/metadata"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_step_before(mesh, tmp_path, caplog, damaged):
+  """Truncated files in the newest step (the state's array data, or its config JSON): resuming
+  restores the step before with a warning naming the damaged one, which is set aside so that
+  training saves that step again."""
+  tx = tw.make_tx()
+  train_step = training.make_train_step(tw.loss_fn, tx, mesh)
+  abstract = training.abstract_train_state(tw.init_params_fn(), tx, mesh)
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  final = training.train_loop(state=new_state(mesh, tx), train_step=train_step,
+                              batches=sharded_batches(mesh), num_steps=4, checkpointer=ckpt,
+                              checkpoint_every=2, log_every=100)
+  at_2 = ckpt.restore(abstract, step=2)
+  ckpt.close()
+  victim = tmp_path / "4" / damaged
+  for path in (sorted(victim.iterdir()) if victim.is_dir() else [victim]):
+    with open(path, "r+b") as f:
+      f.truncate(path.stat().st_size // 2)
+
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  restored = ckpt.restore(abstract)
+  assert int(restored.step) == 2
+  assert_trees_equal(restored, at_2)
+  assert "Checkpoint step 4" in caplog.text and "unreadable" in caplog.text
+  assert ckpt.all_steps() == [2] and (tmp_path / "4.corrupt").is_dir()
+  resumed = training.train_loop(state=restored, train_step=train_step,
+                                batches=sharded_batches(mesh, start=2), num_steps=4,
+                                checkpointer=ckpt)
+  ckpt.close()
+  assert_trees_equal(resumed, final)
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  assert ckpt.all_steps() == [2, 4]
+  assert_trees_equal(ckpt.restore(abstract), final)
+  ckpt.close()
+
+
+def test_no_readable_checkpoint_is_one_clear_error(mesh, tmp_path):
+  tx = tw.make_tx()
+  checkpoint_at_step_1(mesh, tmp_path, tx)
+  for path in sorted((tmp_path / "1" / "state" / "d").iterdir()):
+    path.write_bytes(b"")
+  ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
+  with pytest.raises(training.CorruptCheckpointError, match=r"can be read: step 1: ValueError"):
+    ckpt.restore(training.abstract_train_state(tw.init_params_fn(), tx, mesh))
+  assert ckpt.all_steps() == [1]  # nothing set aside
+  ckpt.close()

@@ -5,11 +5,21 @@ compare a forced 8-host-device run (XLA_FLAGS=--xla_force_host_platform_device_c
 must be set before jax is imported, hence the subprocess) against a 1-device run:
 
   python -m tests.training_worker --out=/tmp/result.npz [--checkpoint_dir=/tmp/ckpt]
+
+With --train_dir it is a resumable training run instead (`train_loop` with a checkpointer, as a
+launch script: `preemption.exit_on_preemption`), slowed to --step_seconds per batch so that a
+test can signal it mid-run; it logs each step it starts to <train_dir>/progress and the step it
+resumed from to <train_dir>/start_step:
+
+  python -m tests.training_worker --train_dir=/tmp/run --num_steps=60 --step_seconds=0.1
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -17,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hilam_jax import preemption
 from hilam_jax import training
 
 GLOBAL_BATCH, FEATURES, HIDDEN = 16, 4, 32
@@ -86,12 +97,44 @@ def run(mesh, num_steps: int = 5, checkpoint_dir: str | None = None) -> dict:
           "step": int(state.step)}
 
 
-def main():
+def train_resumable(train_dir: str, num_steps: int, step_seconds: float) -> int:
+  """Trains (or resumes) to `num_steps` in `train_dir`; returns the final step."""
+  mesh = training.make_mesh()
+  tx = make_tx()
+  checkpointer = training.Checkpointer(os.path.join(train_dir, "checkpoints"),
+                                       {**CONFIG, "num_steps": num_steps})  # saves every 1000
+  state = training.create_train_state(init_params_fn(), tx, jax.random.PRNGKey(0), mesh)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+  start = int(state.step)
+  with open(os.path.join(train_dir, "start_step"), "w") as f:
+    f.write(str(start))
+
+  def batches():
+    for step in range(start, num_steps):
+      time.sleep(step_seconds)
+      with open(os.path.join(train_dir, "progress"), "a") as f:
+        f.write(f"{step}\n")
+      yield training.shard_batch(batch_for_step(step), mesh)
+
+  state = training.train_loop(state=state, train_step=training.make_train_step(loss_fn, tx, mesh),
+                              batches=batches(), num_steps=num_steps, checkpointer=checkpointer,
+                              log_every=10)
+  checkpointer.close()
+  return int(state.step)
+
+
+def main(argv):
   parser = argparse.ArgumentParser()
-  parser.add_argument("--out", required=True)
+  parser.add_argument("--out", default=None)
   parser.add_argument("--num_steps", type=int, default=5)
   parser.add_argument("--checkpoint_dir", default=None)
-  args = parser.parse_args()
+  parser.add_argument("--train_dir", default=None)
+  parser.add_argument("--step_seconds", type=float, default=0.0)
+  args = parser.parse_args(argv[1:])
+  if args.train_dir:
+    train_resumable(args.train_dir, args.num_steps, args.step_seconds)
+    return
   mesh = training.make_mesh()
   result = run(mesh, args.num_steps, args.checkpoint_dir)
   try:  # a per-process batch that the local devices cannot split evenly
@@ -105,4 +148,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  preemption.exit_on_preemption(main)(sys.argv)

@@ -38,6 +38,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 10_000
   # Augmentation off by default: a random crop of grid-world frames moves the grid itself.
   config.data.augment = None
+  # A corrupted record fails with its file named; True reads only intact records (and counts
+  # the rest). May be turned on when resuming.
+  config.data.skip_corrupted = False
 
   # The LAM (hilam_jax/lam/model.py LAMConfig fields). A CPU-sized model.
   config.lam = lam_model.LAMConfig.tiny(latent_dim=16, z_l2_weight=1e-3).to_dict()

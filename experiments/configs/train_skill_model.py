@@ -70,6 +70,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # segment-level objective beside the paper's: each stage's chunks alone must predict z^0_{t+1}.
   config.lambda_aux = 0.0
   config.data.rec_positions = 2
+  # L_rec's frames: a corrupted record fails with its file named; True reads only intact records
+  # and leaves out the windows of the episodes it skipped. May be turned on when resuming.
+  config.data.skip_corrupted = False
   # The frozen LAM of L_rec; None: the LAM named in the label manifest (must match its k and Dz).
   config.lam_workdir = ml_collections.config_dict.placeholder(str)
 

@@ -160,10 +160,7 @@ def label_datasets(lam: interface.FrozenDynamicsModel, datasets: Sequence[dict],
     manifest = dict(identity)
     manifest["shards"] = [os.path.relpath(j.out_path, out_dir) for j in jobs]
     manifest["versions"] = run_info.package_versions()
-    tmp = manifest_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path)
+    run_info.write_json_atomic(manifest_path, manifest)
   seconds = time.perf_counter() - start
   return {"shards_done": len(todo), "shards_total": len(jobs), "pairs": pairs,
           "seconds": seconds, "pairs_per_second": pairs / seconds if seconds else 0.0,

@@ -28,6 +28,9 @@ from hilam_jax.lam import losses
 from hilam_jax.lam import model as lam_model
 
 PAIR_KEYS = ("observation/image_primary", "next_observation/image_primary")
+# Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
+# after one was found; also absent from checkpoints written before the option existed).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 
 def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
@@ -43,7 +46,7 @@ def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
       [dict(d) for d in data[split_key]], batch_size=batch_size, transforms=transforms,
       shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
       seed=seed, repeat=repeat, process_index=jax.process_index(),
-      process_count=jax.process_count())
+      process_count=jax.process_count(), skip_corrupted=bool(data.get("skip_corrupted", False)))
 
 
 def to_model_batch(batch: dict) -> dict:
@@ -53,14 +56,23 @@ def to_model_batch(batch: dict) -> dict:
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) a LAM in `workdir`; returns the final eval metrics."""
-  os.makedirs(workdir, exist_ok=True)
-  run_info.write_run_info(workdir, config)
+  """Trains (or resumes) a LAM in `workdir`; returns the final eval metrics.
+
+  The config, the datasets and a resumed run's stored config are checked before anything is
+  built or written (a refused run leaves the workdir as it was).
+  """
+  training.check_run_config(config)
   lam_config = lam_model.LAMConfig.from_dict(dict(config.lam))
   image_size = tuple(config.data.image_size)
   if any(s % lam_config.total_stride for s in image_size):
     raise ValueError(f"image_size {image_size} must be divisible by the LAM's total stride "
                      f"{lam_config.total_stride}")
+  dp.check_datasets([dict(d) for d in (*config.data.train, *config.data.val)])
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
+      save_interval_steps=config.checkpoint_every, allowed_config_changes=ALLOWED_CHANGES)
+  run_info.write_run_info(workdir, config)
   module = lam_model.LatentActionModel(lam_config)
   mesh = training.make_mesh()
   tx = training.make_optimizer(config)
@@ -69,14 +81,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     frames = jnp.zeros((1, *image_size, 3), jnp.uint8)
     return module.init(rng, frames, frames)["params"]
 
-  checkpointer = training.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
-      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
   rng = jax.random.key(config.seed)
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
-    logging.info("resumed from step %d", latest)
+    logging.info("resumed from step %d", int(state.step))  # may fall back from `latest`
   else:
     state = training.create_train_state(init_params, tx, rng, mesh)
   start_step = int(state.step)

@@ -84,6 +84,9 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   config.data.image_size = (56, 56)
   config.data.augment = True            # DrQ/BAKU random shift (train only)
   config.data.shuffle_buffer = 5000
+  # A corrupted record fails with its file named; True reads only intact records (and counts
+  # the rest). May be turned on when resuming.
+  config.data.skip_corrupted = False
   # Keep the training split's trajectories in memory after the first epoch (`make_dataset`'s
   # cache: "decoded", "encoded" or "" for none): a demo fraction is otherwise re-filtered from
   # every shard each epoch (measured 118 vs 5 ms per batch at 10% of 1,000 UnlockLocal demos),

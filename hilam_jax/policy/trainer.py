@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import math
 import os
 from typing import Any, Mapping
@@ -59,6 +58,9 @@ from hilam_jax.policy import networks
 from hilam_jax.skill import extract as skill_extract
 
 ROLES = ("flat", "high", "low")
+# Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
+# after one was found; also absent from checkpoints written before the option existed).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -103,13 +105,15 @@ def label_tables(labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
   return tables
 
 
-def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0) -> list[str] | None:
-  """A nested subset: the first ceil(fraction * n) episode ids in a seeded hash order."""
+def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0, *,
+                    skip_corrupted: bool = False) -> list[str] | None:
+  """A nested subset: the first ceil(fraction * n) episode ids in a seeded hash order (of the
+  readable episodes with `skip_corrupted`)."""
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"episode_fraction must be in (0, 1], got {fraction}")
   if fraction == 1.0:
     return None
-  ids = dp.list_episode_ids(spec)
+  ids = dp.list_episode_ids(spec, skip_corrupted=skip_corrupted)
   order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
   return order[:max(1, math.ceil(fraction * len(ids)))]
 
@@ -170,6 +174,7 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
       shuffle_buffer=config.data.shuffle_buffer if train else 1000, labels=dict(tables),
       drop_unlabeled=bool(tables), episode_ids=episode_ids,
       cache=(config.data.get("cache") or None) if train else None,
+      skip_corrupted=bool(config.data.get("skip_corrupted", False)),
       process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -225,11 +230,25 @@ def policy_loss(params, batch, rng, *, module, head_cfgs, high=None, train=True)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) one policy in `workdir`; returns the final validation metrics."""
+  """Trains (or resumes) one policy in `workdir`; returns the final validation metrics.
+
+  The config, the datasets and label folders, and a resumed run's stored config are checked
+  before anything is built or written (a refused run leaves the workdir as it was).
+  """
   _check_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  run_info.write_run_info(workdir, config)
+  training.check_run_config(config)
+  dp.check_datasets([dict(s, split=config.data.train_split) for s in config.data.train] +
+                    [dict(s, split=config.data.val_split) for s in config.data.val])
+  for join_key, spec in config.data.labels.items():
+    if not os.path.exists(os.path.join(spec["dir"], labeling.MANIFEST)):
+      raise FileNotFoundError(f"label {join_key!r}: no manifest in {spec['dir']}")
   cfg = networks.model_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
+      max_to_keep=1, save_interval_steps=config.checkpoint_every,
+      allowed_config_changes=ALLOWED_CHANGES)
+  run_info.write_run_info(workdir, config)
   module = baku.BakuPolicy(cfg)
   head_cfgs = cfg.heads
   image_size = tuple(config.data.image_size)
@@ -268,18 +287,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     return params
 
   train_spec = dict(config.data.train[0], split=config.data.train_split)
-  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed)
+  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
+                                skip_corrupted=bool(config.data.get("skip_corrupted", False)))
   extra["episodes"] = len(episode_ids) if episode_ids is not None else "all"
   tables = label_tables(config.data.labels)
 
-  checkpointer = training.Checkpointer(
-      os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
-      max_to_keep=1, save_interval_steps=config.checkpoint_every,
-      allowed_config_changes=("num_steps",))
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
-    logging.info("resumed from step %d", latest)
+    logging.info("resumed from step %d", int(state.step))  # may fall back from `latest`
   else:
     state = training.create_train_state(init_params, tx, jax.random.key(config.seed), mesh)
   start_step = int(state.step)
@@ -310,8 +326,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
-  with open(os.path.join(workdir, "policy.json"), "w") as f:
-    json.dump(extra, f, indent=1)
+  run_info.write_json_atomic(os.path.join(workdir, "policy.json"), extra)
   progress_keys = ("loss",) + tuple(
       f"{n}/accuracy" for n, h in config.heads.items() if h["kind"] == "categorical")
   return training.run_training(

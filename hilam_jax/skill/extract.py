@@ -160,9 +160,7 @@ def extract_skills(workdir: str, labels_dir: str, out_dir: str, *, step: int | N
               "labels_lam": label_manifest.get("lam"), "frame_gap": label_manifest.get("frame_gap"),
               "window": window, "hop": extractor.hop, "normalization": normalization, "keys": list(KEYS), "shards": rels,
               "versions": run_info.package_versions()}
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=1)
+  run_info.write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
   return {"shards": len(rels), "episodes": episodes, "frames": frames}
 
 

@@ -65,6 +65,9 @@ def load_split_latents(labels_dir: str, split: str) -> dict[str, np.ndarray]:
 
 
 NORMALIZATION_FILE = "latent_normalization.json"
+# Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
+# after one was found; also absent from checkpoints written before the option existed).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 
 def latent_statistics(latents: dict[str, np.ndarray]) -> dict[str, list[float]]:
@@ -102,10 +105,7 @@ def resolve_normalization(config: Any, workdir: str,
     raise FileNotFoundError(f"{path} missing: data.normalize='zscore' needs the statistics the "
                             "model was trained with")
   stats = latent_statistics(train_latents)
-  os.makedirs(workdir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(stats, f)
-  os.replace(path + ".tmp", path)
+  run_info.write_json_atomic(path, stats)
   return stats
 
 
@@ -160,8 +160,12 @@ class EpisodeFrames:
 
 
 def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
-                      episode_ids: set[str]) -> EpisodeFrames:
-  """Frames of the labelled episodes of `split`, read from the datasets named in the manifest."""
+                      episode_ids: set[str], skip_corrupted: bool = False) -> EpisodeFrames:
+  """Frames of the labelled episodes of `split`, read from the datasets named in the manifest.
+
+  A corrupted record raises `CorruptedRecordError` naming its file; with `skip_corrupted` only
+  intact records are read and the episodes of the others are left out (with a warning).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import frame_transforms as ft  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
@@ -174,16 +178,25 @@ def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
   size = tuple(int(s) for s in image_size)
   per_episode: dict[str, np.ndarray] = {}
   for spec in specs:
-    ds = reader.read_trajectories(spec["dataset_dir"], spec.get("name"), split)
+    source = reader.get_source(spec["dataset_dir"], spec.get("name"), split)
+    ds = reader.read_trajectories(spec["dataset_dir"], source=source,
+                                  skip_corrupted=skip_corrupted)
     ds = ds.map(lambda t: (t["episode_id"][0],
                            ft.decode_images(t["observation"]["image_primary"], size)),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    for episode_id, frames in ds.as_numpy_iterator():
-      episode_id = episode_id.decode()
-      if episode_id in episode_ids:
-        per_episode[episode_id] = frames
+    try:
+      for episode_id, frames in ds.as_numpy_iterator():
+        episode_id = episode_id.decode()
+        if episode_id in episode_ids:
+          per_episode[episode_id] = frames
+    except tf.errors.DataLossError:
+      reader.raise_for_corruption(source.files, source.shard_lengths)
+      raise
   missing = sorted(episode_ids - set(per_episode))
-  if missing:
+  if missing and skip_corrupted:
+    logging.warning("%d labelled episodes of split %r are in unreadable records (skipped), "
+                    "e.g. %s", len(missing), split, missing[:3])
+  elif missing:
     raise ValueError(f"{len(missing)} labelled episodes of split {split!r} not found in the "
                      f"manifest's datasets, e.g. {missing[:3]}")
   order = sorted(per_episode)
@@ -302,10 +315,30 @@ def check_lam_matches_labels(lam: interface.FrozenDynamicsModel, manifest: dict)
                      f"labels (k={manifest['frame_gap']}, Dz={manifest['latent_dim']})")
 
 
+def check_inputs(config: Any) -> None:
+  """The label folder has a manifest; with L_rec the datasets it names (the frames) exist."""
+  manifest_path = os.path.join(config.data.labels_dir, labeling.MANIFEST)
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(f"config.data.labels_dir {config.data.labels_dir!r}: no label "
+                            f"manifest {labeling.MANIFEST} (labeling not run or unfinished?)")
+  if config.lambda_rec:
+    from data_pipeline import dataset as dp  # pylint: disable=g-import-not-at-top
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+    dp.check_datasets([{"dataset_dir": d["dataset_dir"], "name": d.get("name"),
+                        "split": d.get("split", "train")} for d in manifest.get("datasets", [])
+                       if d.get("split", "train") in (config.data.train_split,
+                                                      config.data.val_split)])
+
+
 def train_and_evaluate(config: Any, workdir: str,
                        frozen_lam: Optional[interface.FrozenDynamicsModel] = None
                        ) -> dict[str, float]:
   """Trains (or resumes) a skill model in `workdir`; returns the final eval metrics.
+
+  The config, the label folder (and with L_rec the datasets it names) and a resumed run's
+  stored config are checked before anything is built or written (a refused run leaves the
+  workdir as it was).
 
   Args:
     config: see experiments/configs/train_skill_model.py.
@@ -313,7 +346,12 @@ def train_and_evaluate(config: Any, workdir: str,
     frozen_lam: the frozen model for L_rec (tests); None loads `resolve_frozen_lam(config)` when
       `config.lambda_rec > 0`. Unused when lambda_rec == 0.
   """
+  training.check_run_config(config)
+  check_inputs(config)
   os.makedirs(workdir, exist_ok=True)
+  checkpointer = training.Checkpointer(
+      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
+      save_interval_steps=config.checkpoint_every, allowed_config_changes=ALLOWED_CHANGES)
   run_info.write_run_info(workdir, config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   module = skill_model.SkillModel(model_config)
@@ -336,8 +374,6 @@ def train_and_evaluate(config: Any, workdir: str,
                  np.round(normalization["std"], 3).tolist())
     train_latents = normalize_latents(train_latents, normalization)
     val_latents = normalize_latents(val_latents, normalization)
-  train_windows = make_windows(train_latents, window, hop)
-  val_windows = make_windows(val_latents, window, hop)
   train_frames = val_frames = None
   rec_positions = 0
   if config.lambda_rec:
@@ -347,13 +383,22 @@ def train_and_evaluate(config: Any, workdir: str,
       with open(os.path.join(config.data.labels_dir, labeling.MANIFEST)) as f:
         check_lam_matches_labels(frozen_lam, json.load(f))
     rec_positions = min(config.data.rec_positions or window, window)
-    train_frames, val_frames = (
-        make_window_frames(
-            latents, load_split_frames(config.data.labels_dir, split, frozen_lam.image_size,
-                                       set(latents)),
-            window, hop, frozen_lam.frame_gap)
+    skip_corrupted = bool(config.data.get("skip_corrupted", False))
+    split_frames = [
+        load_split_frames(config.data.labels_dir, split, frozen_lam.image_size, set(latents),
+                          skip_corrupted=skip_corrupted)
         for latents, split in ((train_latents, config.data.train_split),
-                               (val_latents, config.data.val_split)))
+                               (val_latents, config.data.val_split))]
+    # Episodes in unreadable records (skip_corrupted) have no frames: their windows go too.
+    train_latents, val_latents = (
+        {e: z for e, z in latents.items() if e in frames.lengths}
+        for latents, frames in zip((train_latents, val_latents), split_frames))
+    train_frames, val_frames = (
+        make_window_frames(latents, frames, window, hop, frozen_lam.frame_gap)
+        for latents, frames in zip((train_latents, val_latents), split_frames))
+  train_windows = make_windows(train_latents, window, hop)
+  val_windows = make_windows(val_latents, window, hop)
+  if config.lambda_rec:
     logging.info("L_rec: %s frames of %s in memory (%.0f MB), %d positions per window",
                  f"{len(train_frames.frames) + len(val_frames.frames):,}",
                  frozen_lam.image_size,
@@ -368,9 +413,6 @@ def train_and_evaluate(config: Any, workdir: str,
         rng, np.zeros((1, window, model_config.latent_dim), np.float32),
         np.ones((1, window), bool))["params"]
 
-  checkpointer = training.Checkpointer(
-      os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
-      save_interval_steps=config.checkpoint_every, allowed_config_changes=("num_steps",))
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(training.abstract_train_state(init_params, tx, mesh))
     logging.info("resumed from step %d", int(state.step))

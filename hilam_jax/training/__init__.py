@@ -4,13 +4,15 @@ mesh         one 1-D "data" mesh over all devices; shardings; per-process batch 
 train_state  pure `TrainState`, sharded init, jitted train/eval steps (explicit shardings)
 checkpoint   orbax composite checkpoints (state, params, config, versions, extra), strict restore
 metrics      TensorBoard writer (process 0) and a progress line with steps/s and ETA
-loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on interrupt
+loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on interrupt and
+             on SIGTERM (preemption)
 """
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
-                                           ConfigMismatchError, load_checkpoint_config,
-                                           params_sha256, restore_params)
-from hilam_jax.training.loop import (NonFiniteError, check_finite, finish_run, run_eval,
-                                     run_training, train_loop)
+                                           ConfigMismatchError, CorruptCheckpointError,
+                                           load_checkpoint_config, params_sha256,
+                                           restore_params)
+from hilam_jax.training.loop import (NonFiniteError, check_finite, check_run_config, finish_run,
+                                     run_eval, run_training, train_loop)
 from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch,
                                      replicated_sharding, shard_batch, shard_batches)
 from hilam_jax.training.metrics import MetricWriter, Progress
@@ -18,8 +20,10 @@ from hilam_jax.training.train_state import (TrainState, abstract_train_state, cr
                                             make_eval_step, make_optimizer, make_train_step)
 
 __all__ = [
-    "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "MetricWriter",
+    "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "CorruptCheckpointError",
+    "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
+    "check_run_config",
     "create_train_state", "data_sharding", "finish_run", "load_checkpoint_config",
     "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
     "per_process_batch", "replicated_sharding",

@@ -11,6 +11,11 @@ Every saved step `<directory>/<step>/` holds five items:
 Restores are strict: the target's tree paths, shapes and dtypes are compared against the
 checkpoint's metadata first, and any missing/unexpected key or shape/dtype mismatch raises a
 `CheckpointMismatchError` naming the paths, never a silent partial restore.
+
+A damaged checkpoint (a truncated or corrupt file: a full disk, a copy cut short) is another
+matter: resuming (`Checkpointer.restore` of the latest step) falls back, with a warning naming
+the step, to the newest step that reads, and sets the unreadable ones aside as
+`<directory>/<step>.corrupt` so that training saves those steps again.
 """
 from __future__ import annotations
 
@@ -35,6 +40,16 @@ class ConfigMismatchError(ValueError):
 
 class CheckpointMismatchError(ValueError):
   """A restore target's structure, shapes or dtypes differ from the checkpoint's."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """No step of a checkpoint directory can be read."""
+
+
+def _short_error(error: BaseException) -> str:
+  """"Type: first line" of an exception (orbax and tensorstore errors run to many lines)."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 def _abspath(directory: str | os.PathLike) -> str:
@@ -248,12 +263,18 @@ class Checkpointer:
     self._manager = _open_manager(self.directory, ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True,
         cleanup_tmp_directories=True))  # unfinished saves of an interrupted run
-    latest = self.latest_step()
-    if latest is not None:
-      self._check_stored(latest, allowed_config_changes)
+    self._restored_step: int | None = None
+    for step in reversed(self.all_steps()):  # the newest step whose config reads
+      try:
+        stored = _restore_json(self._manager, step, "config")
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint step %d in %s: config unreadable (%s); comparing with the "
+                        "step before.", step, self.directory, _short_error(e))
+        continue
+      self._check_stored(step, stored, allowed_config_changes)
+      break
 
-  def _check_stored(self, step: int, allowed: Sequence[str]) -> None:
-    stored = _restore_json(self._manager, step, "config")
+  def _check_stored(self, step: int, stored: Any, allowed: Sequence[str]) -> None:
     diffs = config_differences(stored, self.config, ignore=allowed)
     if diffs:
       raise ConfigMismatchError(
@@ -264,8 +285,13 @@ class Checkpointer:
     allowed_diffs = config_differences(stored, self.config)
     if allowed_diffs:
       logging.warning("Resuming with allowed config changes:\n  %s", "\n  ".join(allowed_diffs))
-    version_diffs = config_differences(_restore_json(self._manager, step, "versions"),
-                                       self.versions)
+    try:
+      version_diffs = config_differences(_restore_json(self._manager, step, "versions"),
+                                         self.versions)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Checkpoint step %d in %s: package versions unreadable (%s).", step,
+                      self.directory, _short_error(e))
+      version_diffs = []
     if version_diffs:
       logging.warning("Package versions differ from the checkpoint's:\n  %s",
                       "\n  ".join(version_diffs))
@@ -304,26 +330,75 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, step: int | None = None, *,
               mesh: jax.sharding.Mesh | None = None) -> Any:
-    """Strictly restores the full train state (default: latest step).
+    """Strictly restores the full train state (default: the newest step that reads).
+
+    Without `step`, a step whose files cannot be read (truncated, corrupt) is skipped with a
+    warning naming it, the next older one is tried, and once one restores the unreadable newer
+    steps are renamed to `<step>.corrupt` (orbax ignores them; training saves those steps
+    again). A structure mismatch is never skipped: it is a config error, not damage.
 
     Args:
       abstract_state: the target: a `TrainState` of ShapeDtypeStructs
         (`abstract_train_state`, `jax.eval_shape`) or of concrete arrays (a freshly created
         state); restored leaves get its shardings (shardless leaves: replicated over `mesh`).
-      step: which step; default latest.
+      step: which step (no fallback); default: the newest intact one.
       mesh: only for shardless abstract leaves; default `make_mesh()`.
 
     Raises:
       FileNotFoundError: no such checkpoint.
       CheckpointMismatchError: missing/unexpected keys or shape/dtype mismatches.
+      CorruptCheckpointError: no step can be read (nothing is renamed then).
     """
     self.wait_until_finished()
-    step = self._resolve(step)
-    return _restore_item(self._manager, self.directory, step, "state", abstract_state, mesh)
+    if step is not None:
+      step = self._resolve(step)
+      return _restore_item(self._manager, self.directory, step, "state", abstract_state, mesh)
+    self._resolve(None)  # FileNotFoundError without any step
+    unreadable: list[tuple[int, Exception]] = []
+    for step in reversed(self.all_steps()):
+      try:
+        _restore_json(self._manager, step, "config")
+        state = _restore_item(self._manager, self.directory, step, "state", abstract_state,
+                              mesh)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("Checkpoint step %d in %s is unreadable (%s); trying the step before.",
+                        step, self.directory, _short_error(e))
+        unreadable.append((step, e))
+        continue
+      if unreadable:
+        self._set_aside([s for s, _ in unreadable])
+        logging.warning("Restored step %d of %s, the newest intact checkpoint; unreadable "
+                        "newer steps %s were renamed to <step>.corrupt.", step, self.directory,
+                        [s for s, _ in unreadable])
+      self._restored_step = step
+      return state
+    raise CorruptCheckpointError(
+        f"No checkpoint in {self.directory} can be read: " + "; ".join(
+            f"step {s}: {_short_error(e)}" for s, e in unreadable) +
+        ". Move the directory away to start afresh.") from unreadable[0][1]
+
+  def _set_aside(self, steps: Sequence[int]) -> None:
+    """Renames step folders to `<step>.corrupt` (kept for inspection, ignored by orbax)."""
+    if "://" in self.directory:
+      logging.warning("Cannot rename unreadable steps %s of %s (not a local path): a save of "
+                      "those steps will be skipped.", list(steps), self.directory)
+      return
+    for step in steps:
+      path = os.path.join(self.directory, str(step))
+      target, n = f"{path}.corrupt", 1
+      while os.path.exists(target):
+        target, n = f"{path}.corrupt{n}", n + 1
+      if os.path.isdir(path):
+        os.rename(path, target)
+    self._manager.reload()
 
   def restore_extra(self, step: int | None = None) -> dict[str, Any]:
-    """The `extra` JSON saved with a step (default latest)."""
+    """The `extra` JSON saved with a step (default: the step `restore` returned, else latest)."""
     self.wait_until_finished()
+    if step is None:
+      step = self._restored_step
     return _restore_json(self._manager, self._resolve(step), "extra")
 
   def _resolve(self, step: int | None) -> int:

@@ -3,6 +3,10 @@
 Host synchronisation is kept off the critical path: the metrics of step k are fetched (and
 checked for NaN/Inf) after step k+1 has been dispatched, except at log, eval and checkpoint
 steps, which wait for their own step so that a checkpoint never holds an unchecked state.
+
+Preemption (`hilam_jax.preemption`): while the loop runs, SIGTERM only sets a flag; at the next
+step boundary the loop checks the pending metrics, saves a checkpoint of the current step, waits
+for it and raises `Preempted` (a KeyboardInterrupt), and a rerun resumes from that step.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from hilam_jax import preemption
 from hilam_jax.training.checkpoint import Checkpointer
 from hilam_jax.training.metrics import MetricWriter, Progress
 
@@ -86,6 +91,31 @@ def run_eval(eval_step: Callable[[Any, Any, jax.Array], Mapping[str, jax.Array]]
   return {k: float(v) / count for k, v in jax.device_get(sums).items()}
 
 
+def check_run_config(config: Any) -> None:
+  """Refuses settings every trainer needs, before anything is built or written.
+
+  Raises:
+    ValueError: `num_steps` < 1 (nothing to train; a run would evaluate its random init and
+      mark itself finished) or `log_every` < 1 (the loop logs at multiples of it).
+  """
+  for key in ("num_steps", "log_every"):
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"config.{key} must be an integer >= 1, got {value!r}")
+
+
+def stop_requested(request: preemption.StopRequest) -> bool:
+  """Whether to stop at this step boundary (SIGTERM received).
+
+  Single process: this process's flag. With several processes (jax.distributed) every process
+  must stop at the same step, or they would save different steps and hang in the next
+  collective: a multi-host version all-reduces the flag here (e.g. any over
+  `multihost_utils.process_allgather`), possibly every few steps to keep its cost low, and every
+  process calls it at every step boundary.
+  """
+  return request.requested
+
+
 def _state_is_alive(state: Any) -> bool:
   """False if any buffer of `state` was donated (interrupt inside the step call)."""
   return not any(getattr(x, "is_deleted", lambda: False)() for x in jax.tree.leaves(state))
@@ -108,7 +138,7 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
       and `Checkpointer.restore_extra`, or a seed derived from the step).
     num_steps: total number of updates of the run (not the number still to do).
     checkpointer: saves every `checkpoint_every` steps (None: whenever its own
-      `save_interval_steps` is due), at the final step, and on KeyboardInterrupt.
+      `save_interval_steps` is due), at the final step, on KeyboardInterrupt and on SIGTERM.
     writer: receives, every `log_every` steps, the means since the last log of all train
       metrics as "train/<name>" and the throughput as "steps_per_sec"; eval metrics as
       "eval/<name>".
@@ -122,6 +152,9 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
   Raises:
     NonFiniteError: loss or grad_norm became NaN/Inf (nothing is saved for that state).
     KeyboardInterrupt: re-raised after saving a checkpoint of the current state.
+    preemption.Preempted: SIGTERM arrived; raised at the next step boundary after a checkpoint
+      of that step was saved and committed. The SIGTERM handler is the loop's only while it
+      runs; the previous one is restored afterwards.
   """
   step = int(jax.device_get(state.step))
   if step >= num_steps:
@@ -148,42 +181,65 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
     extra = checkpoint_extra() if checkpoint_extra is not None else None
     checkpointer.save(step_now, state, force=force, extra=extra)
 
-  logging.info("Training from step %d to %d.", step, num_steps)
-  try:
-    while step < num_steps:
-      try:
-        batch = next(batches)
-      except StopIteration:
-        logging.warning("Batch iterator exhausted after step %d (num_steps %d).", step, num_steps)
-        break
-      state, metrics = train_step(state, batch)
-      step += 1
-      if pending is not None:
-        finish(*pending)  # previous step, while this one runs
-      pending = (step, metrics)
-      do_eval = bool(eval_fn is not None and eval_every and step % eval_every == 0)
-      do_ckpt = checkpointer is not None and step < num_steps and (
-          step % checkpoint_every == 0 if checkpoint_every else checkpointer.should_save(step))
-      if do_eval or do_ckpt or step % log_every == 0 or step == num_steps:
-        finish(*pending)
-        pending = None
-      if do_eval or do_ckpt:
-        side_start = time.perf_counter()
-      if do_eval:
-        eval_metrics = jax.device_get(dict(eval_fn(state)))
-        logging.info("eval step %d | %s", step, " | ".join(
-            f"{k} {float(np.asarray(v)):.4g}" for k, v in eval_metrics.items()))
-        if writer is not None:
-          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-      if do_ckpt:
-        save(step, force=True)
-      if do_eval or do_ckpt:
-        progress.exclude(time.perf_counter() - side_start)  # keep steps/s about training
+  def stop(request: preemption.StopRequest) -> None:
+    """Checks the pending metrics, saves the current step, waits for it, raises Preempted."""
+    nonlocal pending
+    request.handled = True  # a NaN found below is raised as such
     if pending is not None:
-      finish(*pending)
+      finish(*pending)  # never save a state whose step produced NaN
       pending = None
     if checkpointer is not None:
+      logging.warning("SIGTERM: saving checkpoint at step %d before stopping.", step)
       save(step, force=True)
+      checkpointer.wait_until_finished()
+    else:
+      logging.warning("SIGTERM at step %d: stopping (no checkpointer, nothing saved).", step)
+    raise preemption.Preempted(f"SIGTERM: stopped at step {step}")
+
+  logging.info("Training from step %d to %d.", step, num_steps)
+  try:
+    with preemption.sigterm_sets_flag() as request:
+      while step < num_steps:
+        if stop_requested(request):  # a step boundary
+          stop(request)
+        try:
+          batch = next(batches)
+        except StopIteration:
+          logging.warning("Batch iterator exhausted after step %d (num_steps %d).", step,
+                          num_steps)
+          break
+        state, metrics = train_step(state, batch)
+        step += 1
+        if pending is not None:
+          finish(*pending)  # previous step, while this one runs
+        pending = (step, metrics)
+        do_eval = bool(eval_fn is not None and eval_every and step % eval_every == 0)
+        do_ckpt = checkpointer is not None and step < num_steps and (
+            step % checkpoint_every == 0 if checkpoint_every else checkpointer.should_save(step))
+        if do_eval or do_ckpt or step % log_every == 0 or step == num_steps:
+          finish(*pending)
+          pending = None
+        if do_eval or do_ckpt:
+          side_start = time.perf_counter()
+        if do_eval:
+          eval_metrics = jax.device_get(dict(eval_fn(state)))
+          logging.info("eval step %d | %s", step, " | ".join(
+              f"{k} {float(np.asarray(v)):.4g}" for k, v in eval_metrics.items()))
+          if writer is not None:
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        if do_ckpt:
+          save(step, force=True)
+        if do_eval or do_ckpt:
+          progress.exclude(time.perf_counter() - side_start)  # keep steps/s about training
+      if pending is not None:
+        finish(*pending)
+        pending = None
+      if checkpointer is not None:
+        save(step, force=True)
+      if stop_requested(request):  # during the last step: its checkpoint is being saved
+        stop(request)
+  except preemption.Preempted:
+    raise  # saved by `stop`
   except KeyboardInterrupt:
     if checkpointer is not None:
       if pending is not None:
