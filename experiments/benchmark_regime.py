@@ -80,19 +80,6 @@ def _action_shares(dataset_dir: str, split: str) -> dict[str, float]:
   return {name: float(c / counts.sum()) for name, c in zip(sim.ACTION_NAMES, counts) if c}
 
 
-def _flattened(curve: list[tuple[int, float]]) -> dict:
-  """Relative change of the validation loss over the last quarter of training, and its minimum."""
-  if len(curve) < 2:
-    return {"last_quarter_change": None, "flattened": None}
-  last_step, last = curve[-1]
-  earlier = [v for s, v in curve if s <= 0.75 * last_step] or [curve[0][1]]
-  change = (last - earlier[-1]) / max(abs(earlier[-1]), 1e-9)
-  best_step, best = min(curve, key=lambda p: p[1])
-  # Flattened: the loss moved by < 5% over the last quarter (or rose: overfitting, also no gain).
-  return {"last_quarter_change": round(change, 4), "flattened": bool(change > -0.05),
-          "min_val_loss": round(best, 4), "min_val_loss_step": best_step}
-
-
 def _evaluate(config, workdir: str, dataset_dir: str, mode: str) -> dict:
   """One evaluation of a trained run: `mode` "argmax" or "sample" (categorical actions)."""
   # pylint: disable=g-import-not-at-top
@@ -119,6 +106,7 @@ def _evaluate(config, workdir: str, dataset_dir: str, mode: str) -> dict:
 def _train_and_evaluate(config, run: dict, dataset_dir: str, root: str) -> dict:
   """Trains the run (unless done) and evaluates it in every `config.eval.modes` (cached)."""
   # pylint: disable=g-import-not-at-top
+  from hilam_jax import report
   from hilam_jax.policy import trainer
   from hilam_jax.training import metrics
   workdir = os.path.join(root, "runs", run["name"])
@@ -142,7 +130,7 @@ def _train_and_evaluate(config, run: dict, dataset_dir: str, root: str) -> dict:
            "chunk": policy_config.chunk, "augment": policy_config.data.augment,
            "num_steps": policy_config.num_steps,
            "train_seconds": round(time.perf_counter() - start, 1), "curves": curves,
-           **_flattened(curves["eval/loss"]), "evaluations": {}}
+           **report.flattened(curves["eval/loss"]), "evaluations": {}}
   modes = config.plateau.eval_modes if run["regime"] == "plateau" else config.eval.modes
   for mode in modes:
     cached = out["evaluations"].get(mode)  # one under another step limit is redone

@@ -53,6 +53,13 @@ SETTINGS = {
                    "per-stage bottleneck heads: z^0_{t+1} from the stage's chunks only (+ offset)"),
     "bottleneck_zscore": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
                            "data.normalize": "zscore"}, "bottleneck heads on z-scored z^0"),
+    "bottleneck_zscore_long": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                                "data.normalize": "zscore", "num_steps": 1800},
+                               "bottleneck heads on z-scored z^0, 3x the main job's 600 steps"),
+    "bottleneck_zscore_lambda_ratio_0.3": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                                            "data.normalize": "zscore", "lambda_ratio": 0.3},
+                                           "bottleneck heads on z-scored z^0, 10x the ratio-loss "
+                                           "weight (holds the rate nearer N)"),
     "no_residual": ({"model.residual": False},
                     "no W_res path around the chunking: every prediction through the chunks"),
     "bottleneck_no_residual": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
