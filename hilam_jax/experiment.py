@@ -204,7 +204,7 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: in
   c.batch_size = p.batch_size
   c.num_steps = num_steps
   c.learning_rate = p.learning_rate
-  c.warmup_steps = min(p.warmup_steps, max(num_steps // 10, 1))
+  c.warmup_steps = max(1, round(p.warmup_fraction * num_steps))
   c.log_every = min(p.log_every, num_steps)
   # Validation curves (the report's convergence check) at `num_evals` points.
   c.eval_every = max(1, num_steps // p.num_evals)
