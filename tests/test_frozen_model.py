@@ -31,11 +31,15 @@ def lam_workdir(tmp_path_factory):
     frames = jnp.zeros((1, *image_size, 3), jnp.uint8)
     return module.init(rng, frames, frames)["params"]
 
-  mesh, tx = training.make_mesh(jax.devices()[:1]), training.make_optimizer(config)
+  # Random params of the right tree (eval_shape: no init compile, which takes ~30 s here).
+  abstract = training.abstract_train_state(init_params, training.make_optimizer(config),
+                                           training.make_mesh(jax.devices()[:1]))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   ckpt = training.Checkpointer(os.path.join(workdir, "checkpoints"), config)
   for step in (1, 2):
-    state = training.create_train_state(init_params, tx, jax.random.key(step), mesh)
-    ckpt.save(step, state.replace(step=jnp.asarray(step, state.step.dtype)), force=True)
+    rng = np.random.default_rng(step)
+    params = jax.tree.map(lambda s: rng.normal(0, 0.2, s.shape).astype(s.dtype), abstract.params)
+    ckpt.save(step, zeros.replace(params=params, step=np.int32(step)), force=True)
   ckpt.close()
   return workdir
 
