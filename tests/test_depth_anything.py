@@ -216,12 +216,25 @@ def test_uniskill_depth_matches_the_torch_pipeline(released):
   assert np.abs(actual - expected).mean() < 1e-4
 
 
-def test_conversion_and_loading_never_import_torch(released, tmp_path):
-  code = ("import sys; from hilam_jax.lam import depth_anything_convert as c; "
-          f"c.convert({released['folder']!r}, {str(tmp_path / 'out')!r}); "
-          f"c.load({str(tmp_path / 'out')!r}); assert 'torch' not in sys.modules, 'torch'")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def test_launch_script_converts_without_torch(released, tmp_path):
+  """`convert_uniskill --depth` writes <out_dir>/depth, and neither converting nor loading imports
+  torch (safetensors read as numpy)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+  out_dir = str(tmp_path / "uniskill")
+  code = ("import sys\n"
+          "from absl import app\n"
+          "from experiments import convert_uniskill\n"
+          f"sys.argv = ['convert_uniskill', '--depth={released['folder']}', '--out_dir={out_dir}']\n"
+          "try:\n  app.run(convert_uniskill.main)\n"
+          "except SystemExit as e:\n  assert not e.code, e.code\n"
+          "from hilam_jax.lam import depth_anything_convert as c\n"
+          f"c.load({os.path.join(out_dir, 'depth')!r})\n"
+          "assert 'torch' not in sys.modules, 'torch was imported'\n")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          check=False)
-  assert result.returncode == 0, result.stderr[-2000:]
+                          cwd=repo, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"depth: {len(released['manifest']['tensors'])} keys" in result.stdout
+  with open(os.path.join(out_dir, "depth", convert.PARAMS_FILE), "rb") as f, open(
+      os.path.join(released["out_dir"], convert.PARAMS_FILE), "rb") as g:
+    assert f.read() == g.read()  # the script writes what the library writes

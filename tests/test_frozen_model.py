@@ -8,6 +8,7 @@ import pytest
 
 from experiments.configs import train_lam as train_lam_config
 from hilam_jax import training
+from hilam_jax.lam import depth_anything_convert
 from hilam_jax.lam import interface
 from hilam_jax.lam import model as lam_model
 from hilam_jax.lam import trainer
@@ -105,16 +106,24 @@ def test_uniskill_with_a_converted_idm_only_names_depth_and_fdm(tmp_path):
   config = IDMConfig.tiny()
   reference.save_state_dict(reference.make_reference(config), tmp_path / "idm.pth")
   out_dir = tmp_path / "converted"
-  uniskill_convert.convert_idm(str(tmp_path / "idm.pth"), str(out_dir), config)
+  uniskill_convert.convert_idm(str(tmp_path / "idm.pth"), str(out_dir / "idm"), config)
   assert interface.missing_uniskill_parts(str(out_dir)) == {
       "depth": "depth/manifest.json", "fdm_unet": "unet/manifest.json",
       "fdm_vae": "vae/manifest.json"}
   with pytest.raises(FileNotFoundError, match=r"missing part\(s\) depth .*fdm_unet .*fdm_vae"
                      ) as error:
     interface.load_frozen_model(f"uniskill:{out_dir}")
-  assert "idm (" not in str(error.value)
+  assert "idm (" not in str(error.value).split("UniSkillDynamics")[0]
   with pytest.raises(ValueError, match="step"):
     interface.load_frozen_model(f"uniskill:{out_dir}", step=3)
+  # With a converted Depth-Anything too, only the FDM's parts are missing.
+  from tests import test_depth_anything  # pylint: disable=g-import-not-at-top
+  test_depth_anything.transformers.DepthAnythingForDepthEstimation(
+      test_depth_anything.tiny_hf_config()).save_pretrained(str(tmp_path / "hf"))
+  depth_anything_convert.convert(str(tmp_path / "hf"), str(out_dir / "depth"))
+  with pytest.raises(FileNotFoundError, match=r"missing part\(s\) fdm_unet .*fdm_vae") as error:
+    interface.load_frozen_model(f"uniskill:{out_dir}")
+  assert "depth (" not in str(error.value).split("UniSkillDynamics")[0]
 
 
 def test_call_sites_default_to_the_lam():

@@ -190,11 +190,11 @@ LAM_SCHEME = "lam"
 UNISKILL_SCHEME = "uniskill"
 FROZEN_MODEL_FORMS = ("'lam:<train_lam workdir>'", "'uniskill:<converted dir>'",
                       "'<train_lam workdir>' (a bare path: lam, as before the schemes)")
-# The files of a converted UniSkill directory, per part (relative to the directory). The IDM is
-# what `uniskill_convert.convert_idm(idm.pth, <dir>)` writes; depth is
-# `depth_anything_convert.convert(<Depth-Anything-V2-Small-hf folder>, <dir>/depth)`; the FDM's
-# UNet and VAE converters do not exist yet (issue 12 items 1-2): their folder names are reserved.
-UNISKILL_PARTS = {"idm": "manifest.json", "depth": "depth/manifest.json",
+# The files of a converted UniSkill directory (`python -m experiments.convert_uniskill
+# --out_dir=<dir>`), per part, relative to the directory: the IDM (`--idm`, <dir>/idm) and
+# Depth-Anything-V2-Small (`--depth`, <dir>/depth); the FDM's UNet and VAE converters do not exist
+# yet (issue 12 items 1-2): their folder names are reserved.
+UNISKILL_PARTS = {"idm": "idm/manifest.json", "depth": "depth/manifest.json",
                   "fdm_unet": "unet/manifest.json", "fdm_vae": "vae/manifest.json"}
 
 
