@@ -47,8 +47,8 @@ PARAMS_FILE = "depth_params.msgpack"
 MANIFEST_FILE = "manifest.json"
 FORMAT = "hilam_jax.depth_anything/1"
 # The IDM converter's key rules and helpers (one definition).
-_leaf, _linear, _layer_norm, _conv_weight, _listed, _nest = (  # pylint: disable=protected-access
-    common._leaf, common._linear, common._layer_norm, common._conv, common._listed, common._nest)
+_leaf, _linear, _layer_norm, _conv_weight, _nest = (  # pylint: disable=protected-access
+    common._leaf, common._linear, common._layer_norm, common._conv, common._nest)
 
 
 def _conv(torch_name: str, flax_path: tuple[str, ...], out_dim: int, in_dim: int, size: int,
@@ -117,21 +117,8 @@ def key_map(config: DepthConfig = DepthConfig()) -> dict[str, KeyRule]:
 
 def check_params(params: Any, config: DepthConfig, what: str) -> None:
   """Strict: `params` has exactly the tree and shapes `DepthAnything(config)` initialises."""
-  expected = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in
-              jax.tree_util.tree_leaves_with_path(depth_anything.abstract_params(config))}
-  actual = {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in
-            jax.tree_util.tree_leaves_with_path(params)}
-  problems = []
-  if set(expected) - set(actual):
-    problems.append(f"missing {_listed(set(expected) - set(actual))}")
-  if set(actual) - set(expected):
-    problems.append(f"unexpected {_listed(set(actual) - set(expected))}")
-  mismatched = [f"{k}: {actual[k]} vs expected {expected[k]}"
-                for k in sorted(set(expected) & set(actual)) if expected[k] != actual[k]]
-  if mismatched:
-    problems.append("shape mismatch " + "; ".join(mismatched))
-  if problems:
-    raise ConversionError(f"{what} do not match the DepthAnything config: " + "; ".join(problems))
+  common.check_tree(params, depth_anything.abstract_params(config),
+                    f"{what} do not match the DepthAnything config")
 
 
 def state_dict_to_params(state_dict: Mapping[str, np.ndarray],
@@ -142,11 +129,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray],
     ConversionError: a missing, unexpected or mis-shaped key, or a non-float tensor (named).
   """
   rules = key_map(config)
-  missing, unexpected = set(rules) - set(state_dict), set(state_dict) - set(rules)
-  if missing or unexpected:
-    parts = ([f"missing key(s) {_listed(missing)}"] if missing else []) + (
-        [f"unexpected key(s) {_listed(unexpected)}"] if unexpected else [])
-    raise ConversionError("Depth-Anything weights do not match the config: " + "; ".join(parts))
+  common.check_keys(state_dict, rules, "Depth-Anything weights")
   flat = {}
   for key, rule in rules.items():
     value = np.asarray(state_dict[key])
@@ -177,12 +160,7 @@ def convert(folder: str, out_dir: str) -> dict:
   """Converts a Depth-Anything folder into `out_dir`; returns the manifest."""
   config, tensors, _ = read_folder(folder)
   params = state_dict_to_params(tensors, config)
-  os.makedirs(out_dir, exist_ok=True)
-  params_path = os.path.join(out_dir, PARAMS_FILE)
-  tmp = f"{params_path}.tmp.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(serialization.msgpack_serialize(params))
-  os.replace(tmp, params_path)
+  params_path = common.write_msgpack_atomic(params, out_dir, PARAMS_FILE)
   sources = {name: {"path": os.path.abspath(os.path.join(folder, name)),
                     "sha256": common.file_sha256(os.path.join(folder, name))}
              for name in (CONFIG_FILE, WEIGHTS_FILE)}
