@@ -1,9 +1,12 @@
 """Converts UniSkill's released PyTorch weights to Flax. Logic: `hilam_jax.lam.uniskill_convert`.
 
-  python -m experiments.convert_uniskill --idm=UniSkill_final_weight/idm.pth --out_dir=runs/uniskill
+  python -m experiments.convert_uniskill --idm=UniSkill_final_weight/idm.pth \
+      --depth=Depth-Anything-V2-Small-hf --out_dir=runs/uniskill
 
-writes <out_dir>/idm/idm_variables.msgpack and <out_dir>/idm/manifest.json. The IDM converts on
-its own (enough for labeling). `--idm_config` overrides IDMConfig fields as JSON (tests convert
+writes <out_dir>/idm/{idm_variables.msgpack,manifest.json} (`--idm`) and
+<out_dir>/depth/{depth_params.msgpack,manifest.json} (`--depth`: a transformers folder with
+config.json + model.safetensors, read without torch). Each part converts on its own (the IDM
+alone is enough for labeling with given depth maps). `--idm_config` overrides IDMConfig fields as JSON (tests convert
 small random models with it; the release needs none).
 """
 import json
@@ -12,7 +15,8 @@ import os
 from absl import app
 from absl import flags
 
-_IDM = flags.DEFINE_string("idm", None, "UniSkill's idm.pth (a torch state_dict).", required=True)
+_IDM = flags.DEFINE_string("idm", None, "UniSkill's idm.pth (a torch state_dict).")
+_DEPTH = flags.DEFINE_string("depth", None, "Depth-Anything-V2-Small-hf folder.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _IDM_CONFIG = flags.DEFINE_string("idm_config", "{}", "JSON dict of IDMConfig overrides.")
 
@@ -20,14 +24,24 @@ _IDM_CONFIG = flags.DEFINE_string("idm_config", "{}", "JSON dict of IDMConfig ov
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not (_IDM.value or _DEPTH.value):
+    raise app.UsageError("nothing to convert: give --idm and/or --depth")
   # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam import depth_anything_convert
   from hilam_jax.lam import uniskill_convert
   from hilam_jax.lam import uniskill_idm
-  config = uniskill_idm.IDMConfig.from_dict(json.loads(_IDM_CONFIG.value))
-  out_dir = os.path.join(_OUT_DIR.value, "idm")
-  manifest = uniskill_convert.convert_idm(_IDM.value, out_dir, config)
-  print(f"IDM: {len(manifest['state_dict'])} keys, {manifest['num_parameters']:,} parameters "
-        f"(source sha256 {manifest['source']['sha256'][:12]}) -> {out_dir}")
+  if _IDM.value:
+    config = uniskill_idm.IDMConfig.from_dict(json.loads(_IDM_CONFIG.value))
+    out_dir = os.path.join(_OUT_DIR.value, "idm")
+    manifest = uniskill_convert.convert_idm(_IDM.value, out_dir, config)
+    print(f"IDM: {len(manifest['state_dict'])} keys, {manifest['num_parameters']:,} parameters "
+          f"(source sha256 {manifest['source']['sha256'][:12]}) -> {out_dir}")
+  if _DEPTH.value:
+    out_dir = os.path.join(_OUT_DIR.value, "depth")
+    manifest = depth_anything_convert.convert(_DEPTH.value, out_dir)
+    sha = manifest["source"][depth_anything_convert.WEIGHTS_FILE]["sha256"]
+    print(f"depth: {len(manifest['tensors'])} keys, {manifest['num_parameters']:,} parameters "
+          f"(source sha256 {sha[:12]}) -> {out_dir}")
 
 
 if __name__ == "__main__":

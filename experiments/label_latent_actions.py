@@ -1,4 +1,4 @@
-"""Labels RLDS datasets with a frozen LAM. Logic: `hilam_jax.lam.labeling.label_datasets`."""
+"""Labels RLDS datasets with a frozen model (`config.frozen_model`). Logic: `hilam_jax.lam.labeling.label_datasets`."""
 from absl import app
 from absl import logging
 from ml_collections import config_flags
@@ -13,12 +13,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top
   from hilam_jax import logs
+  from hilam_jax.lam import interface
   from hilam_jax.lam import labeling
-  from hilam_jax.lam import trainer
   logs.quiet_library_logs()
   config = _CONFIG.value
-  lam = trainer.load_frozen_lam(config.lam_workdir, config.lam_step)
-  fingerprint = trainer.checkpoint_fingerprint(config.lam_workdir, config.lam_step)
+  lam = interface.load_frozen_model(config.frozen_model, config.lam_step)
+  fingerprint = interface.frozen_model_fingerprint(config.frozen_model, config.lam_step)
   stats = labeling.label_datasets(
       lam, [dict(d) for d in config.datasets], config.out_dir, batch_size=config.batch_size,
       fingerprint=fingerprint, max_shards=config.max_shards)

@@ -121,9 +121,10 @@ def _train_lam(config: Any, paths: Paths, data: dict) -> dict:
 
 
 def _label(config: Any, paths: Paths, data: dict) -> dict:
-  from hilam_jax.lam import labeling, trainer  # pylint: disable=g-import-not-at-top
-  lam = trainer.load_frozen_lam(paths.lam)
-  fingerprint = trainer.checkpoint_fingerprint(paths.lam)
+  from hilam_jax.lam import interface, labeling  # pylint: disable=g-import-not-at-top
+  spec = frozen_model_spec(config, paths)
+  lam = interface.load_frozen_model(spec)
+  fingerprint = interface.frozen_model_fingerprint(spec)
   out = {}
   for key, folder in (("video", paths.labels_video), ("demos", paths.labels_demos)):
     datasets = [{"dataset_dir": data[key], "split": s} for s in ("train", "val")]
@@ -132,9 +133,16 @@ def _label(config: Any, paths: Paths, data: dict) -> dict:
   return out
 
 
+def frozen_model_spec(config: Any, paths: Paths) -> str:
+  """`config.frozen_model` if set, else this run's own LAM ('lam:<paths.lam>')."""
+  return config.get("frozen_model") or f"lam:{paths.lam}"
+
+
 def _train_skill_model(config: Any, paths: Paths) -> dict:
   from hilam_jax.skill import trainer  # pylint: disable=g-import-not-at-top
   skill_config = _copy(config.skill)
+  if config.get("frozen_model"):  # else the skill trainer reads the LAM of the label manifest
+    skill_config.frozen_model = config.frozen_model
   skill_config.data.labels_dir = paths.labels_video
   return trainer.train_and_evaluate(skill_config, paths.skill)
 

@@ -3,7 +3,7 @@
   # label the BabyAI train and val splits with the LAM trained in runs/lam_babyai
   python -m experiments.label_latent_actions \
       --config=experiments/configs/label_latent_actions.py:babyai \
-      --config.lam_workdir=runs/lam_babyai --config.out_dir=runs/labels_babyai
+      --config.frozen_model=lam:runs/lam_babyai --config.out_dir=runs/labels_babyai
 
 Rerun the same command to resume: finished shards are skipped. On a multi-host job every
 process runs the same command and labels a disjoint set of shards.
@@ -17,8 +17,10 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   root = {"babyai": "runs/main/data/babyai_bosslevel/1.0.0",
           "metaworld": "data/metaworld_experts/1.0.0"}[arg]
   config = ml_collections.ConfigDict()
-  config.lam_workdir = f"runs/lam_{arg}"       # a train_lam workdir
-  config.lam_step = ml_collections.config_dict.placeholder(int)  # None: latest checkpoint
+  # 'lam:<train_lam workdir>' or 'uniskill:<converted dir>' (hilam_jax.lam.interface.
+  # load_frozen_model; a bare path is a LAM workdir).
+  config.frozen_model = f"lam:runs/lam_{arg}"
+  config.lam_step = ml_collections.config_dict.placeholder(int)  # lam: only; None: latest
   config.datasets = ({"dataset_dir": root, "split": "train"},
                      {"dataset_dir": root, "split": "val"})
   config.out_dir = f"runs/labels_{arg}"

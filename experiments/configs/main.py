@@ -54,6 +54,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.demos = benchmark_regime.demos(seed=0, train=1000, val=200)
 
   config.lam = train_lam.get_config("babyai")
+  # The frozen model that labels the video and demos and serves L_rec:
+  # 'lam:<workdir>' / 'uniskill:<converted dir>' (hilam_jax.lam.interface.load_frozen_model);
+  # None: the LAM this run trains (stage lam).
+  config.frozen_model = ml_collections.config_dict.placeholder(str)
   config.lam.num_steps = 600
   config.lam.eval_every = 300
   config.lam.checkpoint_every = 300

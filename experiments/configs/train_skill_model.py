@@ -13,7 +13,7 @@ Launch (big_vision style: `:variant` selects a named config, flags override fiel
       --config=experiments/configs/train_skill_model.py:metaworld --workdir=runs/skill_metaworld
 
   # with the frozen-LAM reconstruction term (frames are read from the labelled datasets; the LAM
-  # is the one the label manifest names unless --config.lam_workdir is given)
+  # is the one the label manifest names unless --config.frozen_model is given)
   python -m experiments.train_skill_model --config=experiments/configs/train_skill_model.py:babyai \
       --config.lambda_rec=1.0 --workdir=runs/skill_babyai_rec
 
@@ -73,8 +73,10 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # L_rec's frames: a corrupted record fails with its file named; True reads only intact records
   # and leaves out the windows of the episodes it skipped. May be turned on when resuming.
   config.data.skip_corrupted = False
-  # The frozen LAM of L_rec; None: the LAM named in the label manifest (must match its k and Dz).
-  config.lam_workdir = ml_collections.config_dict.placeholder(str)
+  # The frozen model of L_rec, 'lam:<workdir>' or 'uniskill:<converted dir>'
+  # (interface.load_frozen_model); None: the LAM named in the label manifest (must match its k
+  # and Dz).
+  config.frozen_model = ml_collections.config_dict.placeholder(str)
 
   config.batch_size = 32
   config.num_steps = 2000

@@ -9,6 +9,7 @@ pretrained IDM and diffusion FDM) can be swapped in; `FrozenLAM` implements it f
 """
 import abc
 import functools
+import os
 from typing import Any, Optional, Union
 
 import jax
@@ -181,3 +182,89 @@ def _check_param_structure(module: lam_model.LatentActionModel, params: Any,
                                              for k in mismatched[:5]) if mismatched else ""]
     raise ValueError("params do not match the LatentActionModel config: "
                      + "; ".join(d for d in details if d))
+
+
+# ----------------------------------------------------------------------------- choosing the model
+
+LAM_SCHEME = "lam"
+UNISKILL_SCHEME = "uniskill"
+FROZEN_MODEL_FORMS = ("'lam:<train_lam workdir>'", "'uniskill:<converted dir>'",
+                      "'<train_lam workdir>' (a bare path: lam, as before the schemes)")
+# The files of a converted UniSkill directory (`python -m experiments.convert_uniskill
+# --out_dir=<dir>`), per part, relative to the directory: the IDM (`--idm`, <dir>/idm) and
+# Depth-Anything-V2-Small (`--depth`, <dir>/depth); the FDM's UNet and VAE converters do not exist
+# yet (issue 12 items 1-2): their folder names are reserved.
+UNISKILL_PARTS = {"idm": "idm/manifest.json", "depth": "depth/manifest.json",
+                  "fdm_unet": "unet/manifest.json", "fdm_vae": "vae/manifest.json"}
+
+
+def parse_frozen_model(spec: str) -> tuple[str, str]:
+  """'lam:<dir>' / 'uniskill:<dir>' / '<dir>' -> (scheme, path).
+
+  A bare path (no 'word:' prefix, or a URL such as 'gs://bucket/run') is a LAM workdir, the
+  meaning every config had before the schemes existed.
+
+  Raises:
+    ValueError: an empty spec or path, or an unknown 'word:' scheme (the message lists the
+      accepted forms).
+  """
+  if not isinstance(spec, str) or not spec:
+    raise ValueError(f"frozen model spec must be a non-empty string, got {spec!r}; accepted: "
+                     + ", ".join(FROZEN_MODEL_FORMS))
+  scheme, sep, path = spec.partition(":")
+  if not sep or path.startswith("//") or not scheme.isidentifier():
+    return LAM_SCHEME, spec  # a bare path (or URL)
+  if scheme not in (LAM_SCHEME, UNISKILL_SCHEME):
+    raise ValueError(f"frozen model spec {spec!r}: unknown scheme {scheme!r}; accepted: "
+                     + ", ".join(FROZEN_MODEL_FORMS))
+  if not path:
+    raise ValueError(f"frozen model spec {spec!r}: no path after '{scheme}:'")
+  return scheme, path
+
+
+def missing_uniskill_parts(converted_dir: str) -> dict[str, str]:
+  """The parts of `UNISKILL_PARTS` whose file is absent from `converted_dir`: {part: file}."""
+  return {part: rel for part, rel in UNISKILL_PARTS.items()
+          if not os.path.exists(os.path.join(converted_dir, rel))}
+
+
+def load_frozen_model(spec: str, step: Optional[int] = None) -> FrozenDynamicsModel:
+  """The one place that chooses the frozen dynamics model of labeling, L_rec and the main job.
+
+  Args:
+    spec: see `parse_frozen_model`: 'lam:<workdir>' (or a bare workdir) is this package's LAM as
+      `trainer.load_frozen_lam` restores it; 'uniskill:<converted dir>' is UniSkill's IDM + depth
+      + diffusion FDM.
+    step: the LAM checkpoint step (None: latest); must be None for uniskill.
+
+  Raises:
+    ValueError: an unknown scheme, or a step given for uniskill.
+    FileNotFoundError: a uniskill directory without every part (names the missing ones).
+    NotImplementedError: a complete uniskill directory (`UniSkillDynamics` is issue 12 item 3).
+  """
+  scheme, path = parse_frozen_model(spec)
+  if scheme == LAM_SCHEME:
+    from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
+    return trainer.load_frozen_lam(path, step)
+  if step is not None:
+    raise ValueError(f"frozen model {spec!r}: a checkpoint step ({step}) applies to lam: only")
+  missing = missing_uniskill_parts(path)
+  if missing:
+    raise FileNotFoundError(
+        f"frozen model {spec!r}: missing part(s) " + ", ".join(
+            f"{part} ({os.path.join(path, rel)})" for part, rel in missing.items())
+        + ". UniSkillDynamics needs the IDM + depth (Depth-Anything-V2-Small) + FDM (UNet and "
+        "VAE); an IDM alone can label frames with depth given, not serve as a frozen model.")
+  raise NotImplementedError(f"frozen model {spec!r}: UniSkillDynamics (issue 12 item 3) is not "
+                            "implemented yet")
+
+
+def frozen_model_fingerprint(spec: str, step: Optional[int] = None) -> dict[str, Any]:
+  """Identifies the model of `spec` for label manifests (lam: `trainer.checkpoint_fingerprint`,
+  unchanged, so existing label folders keep their identity)."""
+  scheme, path = parse_frozen_model(spec)
+  if scheme == LAM_SCHEME:
+    from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top
+    return trainer.checkpoint_fingerprint(path, step)
+  load_frozen_model(spec, step)  # raises (missing parts or NotImplementedError) for now
+  raise NotImplementedError(f"frozen model {spec!r}: no fingerprint for uniskill yet")

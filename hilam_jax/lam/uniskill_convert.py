@@ -197,12 +197,16 @@ def _nest(flat: Mapping[FlaxPath, np.ndarray]) -> dict:
   return tree
 
 
-def check_variables(variables: Any, config: IDMConfig, what: str) -> None:
-  """Strict: `variables` has exactly the tree and shapes `UniSkillIDM(config)` initialises."""
+def check_tree(tree: Any, expected_tree: Any, what: str) -> None:
+  """Strict: `tree` has exactly the paths and leaf shapes of `expected_tree` (ShapeDtypeStructs).
+
+  Raises:
+    ConversionError: "<what>: missing ...; unexpected ...; shape mismatch ..." (names the paths).
+  """
   expected = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in
-              jax.tree_util.tree_leaves_with_path(uniskill_idm.abstract_variables(config))}
+              jax.tree_util.tree_leaves_with_path(expected_tree)}
   actual = {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in
-            jax.tree_util.tree_leaves_with_path(variables)}
+            jax.tree_util.tree_leaves_with_path(tree)}
   problems = []
   if set(expected) - set(actual):
     problems.append(f"missing {_listed(set(expected) - set(actual))}")
@@ -213,7 +217,22 @@ def check_variables(variables: Any, config: IDMConfig, what: str) -> None:
   if mismatched:
     problems.append("shape mismatch " + "; ".join(mismatched[:_MAX_LISTED]))
   if problems:
-    raise ConversionError(f"{what} do not match the UniSkillIDM config: " + "; ".join(problems))
+    raise ConversionError(f"{what}: " + "; ".join(problems))
+
+
+def check_keys(state_dict: Mapping[str, Any], rules: Mapping[str, KeyRule], what: str) -> None:
+  """Raises a ConversionError naming every key of `rules` not in `state_dict` and vice versa."""
+  missing, unexpected = set(rules) - set(state_dict), set(state_dict) - set(rules)
+  if missing or unexpected:
+    parts = ([f"missing key(s) {_listed(missing)}"] if missing else []) + (
+        [f"unexpected key(s) {_listed(unexpected)}"] if unexpected else [])
+    raise ConversionError(f"{what} does not match the config: " + "; ".join(parts))
+
+
+def check_variables(variables: Any, config: IDMConfig, what: str) -> None:
+  """Strict: `variables` has exactly the tree and shapes `UniSkillIDM(config)` initialises."""
+  check_tree(variables, uniskill_idm.abstract_variables(config),
+             f"{what} do not match the UniSkillIDM config")
 
 
 def state_dict_to_variables(state_dict: Mapping[str, np.ndarray],
@@ -225,11 +244,7 @@ def state_dict_to_variables(state_dict: Mapping[str, np.ndarray],
       vice versa, or a negative num_batches_tracked; the message names the key(s).
   """
   rules = idm_key_map(config)
-  missing, unexpected = set(rules) - set(state_dict), set(state_dict) - set(rules)
-  if missing or unexpected:
-    parts = ([f"missing key(s) {_listed(missing)}"] if missing else []) + (
-        [f"unexpected key(s) {_listed(unexpected)}"] if unexpected else [])
-    raise ConversionError("IDM state_dict does not match the config: " + "; ".join(parts))
+  check_keys(state_dict, rules, "IDM state_dict")
   flat: dict[FlaxPath, np.ndarray] = {}
   for key, rule in rules.items():
     value = np.asarray(state_dict[key])
@@ -273,6 +288,17 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+def write_msgpack_atomic(tree: Any, out_dir: str, name: str) -> str:
+  """Writes `tree` (flax msgpack) to <out_dir>/<name> through a temporary file; returns the path."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, name)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(serialization.msgpack_serialize(tree))
+  os.replace(tmp, path)
+  return path
+
+
 def convert_idm(idm_path: str, out_dir: str, config: IDMConfig = IDMConfig()) -> dict:
   """Converts `idm_path` (UniSkill's idm.pth) into `out_dir`; returns the manifest.
 
@@ -281,12 +307,7 @@ def convert_idm(idm_path: str, out_dir: str, config: IDMConfig = IDMConfig()) ->
   """
   state_dict, dtypes = read_state_dict(idm_path)
   variables = state_dict_to_variables(state_dict, config)
-  os.makedirs(out_dir, exist_ok=True)
-  variables_path = os.path.join(out_dir, VARIABLES_FILE)
-  tmp = f"{variables_path}.tmp.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(serialization.msgpack_serialize(variables))
-  os.replace(tmp, variables_path)
+  variables_path = write_msgpack_atomic(variables, out_dir, VARIABLES_FILE)
   manifest = {
       "format": FORMAT,
       "source": {"path": os.path.abspath(idm_path), "sha256": file_sha256(idm_path),

@@ -9,7 +9,7 @@ episode is padded and masked), and batches of windows are drawn at random with n
 lives in memory and no tf.data is needed.
 
 With `config.lambda_rec > 0` the reconstruction term L_rec also needs frames and the frozen LAM
-(`config.lam_workdir`, default: the LAM named in the label manifest; its k and latent size must
+(`config.frozen_model`, default: the LAM named in the label manifest; its k and latent size must
 match the manifest's). The frames of the labelled episodes are read once through the data
 pipeline (`data_pipeline.reader` on the manifest's datasets), resized to the LAM's image size and
 kept in memory as one uint8 array [F, H, W, 3] (BabyAI train at 56x56: ~85k frames, ~0.8 GB);
@@ -37,7 +37,6 @@ from data_pipeline import run_info
 from hilam_jax import training
 from hilam_jax.lam import interface
 from hilam_jax.lam import labeling
-from hilam_jax.lam import trainer as lam_trainer
 from hilam_jax.skill import losses
 from hilam_jax.skill import model as skill_model
 
@@ -288,23 +287,24 @@ def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, l
 
 
 def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
-  """The frozen LAM for L_rec: `config.lam_workdir`, else the one the label manifest names.
+  """The frozen model for L_rec: `config.frozen_model` (`interface.load_frozen_model` spec),
+  else the LAM the label manifest names.
 
   Its frame gap k and latent size must be those of the labels (else the pairs would not be the
   ones the latents describe).
   """
   with open(os.path.join(config.data.labels_dir, labeling.MANIFEST)) as f:
     manifest = json.load(f)
-  lam_workdir = config.get("lam_workdir")
-  if not lam_workdir:
+  spec = config.get("frozen_model")
+  if not spec:
     checkpoint_dir = manifest.get("lam", {}).get("checkpoint_dir")
     if not checkpoint_dir:
-      raise ValueError(f"lambda_rec > 0: set config.lam_workdir (the label manifest of "
+      raise ValueError(f"lambda_rec > 0: set config.frozen_model (the label manifest of "
                        f"{config.data.labels_dir} names no LAM checkpoint)")
-    lam_workdir = os.path.dirname(checkpoint_dir)
-  lam = lam_trainer.load_frozen_lam(lam_workdir)
+    spec = f"{interface.LAM_SCHEME}:{os.path.dirname(checkpoint_dir)}"
+  lam = interface.load_frozen_model(spec)
   check_lam_matches_labels(lam, manifest)
-  logging.info("L_rec: frozen LAM of %s (k = %d, image size %s)", lam_workdir, lam.frame_gap,
+  logging.info("L_rec: frozen model %s (k = %d, image size %s)", spec, lam.frame_gap,
                lam.image_size)
   return lam
 
