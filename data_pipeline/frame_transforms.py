@@ -101,12 +101,63 @@ _YIQ_TO_RGB = tf.linalg.inv(_RGB_TO_YIQ)
 
 def augment(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = AugmentConfig()
             ) -> tf.Tensor:
-  """Random resized crop + colour jitter with one parameter draw per batch element.
+  """Random crop + colour jitter with one parameter draw per batch element.
 
   Vectorised over a batch (the expensive part of the pipeline runs on whole batches): element b
   gets its own crop and colour change, shared by all of its images (all time steps of a pair or
   window). The draws depend on `seed` and the batch size only, so calling this on each camera
-  key with the same seed gives every camera of element b the same change.
+  key with the same seed gives every camera of element b the same change. The draw
+  (`sample_augment_params`) and the pixel operation (`apply_augment`) are separate so that the
+  on-device version (`hilam_jax.training.augment`) can be checked against this one with the
+  same parameters.
+
+  Args:
+    images: uint8 [B, ..., H, W, 3].
+    seed: int [2] stateless seed.
+  Returns:
+    uint8, same shape.
+  """
+  return apply_augment(images, sample_augment_params(seed, tf.shape(images)[0], config), config)
+
+
+def sample_augment_params(seed: tf.Tensor, batch: tf.Tensor | int,
+                          config: AugmentConfig = AugmentConfig()) -> dict[str, tf.Tensor]:
+  """The random parameters of `augment` for `batch` elements, from a stateless seed [2].
+
+  Returns:
+    {"shift": int32 [B, 2] (rows, cols) in [-shift_pad, shift_pad]} for crop="shift", or
+    {"box": float32 [B, 4] (top, left, bottom, right) in [0, 1]} for crop="resized"; plus
+    float32 [B] "brightness" (additive, on the 0..255 scale), "contrast", "saturation" (blend
+    factors) and "angle" (hue rotation in radians).
+  """
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
+
+  def uniform(i, low, high):  # one draw per batch element -> [B]
+    return tf.random.stateless_uniform([batch], seeds[i], low, high)
+
+  params = {}
+  if config.crop == "resized":
+    area = uniform(0, *config.crop_scale)
+    ratio = tf.exp(uniform(1, tf.math.log(config.crop_ratio[0]),
+                           tf.math.log(config.crop_ratio[1])))
+    crop_h = tf.minimum(tf.sqrt(area / ratio), 1.0)
+    crop_w = tf.minimum(tf.sqrt(area * ratio), 1.0)
+    top = uniform(2, 0.0, 1.0) * (1.0 - crop_h)
+    left = uniform(3, 0.0, 1.0) * (1.0 - crop_w)
+    params["box"] = tf.stack([top, left, top + crop_h, left + crop_w], -1)
+  else:
+    pad = config.shift_pad
+    params["shift"] = tf.random.stateless_uniform([batch, 2], seeds[0], -pad, pad + 1, tf.int32)
+  params["brightness"] = 255.0 * uniform(4, -config.brightness, config.brightness)
+  params["contrast"] = uniform(5, *config.contrast)
+  params["saturation"] = uniform(6, *config.saturation)
+  params["angle"] = 2.0 * 3.141592653589793 * uniform(7, -config.hue, config.hue)
+  return params
+
+
+def apply_augment(images: tf.Tensor, params: Mapping[str, tf.Tensor],
+                  config: AugmentConfig = AugmentConfig()) -> tf.Tensor:
+  """Applies the parameters of `sample_augment_params` (one set per batch element) to images.
 
   Colour operations follow torchvision's definitions, applied in this order: brightness (add a
   delta), contrast (blend with the image's mean), saturation (blend with the greyscale image),
@@ -117,7 +168,7 @@ def augment(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = AugmentC
 
   Args:
     images: uint8 [B, ..., H, W, 3].
-    seed: int [2] stateless seed.
+    params: per-element parameters [B, ...].
   Returns:
     uint8, same shape.
   """
@@ -126,30 +177,17 @@ def augment(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = AugmentC
   batch = shape[0]
   per_element = tf.reduce_prod(shape[1:-3])  # images per batch element
   flat = tf.reshape(images, [-1, height, width, 3])
-  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
-
-  def uniform(i, low, high):  # one draw per batch element -> [B]
-    return tf.random.stateless_uniform([batch], seeds[i], low, high)
 
   def per_image(values):  # [B, ...] -> [B * per_element, ...]
     return tf.repeat(values, per_element, axis=0)
 
   num_images = tf.shape(flat)[0]
   if config.crop == "resized":  # one box per element, repeated for each of its images
-    area = uniform(0, *config.crop_scale)
-    ratio = tf.exp(uniform(1, tf.math.log(config.crop_ratio[0]),
-                           tf.math.log(config.crop_ratio[1])))
-    crop_h = tf.minimum(tf.sqrt(area / ratio), 1.0)
-    crop_w = tf.minimum(tf.sqrt(area * ratio), 1.0)
-    top = uniform(2, 0.0, 1.0) * (1.0 - crop_h)
-    left = uniform(3, 0.0, 1.0) * (1.0 - crop_w)
-    boxes = per_image(tf.stack([top, left, top + crop_h, left + crop_w], -1))
+    boxes = per_image(params["box"])
     flat = tf.image.crop_and_resize(flat, boxes, tf.range(num_images), [height, width])
     pixels = tf.reshape(flat, [-1, height * width, 3])  # float32 in [0, 255]
   else:  # random shift in [-pad, pad], edges replicated: out[i, j] = in[clip(i + dy), clip(j + dx)]
-    pad = config.shift_pad
-    shift = tf.random.stateless_uniform([batch, 2], seeds[0], -pad, pad + 1, tf.int32)
-    shift = per_image(shift)                                                    # [N, 2]
+    shift = per_image(params["shift"])                                          # [N, 2]
     rows = tf.clip_by_value(tf.range(height)[None, :, None] + shift[:, 0, None, None],
                             0, height - 1)                                      # [N, H, 1]
     cols = tf.clip_by_value(tf.range(width)[None, None, :] + shift[:, 1, None, None],
@@ -160,10 +198,8 @@ def augment(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig = AugmentC
 
   # Colour: x -> contrast * x @ A + (brightness + (1 - contrast) * mean) @ A, with
   # A = saturation matrix @ hue matrix, per element.
-  brightness = 255.0 * uniform(4, -config.brightness, config.brightness)       # [B]
-  contrast = uniform(5, *config.contrast)                                       # [B]
-  saturation = uniform(6, *config.saturation)                                   # [B]
-  angle = 2.0 * 3.141592653589793 * uniform(7, -config.hue, config.hue)         # [B]
+  brightness, contrast = params["brightness"], params["contrast"]               # [B]
+  saturation, angle = params["saturation"], params["angle"]                     # [B]
   grey_weights = tf.constant([0.299, 0.587, 0.114])
   eye = tf.eye(3, batch_shape=[batch])
   sat_matrix = (saturation[:, None, None] * eye + (1.0 - saturation)[:, None, None]

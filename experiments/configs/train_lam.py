@@ -38,6 +38,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.data.shuffle_buffer = 10_000
   # Augmentation off by default: a random crop of grid-world frames moves the grid itself.
   config.data.augment = None
+  # Where augmentation runs when on: "device" (inside the jitted train step; tf.data only
+  # decodes, resizes and batches) or "host" (tf.data; also the only place of crop="resized").
+  config.data.augment_on = "device"
   # A corrupted record fails with its file named; True reads only intact records (and counts
   # the rest). May be turned on when resuming.
   config.data.skip_corrupted = False

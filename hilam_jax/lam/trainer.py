@@ -24,21 +24,27 @@ from data_pipeline import frame_transforms as ft
 from data_pipeline import run_info
 from hilam_jax import training
 from hilam_jax.lam import interface
+from hilam_jax.training import augment as augment_lib
 from hilam_jax.lam import losses
 from hilam_jax.lam import model as lam_model
 
 PAIR_KEYS = ("observation/image_primary", "next_observation/image_primary")
 # Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
 # after one was found; also absent from checkpoints written before the option existed).
-ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
+# Where augmentation runs (`data.augment_on`) may change too: the same transforms either way.
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted", "data.augment_on")
 
 
 def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
                   batch_size: int, shuffle_buffer: int | None = None,
                   extra_keys: tuple[str, ...] = ()) -> dp.Pipeline:
-  """Frame pairs (t, t+k) of this process's share of `config.data.<split_key>` datasets."""
+  """Frame pairs (t, t+k) of this process's share of `config.data.<split_key>` datasets.
+
+  Augmented here only with `data.augment_on="host"`; on the device (the default) the train step
+  does it (`augment_config`) and validation pairs are not augmented.
+  """
   data = config.data
-  augment = ft.AugmentConfig(**data.augment) if data.get("augment") else None
+  augment = augment_config(config) if augment_lib.placement(data) == "host" else None
   transforms = dp.TransformConfig(
       frame_pair_k=data.frame_gap, resize=tuple(data.image_size), augment=augment,
       keys=PAIR_KEYS + tuple(extra_keys))
@@ -47,6 +53,22 @@ def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
       shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
       seed=seed, repeat=repeat, process_index=jax.process_index(),
       process_count=jax.process_count(), skip_corrupted=bool(data.get("skip_corrupted", False)))
+
+
+def augment_config(config: Any) -> ft.AugmentConfig | None:
+  """The transforms of `config.data.augment` (None: a dict of `AugmentConfig` fields), or None."""
+  data = config.data
+  return ft.AugmentConfig(**data.augment) if data.get("augment") else None
+
+
+def device_augment_fn(config: Any):
+  """The train step's `augment_fn` (both frames of a pair get one draw), or None when
+  augmentation is off or runs on the host."""
+  if augment_lib.placement(config.data) != "device":
+    return None
+  return augment_lib.make_augment_fn(
+      augment_config(config), lambda b: (b["frame_t"], b["frame_tk"]),
+      lambda b, images: dict(b, frame_t=images[0], frame_tk=images[1]))
 
 
 def to_model_batch(batch: dict) -> dict:
@@ -91,7 +113,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   start_step = int(state.step)
 
   loss_fn = functools.partial(_loss, module=module)
-  train_step = training.make_train_step(loss_fn, tx, mesh)
+  train_step = training.make_train_step(loss_fn, tx, mesh, augment_fn=device_augment_fn(config))
   eval_step = training.make_eval_step(lambda p, b, r: _loss(p, b, r, module=module)[1], mesh)
 
   per_process = training.per_process_batch(config.batch_size)

@@ -83,6 +83,9 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   config.data.episode_fraction = 1.0    # nested subsets of the train episodes
   config.data.image_size = (56, 56)
   config.data.augment = True            # DrQ/BAKU random shift (train only)
+  # Where it runs: "device" (inside the jitted train step; tf.data only decodes, resizes and
+  # batches) or "host" (tf.data). The same transforms either way.
+  config.data.augment_on = "device"
   config.data.shuffle_buffer = 5000
   # A corrupted record fails with its file named; True reads only intact records (and counts
   # the rest). May be turned on when resuming.

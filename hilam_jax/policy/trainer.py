@@ -56,11 +56,13 @@ from hilam_jax.policy import baku
 from hilam_jax.policy import heads as heads_lib
 from hilam_jax.policy import networks
 from hilam_jax.skill import extract as skill_extract
+from hilam_jax.training import augment as augment_lib
 
 ROLES = ("flat", "high", "low")
 # Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
 # after one was found; also absent from checkpoints written before the option existed).
-ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
+# Where augmentation runs (`data.augment_on`) may change too: the same transforms either way.
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted", "data.augment_on")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -165,7 +167,8 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
                                           else config.data.val)]
   uses_action = any(h["target"] == "action" for h in config.heads.values())
   chunk_labels = tuple(sorted({h["target"] for h in config.heads.values()} - {"action"}))
-  augment = frame_transforms.AugmentConfig() if (train and config.data.augment) else None
+  host = train and augment_lib.placement(config.data) == "host"
+  augment = frame_transforms.AugmentConfig() if host else None
   transforms = dp.TransformConfig(
       action_horizon=config.chunk, chunk_actions=uses_action, chunk_labels=chunk_labels,
       resize=tuple(config.data.image_size) if config.data.image_size else None, augment=augment)
@@ -179,6 +182,22 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
 
 
 # ----------------------------------------------------------------------------- models
+
+
+def device_augment_fn(config: Any):
+  """The train step's `augment_fn` for model batches (every camera of an example gets one
+  draw), or None when augmentation is off or runs on the host."""
+  if augment_lib.placement(config.data) != "device":
+    return None
+  cameras = lambda b: sorted(b["inputs"]["images"])
+
+  def put(batch, images):
+    inputs = dict(batch["inputs"], images=dict(zip(cameras(batch), images)))
+    return dict(batch, inputs=inputs)
+
+  return augment_lib.make_augment_fn(
+      frame_transforms.AugmentConfig(),
+      lambda b: [b["inputs"]["images"][c] for c in cameras(b)], put)
 
 
 def transfer_params(pretrained: Any, fresh: Any, *, source: str) -> tuple[Any, list[str]]:
@@ -301,7 +320,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   start_step = int(state.step)
 
   loss_fn = functools.partial(policy_loss, module=module, head_cfgs=head_cfgs, high=high)
-  train_step = training.make_train_step(loss_fn, tx, mesh)
+  train_step = training.make_train_step(loss_fn, tx, mesh, augment_fn=device_augment_fn(config))
   eval_step = training.make_eval_step(
       lambda p, b, r: policy_loss(p, b, r, module=module, head_cfgs=head_cfgs, high=high,
                             train=False)[1], mesh)

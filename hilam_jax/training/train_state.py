@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from hilam_jax.training import augment as augment_lib
 from hilam_jax.training import mesh as mesh_lib
 
 Params = Any
@@ -128,7 +129,8 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
-                    learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None
+                    learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
+                    augment_fn: Callable[[Batch, jax.Array], Batch] | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the jitted, data-parallel update `(state, batch) -> (state, metrics)`.
 
@@ -140,6 +142,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
     mesh: the training mesh.
     learning_rate_fn: optional schedule step -> lr, reported as metric "learning_rate". Without
       it the rate is read from the optimizer state when `optax.inject_hyperparams` was used.
+    augment_fn: optional (batch, rng) -> batch run first inside the step (on-device
+      augmentation, `hilam_jax.training.augment`), with rng `fold_in(step rng, AUGMENT_STREAM)`;
+      the loss still receives the step rng itself.
 
   Returns:
     step_fn(state, batch) -> (new state, metrics). The state is donated: do not use the old
@@ -150,8 +155,11 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
   replicated = mesh_lib.replicated_sharding(mesh)
 
   def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    rng = state.step_rng()
+    if augment_fn is not None:
+      batch = augment_fn(batch, jax.random.fold_in(rng, augment_lib.AUGMENT_STREAM))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, batch, state.step_rng())
+    (loss, aux), grads = grad_fn(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(aux)
