@@ -32,7 +32,6 @@ from typing import Any, Iterator, Mapping
 
 import jax
 import numpy as np
-from flax import serialization
 
 from data_pipeline import run_info
 from hilam_jax.lam import depth_anything
@@ -183,16 +182,7 @@ def convert(folder: str, out_dir: str) -> dict:
 
 def load(out_dir: str) -> tuple[DepthConfig, dict]:
   """Reads `convert`'s output -> (config, params numpy tree), strictly."""
-  with open(os.path.join(out_dir, MANIFEST_FILE)) as f:
-    manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
-    raise ConversionError(f"{out_dir}: manifest format {manifest.get('format')!r}, expected "
-                          f"{FORMAT!r}")
+  manifest, path, params = common.read_converted(out_dir, FORMAT, "params_file")
   config = DepthConfig.from_dict(manifest["config"])
-  path = os.path.join(out_dir, manifest["params_file"])
-  if common.file_sha256(path) != manifest["params_file_sha256"]:
-    raise ConversionError(f"{path}: sha256 differs from the manifest's (file changed?)")
-  with open(path, "rb") as f:
-    params = serialization.msgpack_restore(f.read())
   check_params(params, config, f"params in {path}")
   return config, params

@@ -335,16 +335,25 @@ def load_idm(out_dir: str) -> tuple[IDMConfig, dict]:
     ConversionError: the variables file's sha256 differs from the manifest's, or its tree or
       shapes differ from the config's.
   """
-  with open(os.path.join(out_dir, MANIFEST_FILE)) as f:
-    manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
-    raise ConversionError(f"{out_dir}: manifest format {manifest.get('format')!r}, "
-                          f"expected {FORMAT!r}")
+  manifest, path, variables = read_converted(out_dir, FORMAT, "variables_file")
   config = IDMConfig.from_dict(manifest["config"])
-  path = os.path.join(out_dir, manifest["variables_file"])
-  if file_sha256(path) != manifest["variables_file_sha256"]:
-    raise ConversionError(f"{path}: sha256 differs from the manifest's (file changed?)")
-  with open(path, "rb") as f:
-    variables = serialization.msgpack_restore(f.read())
   check_variables(variables, config, f"variables in {path}")
   return config, variables
+
+
+def read_converted(out_dir: str, fmt: str, file_key: str) -> tuple[dict, str, Any]:
+  """Reads a converter's manifest.json (its "format" must be `fmt`) and the msgpack tree it names
+  under `file_key`, whose sha256 must be the manifest's `<file_key>_sha256`.
+
+  Returns (manifest, tree path, numpy tree). Raises ConversionError otherwise.
+  """
+  with open(os.path.join(out_dir, MANIFEST_FILE)) as f:
+    manifest = json.load(f)
+  if manifest.get("format") != fmt:
+    raise ConversionError(f"{out_dir}: manifest format {manifest.get('format')!r}, "
+                          f"expected {fmt!r}")
+  path = os.path.join(out_dir, manifest[file_key])
+  if file_sha256(path) != manifest[f"{file_key}_sha256"]:
+    raise ConversionError(f"{path}: sha256 differs from the manifest's (file changed?)")
+  with open(path, "rb") as f:
+    return manifest, path, serialization.msgpack_restore(f.read())
