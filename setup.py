@@ -65,6 +65,10 @@ setuptools.setup(
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.
             "sentence-transformers>=3,<7",
+            # tests/test_notebooks.py executes the notebooks in a real Jupyter kernel.
+            "papermill>=2.6,<3",
+            "ipykernel>=6.29,<8",
+            "nbformat>=5.9",
             # Everything the suite exercises, so that no test is skipped in CI: the LIBERO
             # harness test and the benchmark smoke test's PyTorch comparison.
             *LIBERO,

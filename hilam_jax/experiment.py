@@ -510,24 +510,39 @@ def _policies_and_evaluation(config: Any, paths: Paths, data: dict) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+# Stages before the policies, in order: `config.stop_after` may name any of them.
+STAGES = ("data", "lam", "labels", "skill_model", "skills")
+
+
 def run(config: Any, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) the whole experiment in `workdir`; returns the results dict."""
+  """Runs (or resumes) the whole experiment in `workdir`; returns the results dict.
+
+  With `config.stop_after` set to a name in `STAGES` it returns after that stage with the
+  results so far ({"data": ..., "lam": ..., ...}: each stage's result and seconds, "data" only
+  its result); running again with a later stage (or "") continues from there and reuses every
+  finished stage. That is how the notebook "HiLAM in 15 minutes" walks through the pipeline.
+  """
   from hilam_jax import report  # pylint: disable=g-import-not-at-top
-  if config.stop_after not in ("", "data", "skills"):
-    raise ValueError(f"stop_after={config.stop_after!r}: expected '', 'data' or 'skills'")
+  if config.stop_after not in ("", *STAGES):
+    raise ValueError(f"stop_after={config.stop_after!r}: expected '' or one of "
+                     + ", ".join(repr(s) for s in STAGES))
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   paths = Paths(workdir)
   _worker_setup(os.path.join(workdir, "jax_cache"))
-  data = _stage(workdir, "1_data", lambda: _generate(config, paths))["result"]
-  if config.stop_after == "data":
-    return {"data": data}
-  lam = _stage(workdir, "2_lam", lambda: _train_lam(config, paths, data))
-  labels = _stage(workdir, "3_labels", lambda: _label(config, paths, data))
-  skill = _stage(workdir, "4_skill_model", lambda: _train_skill_model(config, paths))
-  skills = _stage(workdir, "5_skills", lambda: _extract_and_score_skills(config, paths, data))
-  if config.stop_after == "skills":
-    return {"data": data, "lam": lam, "labels": labels, "skill_model": skill, "skills": skills}
+  done: dict[str, Any] = {}
+  stages = (("data", "1_data", lambda: _generate(config, paths)),
+            ("lam", "2_lam", lambda: _train_lam(config, paths, done["data"])),
+            ("labels", "3_labels", lambda: _label(config, paths, done["data"])),
+            ("skill_model", "4_skill_model", lambda: _train_skill_model(config, paths)),
+            ("skills", "5_skills", lambda: _extract_and_score_skills(config, paths,
+                                                                     done["data"])))
+  for key, name, fn in stages:
+    result = _stage(workdir, name, fn)
+    done[key] = result["result"] if key == "data" else result
+    if config.stop_after == key:
+      return done
+  data, lam, labels, skill, skills = (done[k] for k in STAGES)
   policies = _stage(workdir, "6_policies", lambda: _policies_and_evaluation(config, paths, data))
   results = {
       "level": config.level, "seed": config.seed, "seeds": list(config.seeds), "data": data, "lam": lam, "labels": labels,

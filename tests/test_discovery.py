@@ -30,6 +30,17 @@ def _piecewise(rng, starts, length, dim=4, noise=0.05, scale=2.0):
 # ---------------------------------------------------------------- held-out split
 
 
+def test_chunk_lengths_by_hand():
+  boundaries = {"a": np.array([1, 0, 0, 1, 0, 1], bool),   # starts 0, 3, 5 -> 3, 2, 1
+                "b": np.array([0, 0, 0, 0], bool),         # frame 0 starts a chunk anyway
+                "c": np.zeros(0, bool)}
+  lengths = discovery.chunk_lengths(boundaries)
+  np.testing.assert_array_equal(lengths, [3, 2, 1, 4])
+  assert lengths.sum() == 10  # every frame in exactly one chunk
+  assert lengths.mean() == discovery.mean_chunk_length(boundaries)
+  assert discovery.chunk_lengths({}).shape == (0,)
+
+
 def test_heldout_split_is_a_stable_balanced_partition():
   ids = [f"ep{i}" for i in range(1000)]
   val, test = discovery.heldout_split(ids)

@@ -250,3 +250,49 @@ def generate(config: Any, data_dir: str) -> dict[str, Any]:
   logging.info("%s done: %d episodes (%d attempts) in %.1fs: %.2f episodes/s", name, episodes,
                attempts, seconds, stats["episodes_per_second"])
   return stats
+
+
+# ----------------------------------------------------------------------------- example videos
+
+
+def write_videos(out_dir: str, *, num_videos: int, level: str = "BabyAI-UnlockLocal-v0",
+                 seed: int = 3, view: str = "room", tile_size: int = 7, fps: int = 8
+                 ) -> dict[str, Any]:
+  """Writes bot episodes as plain video files: a stand-in for "a folder of your own videos".
+
+  Each successful episode of `level` becomes `<out_dir>/episode_<i>.mp4` (H.264 via
+  imageio-ffmpeg, the `sim` extra) and its mission a row of `<out_dir>/captions.csv` (columns
+  path, caption), the layout `experiments/convert_videos.py` reads. Nothing else of the
+  simulator (actions, subtasks) is kept. Existing files are overwritten.
+
+  Returns:
+    {"video_dir": out_dir, "videos": [paths], "captions_csv": path, "frames": [per video]}.
+  """
+  import csv  # pylint: disable=g-import-not-at-top
+  import imageio.v2 as imageio  # pylint: disable=g-import-not-at-top
+
+  if num_videos < 1:
+    raise ValueError(f"num_videos must be >= 1, got {num_videos}")
+  os.makedirs(out_dir, exist_ok=True)
+  env = sim.make_env(level, tile_size, view)
+  videos, frames, rows = [], [], []
+  for attempt in range(sim.MAX_ATTEMPTS):
+    if len(videos) == num_videos:
+      break
+    episode = sim.simulate_episode(level, sim.test_seed(seed, attempt), tile_size, env, view)
+    if episode is None:
+      continue
+    rel = f"episode_{len(videos):04d}.mp4"
+    path = os.path.join(out_dir, rel)
+    imageio.mimwrite(path, episode["image"], format="FFMPEG", fps=fps, macro_block_size=1)
+    videos.append(path)
+    frames.append(len(episode["image"]))
+    rows.append((rel, episode["mission"]))
+  if len(videos) < num_videos:
+    raise RuntimeError(f"the bot solved only {len(videos)} of {sim.MAX_ATTEMPTS} {level} episodes")
+  captions = os.path.join(out_dir, "captions.csv")
+  with open(captions, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(("path", "caption"))
+    writer.writerows(rows)
+  return {"video_dir": out_dir, "videos": videos, "captions_csv": captions, "frames": frames}

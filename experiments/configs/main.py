@@ -56,8 +56,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.seed = 0  # of the LAM and skill model (one of each per experiment)
   config.seeds = (0, 1, 2)  # training seeds of every policy run (pretraining included)
   config.level = LEVEL
-  # "data": stop after generating the datasets; "skills": after the LAM, labels, skill model
-  # and skill extraction (before any policy run).
+  # Stop after a stage (hilam_jax.experiment.STAGES): "data" (the datasets), "lam", "labels",
+  # "skill_model" or "skills" (skill extraction, before any policy run); "": run everything.
   config.stop_after = ""
   # Action-free video (seed 1) and demonstrations (seed 0): disjoint environment seeds; the
   # video is 10x the demos.

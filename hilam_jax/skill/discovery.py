@@ -786,6 +786,75 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
   return report
 
 
+def chunk_lengths(boundaries: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Lengths in frames of every chunk of every episode (a chunk starts at frame 0 and at each
+  boundary, and runs to the next start or the episode's end): int64 [number of chunks]."""
+  lengths = []
+  for boundary in boundaries.values():
+    boundary = np.asarray(boundary, bool)
+    if not len(boundary):
+      continue
+    starts = np.union1d([0], np.flatnonzero(boundary))
+    lengths.append(np.diff(np.append(starts, len(boundary))))
+  return np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
+
+
+def skill_filmstrips(skills_dir: str, dataset_dir: str, out_dir: str, *, split: str = "val",
+                     num_episodes: int = 3, episode_ids: Sequence[str] | None = None
+                     ) -> dict[str, Any]:
+  """Filmstrips of the learned boundaries on any video dataset, ground truth or not.
+
+  For a user's own videos (`experiments/convert_videos.py`), where `run_evaluation` has no
+  subtask labels to score against: draws `num_episodes` episodes of `split` (the first in sorted
+  id order, or `episode_ids`) with the stage-1 and stage-2 boundaries, and red ground-truth
+  starts when the dataset has `subtask/boundary`.
+
+  Args:
+    skills_dir: output of `hilam_jax.skill.extract.extract_skills` covering `split`.
+    dataset_dir: the RLDS dataset the skills' labels were made from.
+    out_dir: receives skill_filmstrip_<i>.png.
+    split, num_episodes, episode_ids: which episodes to draw.
+
+  Returns:
+    {"filmstrips": [png paths], "episode_ids": [...], "chunk_lengths": {"s1"/"s2": the
+    `chunk_lengths` of every episode of the split}, "mean_chunk_length": {"s1"/"s2": float}}.
+
+  Raises:
+    ValueError: `episode_ids` not in the skills of `split`.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data_pipeline import reader  # pylint: disable=g-import-not-at-top
+
+  _, boundaries, _, _, _ = _load_skill_folder(skills_dir, split, None)
+  ids = sorted(boundaries["s1"])
+  chosen = list(episode_ids) if episode_ids is not None else ids[:num_episodes]
+  unknown = sorted(set(chosen) - set(ids))
+  if unknown:
+    raise ValueError(f"episodes {unknown[:5]} are not in the {split!r} skills of {skills_dir}")
+  strips = []
+  for traj in reader.read_trajectories(dataset_dir, split=split):
+    episode_id = traj["episode_id"][0].numpy().decode()
+    if episode_id not in chosen:
+      continue
+    length = len(boundaries["s1"][episode_id])
+    frames = np.stack([tf.io.decode_image(x, channels=3).numpy()
+                       for x in traj["observation"]["image_primary"].numpy()[:length]])
+    truth = (traj["subtask"]["boundary"].numpy().astype(bool)
+             if "boundary" in traj.get("subtask", {}) else np.zeros(length, bool))
+    text = traj["language_instruction"][0].numpy().decode()
+    index = chosen.index(episode_id)
+    strips.append((index, boundary_filmstrip(
+        frames, truth[:length],
+        {"1": boundaries["s1"][episode_id], "2": boundaries["s2"][episode_id]},
+        os.path.join(out_dir, f"skill_filmstrip_{index}.png"),
+        title=f"{episode_id}: \"{text}\" ({length} frames)")))
+  lengths = {stage: chunk_lengths(boundaries[stage]) for stage in ("s1", "s2")}
+  return {"filmstrips": [path for _, path in sorted(strips)], "episode_ids": chosen,
+          "chunk_lengths": lengths,
+          "mean_chunk_length": {stage: mean_chunk_length(boundaries[stage])
+                                for stage in ("s1", "s2")}}
+
+
 def _jsonable(value: Any) -> Any:
   if isinstance(value, np.generic):
     return value.item()
