@@ -60,6 +60,12 @@ SETTINGS = {
                                             "data.normalize": "zscore", "lambda_ratio": 0.3},
                                            "bottleneck heads on z-scored z^0, 10x the ratio-loss "
                                            "weight (holds the rate nearer N)"),
+    "bottleneck_zscore_lambda_ratio_0.1": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                                            "data.normalize": "zscore", "lambda_ratio": 0.1},
+                                           "as _0.3 with 3x H-Net's ratio-loss weight"),
+    "bottleneck_zscore_lambda_ratio_1.0": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                                            "data.normalize": "zscore", "lambda_ratio": 1.0},
+                                           "as _0.3 with 33x H-Net's ratio-loss weight"),
     "no_residual": ({"model.residual": False},
                     "no W_res path around the chunking: every prediction through the chunks"),
     "bottleneck_no_residual": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
