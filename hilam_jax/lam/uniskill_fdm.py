@@ -27,20 +27,21 @@ config (diffusers fixes the VAE's epsilon at 1e-6, the Transformer2D's GroupNorm
 and the BasicTransformerBlock's LayerNorm epsilon at 1e-5, as here). torch is never imported.
 
 Why our own modules and not diffusers 0.39.0's Flax ones (the last release that has them),
-measured on this stack (jax 0.10.2, flax 0.12.8, huggingface_hub 2.4.0, 2026-12-02):
-  * 0.39.0 does import beside huggingface_hub 2.4.0 (installed with --no-deps into a side
-    folder), and UNISKILL.md records its parity (UNet 5.7e-5, VAE 9.5e-7 relative). But
-  * its Flax GroupNorm is hard-wired to 32 groups: a tiny test config with other widths, or any
-    config with norm_num_groups != 32, computes something else without an error;
-  * its `to_bf16` / `to_fp16` helpers call `jax.tree_map`, removed from jax 0.10
-    (AttributeError), so the bfloat16 path would need our own cast anyway;
-  * the pip metadata of diffusers 0.39.0 requires huggingface_hub<1.0-era APIs: installing it
-    downgrades huggingface_hub 2.4.0 -> 1.33.0 (measured with a dry run), which a pinned extra
-    would do in every user's environment (transformers 5.x needs the newer hub);
-  * 0.40.0 removed Flax, so no fixes will come.
-  Ours: ~300 lines, groups/eps from config.json, `dtype` for bfloat16 compute with float32
-  params, parity with diffusers 0.42.1's PyTorch classes in tests/test_uniskill_fdm.py (the
-  figures are in that file's docstring).
+measured on this stack (jax 0.10.2, flax 0.12.8, huggingface_hub 2.4.0, torch 2.13 CPU,
+2026-12-02) on the tiny test configs of tests/test_uniskill_fdm.py, max |flax - torch| / max
+|torch| against 0.39.0's own PyTorch classes:
+  * 0.39.0 imports beside huggingface_hub 2.4.0 (installed with --no-deps into a side folder)
+    and works: UNet 1.2e-4 (ours 1.1e-6: its Transformer2D GroupNorm uses eps 1e-5 where torch
+    uses 1e-6), VAE encoder mean 1.2e-6 (ours 8.2e-7). But
+  * its Flax GroupNorms are hard-wired to 32 groups and eps 1e-5: with norm_num_groups=16 its
+    UNet is off by 0.60 relative, with only a "config attributes ... will be ignored" warning;
+  * its `to_bf16` calls `jax.tree_map`, removed from jax 0.10 (AttributeError), so bfloat16
+    would need our own cast anyway;
+  * `pip install diffusers==0.39.0` would downgrade huggingface_hub 2.4.0 -> 1.33.0 (pip dry
+    run), which a pinned extra would do in every user's environment;
+  * 0.40.0 removed Flax, so nothing will be fixed there.
+  Ours: a few hundred lines, groups and eps from config.json, `dtype` for bfloat16 compute with
+  float32 params, parity with diffusers 0.42.1's PyTorch classes (tests/test_uniskill_fdm.py).
 
 Dimension glossary:
   B     batch
