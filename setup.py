@@ -65,6 +65,11 @@ setuptools.setup(
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.
             "sentence-transformers>=3,<7",
+            # PyTorch reference of UniSkill's FDM (tests/test_uniskill_fdm.py): diffusers'
+            # UNet2DConditionModel / AutoencoderKL / DDPMScheduler. Measured with 0.42.1, which
+            # installs beside torch 2.13 and huggingface_hub 2.4 without changing them (0.39.0,
+            # the last with Flax, would downgrade huggingface_hub; our Flax FDM needs neither).
+            "diffusers>=0.40,<0.43",
             # Everything the suite exercises, so that no test is skipped in CI: the LIBERO
             # harness test and the benchmark smoke test's PyTorch comparison.
             *LIBERO,
