@@ -431,3 +431,26 @@ def test_min_snr_weights_match_diffusers_training_scripts(prediction_type):
   assert np.asarray(weights).min() < 0.5  # the weighting matters at these timesteps
   np.testing.assert_array_equal(uniskill_dynamics.timestep_weights(
       uniskill_dynamics.DynamicsConfig(), jnp.asarray(timesteps)), np.ones((2, 3)))
+
+
+def test_full_size_key_maps_match_diffusers():
+  """The released sizes (SD-1.x InstructPix2Pix UNet, SD VAE), built on torch's meta device (no
+  memory, no compute): our default configs are what their config.json gives, and the key maps
+  hold exactly diffusers' keys and shapes (UNet 686 keys, 859,532,484 parameters)."""
+  with torch.device("meta"):
+    unet = diffusers.UNet2DConditionModel(in_channels=8, cross_attention_dim=768)
+    vae = diffusers.AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                                  down_block_types=("DownEncoderBlock2D",) * 4,
+                                  up_block_types=("UpDecoderBlock2D",) * 4)
+  unet_config = uniskill_fdm.UNetConfig.from_hf_config(dict(unet.config))
+  vae_config = uniskill_fdm.VAEConfig.from_hf_config(dict(vae.config))
+  assert unet_config == uniskill_fdm.UNetConfig() and vae_config == uniskill_fdm.VAEConfig()
+  for model, rules in ((unet, convert.unet_key_map(unet_config)),
+                       (vae, convert.vae_key_map(vae_config))):
+    assert {k: r.shape for k, r in rules.items()} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()}
+  assert len(convert.unet_key_map(unet_config)) == 686
+  assert uniskill_fdm.num_parameters(uniskill_fdm.abstract_unet_params(unet_config)) == sum(
+      p.numel() for p in unet.parameters()) == 859_532_484
+  assert uniskill_fdm.num_parameters(uniskill_fdm.abstract_vae_params(vae_config)) == sum(
+      p.numel() for n, p in vae.named_parameters() if n.startswith(("encoder.", "quant_conv.")))

@@ -236,9 +236,8 @@ class VAEConfig(config_io.DictConfig):
     shift_factor: subtracted before scaling (None: 0).
     use_quant_conv: the 1x1 conv after the encoder.
     mid_block_add_attention: the mid block's self-attention.
-    out_channels: image channels of the (unconverted) decoder; validated only.
-    up_block_types_count: decoder blocks (== len(block_out_channels)); validated only.
-    use_post_quant_conv: the decoder's 1x1 conv; validated only.
+    out_channels: image channels of the decoder (not converted; its keys are validated).
+    use_post_quant_conv: the decoder's 1x1 conv (likewise validated only).
   """
   in_channels: int = 3
   block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
