@@ -69,6 +69,11 @@ setuptools.setup(
             "papermill>=2.6,<3",
             "ipykernel>=6.29,<8",
             "nbformat>=5.9",
+            # PyTorch reference of UniSkill's FDM (tests/test_uniskill_fdm.py): diffusers'
+            # UNet2DConditionModel / AutoencoderKL / DDPMScheduler. Measured with 0.42.1, which
+            # installs beside torch 2.13 and huggingface_hub 2.4 without changing them (0.39.0,
+            # the last with Flax, would downgrade huggingface_hub; our Flax FDM needs neither).
+            "diffusers>=0.40,<0.43",
             # Everything the suite exercises, so that no test is skipped in CI: the LIBERO
             # harness test and the benchmark smoke test's PyTorch comparison.
             *LIBERO,

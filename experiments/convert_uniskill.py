@@ -1,12 +1,18 @@
 """Converts UniSkill's released PyTorch weights to Flax. Logic: `hilam_jax.lam.uniskill_convert`.
 
   python -m experiments.convert_uniskill --idm=UniSkill_final_weight/idm.pth \
-      --depth=Depth-Anything-V2-Small-hf --out_dir=runs/uniskill
+      --depth=Depth-Anything-V2-Small-hf --unet=UniSkill_final_weight/unet \
+      --vae=instruct-pix2pix/vae --out_dir=runs/uniskill
 
-writes <out_dir>/idm/{idm_variables.msgpack,manifest.json} (`--idm`) and
+writes <out_dir>/idm/{idm_variables.msgpack,manifest.json} (`--idm`),
 <out_dir>/depth/{depth_params.msgpack,manifest.json} (`--depth`: a transformers folder with
-config.json + model.safetensors, read without torch). Each part converts on its own (the IDM
-alone is enough for labeling with given depth maps). `--idm_config` overrides IDMConfig fields as JSON (tests convert
+config.json + model.safetensors, read without torch), <out_dir>/unet/{unet_params.msgpack,
+manifest.json} (`--unet`) and <out_dir>/vae/{vae_params.msgpack,manifest.json} (`--vae`: the
+encoder; the decoder's keys are checked, not converted): diffusers save_pretrained folders with
+config.json + diffusion_pytorch_model.safetensors (read without torch) or, without it,
+diffusion_pytorch_model.bin (torch.load weights_only=True); the script says which it read. Each
+part converts on its own (the IDM alone is enough for labeling with given depth maps;
+`uniskill:<out_dir>` needs all four). `--idm_config` overrides IDMConfig fields as JSON (tests convert
 small random models with it; the release needs none).
 """
 import json
@@ -17,6 +23,8 @@ from absl import flags
 
 _IDM = flags.DEFINE_string("idm", None, "UniSkill's idm.pth (a torch state_dict).")
 _DEPTH = flags.DEFINE_string("depth", None, "Depth-Anything-V2-Small-hf folder.")
+_UNET = flags.DEFINE_string("unet", None, "The FDM's diffusers unet/ folder.")
+_VAE = flags.DEFINE_string("vae", None, "The FDM's diffusers vae/ folder (AutoencoderKL).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
 _IDM_CONFIG = flags.DEFINE_string("idm_config", "{}", "JSON dict of IDMConfig overrides.")
 
@@ -24,11 +32,12 @@ _IDM_CONFIG = flags.DEFINE_string("idm_config", "{}", "JSON dict of IDMConfig ov
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not (_IDM.value or _DEPTH.value):
-    raise app.UsageError("nothing to convert: give --idm and/or --depth")
+  if not (_IDM.value or _DEPTH.value or _UNET.value or _VAE.value):
+    raise app.UsageError("nothing to convert: give --idm, --depth, --unet and/or --vae")
   # pylint: disable=g-import-not-at-top
   from hilam_jax.lam import depth_anything_convert
   from hilam_jax.lam import uniskill_convert
+  from hilam_jax.lam import uniskill_fdm_convert
   from hilam_jax.lam import uniskill_idm
   if _IDM.value:
     config = uniskill_idm.IDMConfig.from_dict(json.loads(_IDM_CONFIG.value))
@@ -42,6 +51,16 @@ def main(argv):
     sha = manifest["source"][depth_anything_convert.WEIGHTS_FILE]["sha256"]
     print(f"depth: {len(manifest['tensors'])} keys, {manifest['num_parameters']:,} parameters "
           f"(source sha256 {sha[:12]}) -> {out_dir}")
+  for name, folder, convert in (("unet", _UNET.value, uniskill_fdm_convert.convert_unet),
+                                ("vae", _VAE.value, uniskill_fdm_convert.convert_vae)):
+    if folder:
+      out_dir = os.path.join(_OUT_DIR.value, name)
+      manifest = convert(folder, out_dir)
+      source = manifest["source"]
+      print(f"{name}: read {source['weights_file']} ({source['weights_format']}), "
+            f"{len(manifest['tensors'])} keys, {manifest['num_parameters']:,} parameters "
+            f"converted, {len(manifest['validated_not_converted'])} keys checked and not "
+            f"converted -> {out_dir}")
 
 
 if __name__ == "__main__":

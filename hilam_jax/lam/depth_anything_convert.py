@@ -25,12 +25,10 @@ or mis-shaped key, or a non-float tensor, is a `ConversionError` naming it.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from typing import Any, Iterator, Mapping
 
-import jax
 import numpy as np
 
 from data_pipeline import run_info
@@ -38,7 +36,6 @@ from hilam_jax.lam import depth_anything
 from hilam_jax.lam import uniskill_convert as common
 from hilam_jax.lam.depth_anything import DepthConfig
 from hilam_jax.lam.uniskill_convert import ConversionError, KeyRule
-from hilam_jax.training import checkpoint
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -169,12 +166,7 @@ def convert(folder: str, out_dir: str) -> dict:
       "config": config.to_dict(),
       "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                   for k, v in sorted(tensors.items())},
-      "num_parameters": int(sum(v.size for v in jax.tree_util.tree_leaves(params))),
-      "params_file": PARAMS_FILE,
-      "params_file_sha256": common.file_sha256(params_path),
-      "params_sha256": checkpoint.params_sha256(params),
-      "versions": run_info.package_versions(run_info.PACKAGES + ("msgpack", "safetensors")),
-      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      **common.params_file_entries(params, params_path, "params_file"),
   }
   run_info.write_json_atomic(os.path.join(out_dir, MANIFEST_FILE), manifest)
   return manifest

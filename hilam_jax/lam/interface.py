@@ -9,6 +9,7 @@ pretrained IDM and diffusion FDM) can be swapped in; `FrozenLAM` implements it f
 """
 import abc
 import functools
+import json
 import os
 from typing import Any, Optional, Union
 
@@ -191,9 +192,9 @@ UNISKILL_SCHEME = "uniskill"
 FROZEN_MODEL_FORMS = ("'lam:<train_lam workdir>'", "'uniskill:<converted dir>'",
                       "'<train_lam workdir>' (a bare path: lam, as before the schemes)")
 # The files of a converted UniSkill directory (`python -m experiments.convert_uniskill
-# --out_dir=<dir>`), per part, relative to the directory: the IDM (`--idm`, <dir>/idm) and
-# Depth-Anything-V2-Small (`--depth`, <dir>/depth); the FDM's UNet and VAE converters do not exist
-# yet (issue 12 items 1-2): their folder names are reserved.
+# --out_dir=<dir>`), per part, relative to the directory: the IDM (`--idm`, <dir>/idm),
+# Depth-Anything-V2-Small (`--depth`, <dir>/depth) and the FDM's UNet (`--unet`, <dir>/unet) and
+# VAE (`--vae`, <dir>/vae). `uniskill_dynamics.UniSkillDynamics` needs all four.
 UNISKILL_PARTS = {"idm": "idm/manifest.json", "depth": "depth/manifest.json",
                   "fdm_unet": "unet/manifest.json", "fdm_vae": "vae/manifest.json"}
 
@@ -228,24 +229,8 @@ def missing_uniskill_parts(converted_dir: str) -> dict[str, str]:
           if not os.path.exists(os.path.join(converted_dir, rel))}
 
 
-def load_frozen_model(spec: str, step: Optional[int] = None) -> FrozenDynamicsModel:
-  """The one place that chooses the frozen dynamics model of labeling, L_rec and the main job.
-
-  Args:
-    spec: see `parse_frozen_model`: 'lam:<workdir>' (or a bare workdir) is this package's LAM as
-      `trainer.load_frozen_lam` restores it; 'uniskill:<converted dir>' is UniSkill's IDM + depth
-      + diffusion FDM.
-    step: the LAM checkpoint step (None: latest); must be None for uniskill.
-
-  Raises:
-    ValueError: an unknown scheme, or a step given for uniskill.
-    FileNotFoundError: a uniskill directory without every part (names the missing ones).
-    NotImplementedError: a complete uniskill directory (`UniSkillDynamics` is issue 12 item 3).
-  """
-  scheme, path = parse_frozen_model(spec)
-  if scheme == LAM_SCHEME:
-    from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
-    return trainer.load_frozen_lam(path, step)
+def require_uniskill_parts(spec: str, path: str, step: Optional[int]) -> None:
+  """Raises ValueError for a step (lam: only) and FileNotFoundError naming every missing part."""
   if step is not None:
     raise ValueError(f"frozen model {spec!r}: a checkpoint step ({step}) applies to lam: only")
   missing = missing_uniskill_parts(path)
@@ -255,16 +240,59 @@ def load_frozen_model(spec: str, step: Optional[int] = None) -> FrozenDynamicsMo
             f"{part} ({os.path.join(path, rel)})" for part, rel in missing.items())
         + ". UniSkillDynamics needs the IDM + depth (Depth-Anything-V2-Small) + FDM (UNet and "
         "VAE); an IDM alone can label frames with depth given, not serve as a frozen model.")
-  raise NotImplementedError(f"frozen model {spec!r}: UniSkillDynamics (issue 12 item 3) is not "
-                            "implemented yet")
+
+
+def load_frozen_model(spec: str, step: Optional[int] = None) -> FrozenDynamicsModel:
+  """The one place that chooses the frozen dynamics model of labeling, L_rec and the main job.
+
+  Args:
+    spec: see `parse_frozen_model`: 'lam:<workdir>' (or a bare workdir) is this package's LAM as
+      `trainer.load_frozen_lam` restores it; 'uniskill:<converted dir>' is UniSkill's IDM + depth
+      + diffusion FDM (`uniskill_dynamics.UniSkillDynamics.from_converted`).
+    step: the LAM checkpoint step (None: latest); must be None for uniskill.
+
+  Raises:
+    ValueError: an unknown scheme, or a step given for uniskill.
+    FileNotFoundError: a uniskill directory without every part (names the missing ones).
+  """
+  scheme, path = parse_frozen_model(spec)
+  if scheme == LAM_SCHEME:
+    from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
+    return trainer.load_frozen_lam(path, step)
+  require_uniskill_parts(spec, path, step)
+  from hilam_jax.lam import uniskill_dynamics  # pylint: disable=g-import-not-at-top  (imports us)
+  return uniskill_dynamics.UniSkillDynamics.from_converted(path)
 
 
 def frozen_model_fingerprint(spec: str, step: Optional[int] = None) -> dict[str, Any]:
   """Identifies the model of `spec` for label manifests (lam: `trainer.checkpoint_fingerprint`,
-  unchanged, so existing label folders keep their identity)."""
+  unchanged, so existing label folders keep their identity; uniskill: per part, its manifest's
+  format, source sha256(s) and converted params' sha256, plus the DynamicsConfig in effect).
+
+  Raises:
+    ValueError / FileNotFoundError: as `load_frozen_model` (without loading any weights).
+  """
   scheme, path = parse_frozen_model(spec)
   if scheme == LAM_SCHEME:
     from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top
     return trainer.checkpoint_fingerprint(path, step)
-  load_frozen_model(spec, step)  # raises (missing parts or NotImplementedError) for now
-  raise NotImplementedError(f"frozen model {spec!r}: no fingerprint for uniskill yet")
+  require_uniskill_parts(spec, path, step)
+  from hilam_jax.lam import uniskill_dynamics  # pylint: disable=g-import-not-at-top
+  parts = {}
+  for part, rel in UNISKILL_PARTS.items():
+    with open(os.path.join(path, rel)) as f:
+      manifest = json.load(f)
+    parts[part] = {"format": manifest["format"],
+                   "source_sha256": _source_sha256(manifest["source"]),
+                   "params_sha256": manifest.get("params_sha256",
+                                                 manifest.get("variables_sha256"))}
+  return {"uniskill_dir": os.path.abspath(path), "parts": parts,
+          "dynamics": uniskill_dynamics.load_dynamics_config(path).to_dict()}
+
+
+def _source_sha256(source: dict[str, Any]) -> Any:
+  """A converter manifest's source sha256(s): the IDM's and the FDM's converters write
+  {"sha256": ...}, the depth converter {file name: {"sha256": ...}}."""
+  if "sha256" in source:
+    return source["sha256"]
+  return {name: entry["sha256"] for name, entry in source.items()}

@@ -341,6 +341,20 @@ def load_idm(out_dir: str) -> tuple[IDMConfig, dict]:
   return config, variables
 
 
+def params_file_entries(params: Any, params_path: str, file_key: str) -> dict[str, Any]:
+  """The manifest entries of a converted params file: the parameter count, `<file_key>` (its
+  name) and `<file_key>_sha256`, the params' content sha256, package versions (incl. msgpack and
+  safetensors) and the time."""
+  return {
+      "num_parameters": int(sum(np.size(v) for v in jax.tree_util.tree_leaves(params))),
+      file_key: os.path.basename(params_path),
+      f"{file_key}_sha256": file_sha256(params_path),
+      "params_sha256": checkpoint.params_sha256(params),
+      "versions": run_info.package_versions(run_info.PACKAGES + ("msgpack", "safetensors")),
+      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
 def read_converted(out_dir: str, fmt: str, file_key: str) -> tuple[dict, str, Any]:
   """Reads a converter's manifest.json (its "format" must be `fmt`) and the msgpack tree it names
   under `file_key`, whose sha256 must be the manifest's `<file_key>_sha256`.
