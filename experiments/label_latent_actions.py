@@ -3,6 +3,8 @@ from absl import app
 from absl import logging
 from ml_collections import config_flags
 
+from experiments import launch
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/label_latent_actions.py:babyai", "Labeling config.",
     lock_config=True)
@@ -11,6 +13,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  launch.init_distributed()
   # pylint: disable=g-import-not-at-top
   from hilam_jax import logs
   from hilam_jax.lam import interface

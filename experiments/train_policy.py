@@ -3,6 +3,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import launch
 from hilam_jax import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -14,6 +15,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (checkpoints, Ten
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  launch.init_distributed()
   from hilam_jax import logs  # pylint: disable=g-import-not-at-top
   from hilam_jax.policy import trainer  # pylint: disable=g-import-not-at-top
   logs.quiet_library_logs()

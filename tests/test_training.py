@@ -1,6 +1,7 @@
 """Tests of the shared training core `hilam_jax.training` on a tiny MLP regression."""
 import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -87,6 +88,52 @@ def test_eight_devices_match_one_device(mesh, tmp_path):
   for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
     np.testing.assert_array_equal(np.asarray(value), r8["param" + jax.tree_util.keystr(path)])
     assert value.sharding.is_fully_replicated
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_of_eight_devices(mesh, tmp_path):
+  """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo) train like 1 x 8: same
+  losses and params (rtol 1e-5: the all-reduce crosses processes); the checkpoint both write
+  restores here."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out8 = tmp_path / "r8.npz"
+  proc = subprocess.run([sys.executable, "-m", "tests.training_worker", f"--out={out8}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  address, ckpt_dir = f"127.0.0.1:{_free_port()}", tmp_path / "ckpt2"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "tests.training_worker", f"--out={tmp_path / f'p{i}.npz'}",
+       f"--checkpoint_dir={ckpt_dir}", f"--coordinator_address={address}", "--num_processes=2",
+       f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  r8 = np.load(out8)
+  for i in range(2):
+    r = np.load(tmp_path / f"p{i}.npz")
+    info = json.loads(str(r["info"]))
+    assert (info["process_count"], info["process_index"]) == (2, i)
+    assert info["device_count"] == 8 and info["local_device_count"] == 4
+    assert info["mesh_size"] == 8 and info["batch_num_shards"] == 4  # its 4 local shards
+    assert info["batch_shard_rows"] == [2] and info["params_num_devices"] == 8
+    assert "not divisible by the 4 local devices" in info["indivisible_error"]
+    np.testing.assert_allclose(r["losses"], r8["losses"], rtol=1e-5)
+    names = [k for k in r.files if k.startswith("param")]
+    assert names and sorted(names) == sorted(k for k in r8.files if k.startswith("param"))
+    for name in names:
+      np.testing.assert_allclose(r[name], r8[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  p0 = np.load(tmp_path / "p0.npz")
+  params = training.restore_params(ckpt_dir, mesh=mesh)
+  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+    np.testing.assert_array_equal(np.asarray(value), p0["param" + jax.tree_util.keystr(path)])
 
 
 def test_checkpoint_round_trip_and_resume(mesh, tmp_path):

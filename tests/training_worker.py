@@ -67,17 +67,32 @@ def batch_for_step(step: int) -> dict[str, np.ndarray]:
   return {"x": x, "y": np.sin(x).sum(-1).astype(np.float32)}
 
 
+def local_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's slice of a global batch (all of it in a single-process run)."""
+  rows = training.per_process_batch(GLOBAL_BATCH)
+  start = jax.process_index() * rows
+  return {k: v[start:start + rows] for k, v in batch.items()}
+
+
+def _host_value(x) -> np.ndarray:
+  """A replicated (possibly multi-process) array as numpy, from this process's first shard."""
+  return np.asarray(x.addressable_shards[0].data)
+
+
 def run(mesh, num_steps: int = 5, checkpoint_dir: str | None = None) -> dict:
-  """Trains `num_steps` steps on `mesh`; returns losses, final params and placement facts."""
+  """Trains `num_steps` steps on `mesh` (each process feeding its rows of every global batch);
+  returns losses, final params and placement facts."""
   tx = make_tx()
   state = training.create_train_state(init_params_fn(), tx, jax.random.PRNGKey(0), mesh)
   train_step = training.make_train_step(loss_fn, tx, mesh)
   losses, lrs, info = [], [], {}
   for step in range(num_steps):
-    batch = training.shard_batch(batch_for_step(step), mesh)
+    batch = training.shard_batch(local_rows(batch_for_step(step)), mesh)
     if step == 0:
       x = batch["x"]
       info = {"device_count": jax.device_count(), "mesh_size": int(mesh.devices.size),
+              "process_count": jax.process_count(), "process_index": jax.process_index(),
+              "local_device_count": jax.local_device_count(),
               "batch_num_shards": len(x.addressable_shards),
               "batch_shard_rows": sorted({s.data.shape[0] for s in x.addressable_shards}),
               "batch_shard_devices": len({s.device for s in x.addressable_shards}),
@@ -85,13 +100,13 @@ def run(mesh, num_steps: int = 5, checkpoint_dir: str | None = None) -> dict:
                                        for p in jax.tree.leaves(state.params)),
               "params_num_devices": len(jax.tree.leaves(state.params)[0].sharding.device_set)}
     state, metrics = train_step(state, batch)
-    losses.append(float(metrics["loss"]))
-    lrs.append(float(metrics["learning_rate"]))
+    losses.append(float(_host_value(metrics["loss"])))
+    lrs.append(float(_host_value(metrics["learning_rate"])))
   if checkpoint_dir:
     ckpt = training.Checkpointer(checkpoint_dir, CONFIG)
     ckpt.save(num_steps, state, force=True)
     ckpt.close()
-  flat = {jax.tree_util.keystr(p): np.asarray(v)
+  flat = {jax.tree_util.keystr(p): _host_value(v)
           for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
   return {"losses": np.asarray(losses), "lrs": np.asarray(lrs), "params": flat, "info": info,
           "step": int(state.step)}
@@ -131,14 +146,21 @@ def main(argv):
   parser.add_argument("--checkpoint_dir", default=None)
   parser.add_argument("--train_dir", default=None)
   parser.add_argument("--step_seconds", type=float, default=0.0)
+  # A multi-process run (hilam_jax.training.distributed): all three or none.
+  parser.add_argument("--coordinator_address", default=None)
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
   args = parser.parse_args(argv[1:])
+  from hilam_jax.training import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   if args.train_dir:
     train_resumable(args.train_dir, args.num_steps, args.step_seconds)
     return
   mesh = training.make_mesh()
   result = run(mesh, args.num_steps, args.checkpoint_dir)
   try:  # a per-process batch that the local devices cannot split evenly
-    training.shard_batch({"x": np.zeros((GLOBAL_BATCH - 4, FEATURES), np.float32)}, mesh)
+    rows = training.per_process_batch(GLOBAL_BATCH) - 1
+    training.shard_batch({"x": np.zeros((rows, FEATURES), np.float32)}, mesh)
     result["info"]["indivisible_error"] = None
   except ValueError as e:
     result["info"]["indivisible_error"] = str(e)
