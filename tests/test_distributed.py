@@ -1,0 +1,38 @@
+"""Where a multi-process job's settings come from (`hilam_jax.training.distributed`); the
+2-process training itself is tests/test_training.py::test_two_processes_match_one_process_of_eight_devices."""
+import pytest
+
+from hilam_jax.training import distributed
+
+
+def test_explicit_settings_from_arguments_then_environment():
+  env = {distributed.ENV_COORDINATOR: "10.0.0.1:99", distributed.ENV_NUM_PROCESSES: "4",
+         distributed.ENV_PROCESS_ID: "3"}
+  assert distributed.explicit_settings(environ=env) == ("10.0.0.1:99", 4, 3)
+  # Arguments win over the environment.
+  assert distributed.explicit_settings("h:1", 2, 0, environ=env) == ("h:1", 2, 0)
+  assert distributed.explicit_settings(environ={}) is None
+
+
+@pytest.mark.parametrize("args, match", [
+    (("h:1", 2, None), "need all three"),
+    ((None, 2, None), "need all three"),
+    (("h:1", 2, 2), r"process_id 2 must be in \[0, num_processes=2\)"),
+    (("h:1", 0, 0), "must be in"),
+])
+def test_incomplete_or_inconsistent_settings_are_refused(args, match):
+  with pytest.raises(ValueError, match=match):
+    distributed.explicit_settings(*args, environ={})
+
+
+def test_partial_environment_is_refused():
+  with pytest.raises(ValueError, match="environment"):
+    distributed.explicit_settings(environ={distributed.ENV_COORDINATOR: "h:1"})
+
+
+def test_cluster_detection():
+  assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}) == "tpu"
+  assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "t0"}) is None  # one host
+  assert distributed.detect_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}) == "slurm"
+  assert distributed.detect_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+  assert distributed.detect_cluster({}) is None
