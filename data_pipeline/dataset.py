@@ -54,9 +54,18 @@ class Pipeline:
   sources: list[reader.TrajectorySource]
   num_skipped_records: int
 
-  def as_numpy_iterator(self) -> Iterator[dict]:
-    """Yields numpy batches; a corrupted record raises CorruptedRecordError naming the file."""
-    iterator = self.dataset.as_numpy_iterator()
+  def as_numpy_iterator(self, skip_batches: int = 0) -> Iterator[dict]:
+    """Yields numpy batches; a corrupted record raises CorruptedRecordError naming the file.
+
+    `skip_batches` starts after that many batches of the same (seeded, deterministic) pipeline:
+    a trainer resumed at step s passes s and sees exactly the batches the uninterrupted run saw
+    from step s on (the skipped ones are still read and decoded, not returned: seconds for our
+    runs, read time proportional to s at scale).
+    """
+    if skip_batches < 0:
+      raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+    dataset = self.dataset.skip(skip_batches) if skip_batches else self.dataset
+    iterator = dataset.as_numpy_iterator()
     while True:
       try:
         batch = next(iterator)

@@ -117,11 +117,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   eval_step = training.make_eval_step(lambda p, b, r: _loss(p, b, r, module=module)[1], mesh)
 
   per_process = training.per_process_batch(config.batch_size)
-  # A resumed run reads the data under a new seed: no batch of the first run is replayed first.
-  train_pipe = pair_pipeline(config, "train", seed=config.seed + start_step, repeat=True,
+  # Exact resume: one seeded pipeline for the whole run; a run resumed at step s skips the s
+  # batches the steps before it consumed (one per step), so it trains on the same batches.
+  train_pipe = pair_pipeline(config, "train", seed=config.seed, repeat=True,
                              batch_size=per_process)
   train_batches = training.shard_batches(
-      (to_model_batch(b) for b in train_pipe.as_numpy_iterator()), mesh)
+      (to_model_batch(b) for b in train_pipe.as_numpy_iterator(skip_batches=start_step)), mesh)
 
   def eval_fn(state):
     val_pipe = pair_pipeline(config, "val", seed=config.seed, repeat=True,

@@ -326,10 +326,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                             train=False)[1], mesh)
   convert = BatchConverter(config, encoder)
   per_process = training.per_process_batch(config.batch_size)
+  # Exact resume: one seeded pipeline per run; resumed at step s, skip the s batches consumed.
   train_pipe = make_pipeline(config, config.data.train_split, tables, batch_size=per_process,
-                             seed=config.seed + start_step, episode_ids=episode_ids)
+                             seed=config.seed, episode_ids=episode_ids)
   train_batches = training.shard_batches(
-      (convert(b) for b in train_pipe.as_numpy_iterator()), mesh)
+      (convert(b) for b in train_pipe.as_numpy_iterator(skip_batches=start_step)), mesh)
 
   val_batches = []  # the validation batches, read once (the same ones at every evaluation)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from typing import Any, Iterator, Optional
@@ -264,15 +265,19 @@ def sample_frame_pairs(window_frames: WindowFrames, index: np.ndarray, mask: np.
 
 def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int,
                    window_frames: Optional[WindowFrames] = None,
-                   rec_positions: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                   rec_positions: int = 0, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches {"latents", "mask"} of windows drawn uniformly (with a numpy RNG).
 
+  Batch i is drawn from its own generator seeded with (seed, i), so the stream seeks: `start=s`
+  yields exactly batches s, s + 1, ... of the stream that starts at 0 (a resumed run's data).
   With `window_frames`, each batch also carries the L_rec inputs of `sample_frame_pairs` for
   `rec_positions` positions per window.
   """
   latents, mask = windows
-  rng = np.random.default_rng(seed)
-  while True:
+  if start < 0:
+    raise ValueError(f"start must be >= 0, got {start}")
+  for i in itertools.count(start):
+    rng = np.random.default_rng((seed, i))
     index = rng.integers(0, len(latents), batch_size)
     batch = {"latents": latents[index], "mask": mask[index]}
     if window_frames is not None:
@@ -427,10 +432,12 @@ def train_and_evaluate(config: Any, workdir: str,
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh)
 
   per_process = training.per_process_batch(config.batch_size)
-  # Each process draws from its own seed; a resumed run draws under a new one (no replay).
-  seed = config.seed + 1000 * jax.process_index() + start_step
+  # Each process draws from its own seed; a run resumed at step s continues the same stream at
+  # batch s (exact resume).
+  seed = config.seed + 1000 * jax.process_index()
   train_batches = training.shard_batches(
-      random_batches(train_windows, per_process, seed, train_frames, rec_positions), mesh)
+      random_batches(train_windows, per_process, seed, train_frames, rec_positions,
+                     start=start_step), mesh)
 
   def eval_fn(state):
     val_batches = training.shard_batches(
