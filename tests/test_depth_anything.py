@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors import numpy as safetensors_numpy
 
+from experiments import uniskill_torch_reference as reference
 from hilam_jax.lam import depth_anything as da
 from hilam_jax.lam import depth_anything_convert as convert
 from hilam_jax.lam.depth_anything import DepthConfig
@@ -27,13 +28,7 @@ TOLERANCE = 1e-4  # max |flax - torch| / max |torch|
 
 
 def tiny_hf_config():
-  backbone = transformers.Dinov2Config(
-      hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=14, image_size=28,
-      out_features=["stage1", "stage2", "stage3", "stage4"], apply_layernorm=True,
-      reshape_hidden_states=False, layerscale_value=1.0)
-  return transformers.DepthAnythingConfig(
-      backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-      head_hidden_size=8, reassemble_hidden_size=32, patch_size=14)
+  return reference.depth_anything_hf_config(tiny=True)
 
 
 def randomize_(model, seed):

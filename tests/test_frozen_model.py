@@ -14,7 +14,7 @@ from hilam_jax.lam import model as lam_model
 from hilam_jax.lam import trainer
 from hilam_jax.lam import uniskill_convert
 from hilam_jax.lam.uniskill_idm import IDMConfig
-from tests import uniskill_torch_reference as reference
+from experiments import uniskill_torch_reference as reference
 
 FRAME_GAP = 3  # not the tiny config's default (1): proves the checkpoint's config was read
 

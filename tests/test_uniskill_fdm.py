@@ -9,7 +9,7 @@ logvar 1.1e-6, bfloat16 compute vs float32 (VAE) 2.7e-2; `reconstruction_loss`'s
 against torch autograd of the same loss built from diffusers' pieces 8.1e-6.
 
 `UniSkillDynamics` is also built end to end from a converted tiny directory (the IDM reference of
-tests/uniskill_torch_reference.py, the tiny Depth-Anything of tests/test_depth_anything.py).
+experiments/uniskill_torch_reference.py, the tiny Depth-Anything of tests/test_depth_anything.py).
 """
 import json
 import os
@@ -28,7 +28,7 @@ from hilam_jax.lam import uniskill_fdm
 from hilam_jax.lam import uniskill_fdm_convert as convert
 from hilam_jax.lam.uniskill_convert import ConversionError
 from hilam_jax.lam.uniskill_idm import IDMConfig
-from tests import uniskill_torch_reference as reference
+from experiments import uniskill_torch_reference as reference
 from tests.test_uniskill_idm import FAST_COMPILE, compiled
 
 diffusers = pytest.importorskip("diffusers")

@@ -1,6 +1,6 @@
 """UniSkill's IDM in Flax against a PyTorch reference written from ../shared/UNISKILL.md.
 
-The reference (tests/uniskill_torch_reference.py) has random weights and random BatchNorm
+The reference (experiments/uniskill_torch_reference.py) has random weights and random BatchNorm
 statistics and is saved as the release is (`torch.save(model.state_dict())`); the converter
 reads that file. Relative errors are max|flax - torch| / max|torch| per output (per parameter
 leaf for gradients). `-m slow` runs the same parity check at full size (20M parameters, 224 px).
@@ -22,7 +22,7 @@ import torch
 from hilam_jax.lam import uniskill_convert
 from hilam_jax.lam import uniskill_idm
 from hilam_jax.lam.uniskill_idm import IDMConfig
-from tests import uniskill_torch_reference as reference
+from experiments import uniskill_torch_reference as reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = IDMConfig.tiny()

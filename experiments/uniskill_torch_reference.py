@@ -1,4 +1,6 @@
-"""A PyTorch reference of UniSkill's IDM, written from ../shared/UNISKILL.md, for parity tests.
+"""A PyTorch reference of UniSkill's IDM, written from ../shared/UNISKILL.md, for the parity tests
+and `experiments/benchmark_uniskill.py` (it lives here, not in tests/, so that the benchmark can
+import it from an installed checkout: setup.py installs `experiments`, not `tests`).
 
 Module names reproduce the released `idm.pth` keys exactly: the ResNet-18 trunk is an
 `nn.Sequential` of torchvision's children (conv1, bn1, relu, maxpool, layer1..4 ->
@@ -6,6 +8,10 @@ Module names reproduce the released `idm.pth` keys exactly: the ResNet-18 trunk 
 build here; attention is `nn.MultiheadAttention` (packed in_proj) wrapped as
 `{spatial,temporal}_attn.multihead_attn`. Inputs follow UniSkill's layout: RGB [B, T, 3, H, W]
 in [0, 1], depth [B, T, H, W].
+
+`depth_anything_hf_config` gives transformers' `DepthAnythingConfig` of Depth-Anything-V2-Small
+(or a tiny one of the same structure) to build the depth reference from (transformers is imported
+only there).
 """
 import torch
 from torch import nn
@@ -195,3 +201,24 @@ def make_reference(config: IDMConfig, seed: int = 0) -> ReferenceIDM:
 def save_state_dict(model: nn.Module, path) -> None:
   """As the release was saved: a plain state_dict, no wrapper."""
   torch.save(model.state_dict(), path)
+
+
+def depth_anything_hf_config(tiny: bool = False):
+  """transformers' DepthAnythingConfig: Depth-Anything-V2-Small's (DINOv2-S, 12 blocks, width
+  384, 518 px trained grid; `DepthConfig()`), or with `tiny` a 4-block width-32 one with a 2x2
+  trained grid (`DepthConfig.tiny()`)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  if tiny:
+    backbone = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=28,
+                    out_features=["stage1", "stage2", "stage3", "stage4"])
+    head = dict(neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+                reassemble_hidden_size=32)
+  else:
+    backbone = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518,
+                    out_features=["stage3", "stage6", "stage9", "stage12"])
+    head = dict(neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32,
+                reassemble_hidden_size=384)
+  backbone = transformers.Dinov2Config(patch_size=14, apply_layernorm=True,
+                                       reshape_hidden_states=False, layerscale_value=1.0,
+                                       **backbone)
+  return transformers.DepthAnythingConfig(backbone_config=backbone, patch_size=14, **head)
