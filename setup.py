@@ -81,5 +81,9 @@ setuptools.setup(
         ],
         "libero": LIBERO,
         "bench": BENCH,
+        # Accelerator builds of JAX (README, "Multi-process and multi-host training"):
+        #   pip install -e ".[sim,cuda12]"   /   pip install -e ".[sim,tpu]"
+        "cuda12": ["jax[cuda12]>=0.10,<0.11"],
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
     },
 )

@@ -36,3 +36,37 @@ def test_cluster_detection():
   assert distributed.detect_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8"}) == "slurm"
   assert distributed.detect_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
   assert distributed.detect_cluster({}) is None
+
+
+def test_launch_local_starts_one_job_of_n_processes(tmp_path):
+  """experiments/launch_local.py: 2 processes x 2 CPU devices train the tiny worker together."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.launch_local", "--num_processes=2",
+       "--devices_per_process=2", "--", "tests.training_worker",
+       f"--out={tmp_path}/p{{process_id}}.npz", "--num_steps=3"],
+      cwd=repo, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+  runs = [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
+  for i, run in enumerate(runs):
+    info = json.loads(str(run["info"]))
+    assert (info["process_index"], info["process_count"], info["device_count"]) == (i, 2, 4)
+  np.testing.assert_array_equal(runs[0]["losses"], runs[1]["losses"])  # one job, one loss
+
+
+def test_launch_local_stops_everything_when_a_process_fails(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.launch_local", "--num_processes=2", "--",
+       "tests.training_worker", "--num_steps=-1", "--no_such_flag"],
+      cwd=repo, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "exited with" in result.stderr
