@@ -13,6 +13,8 @@ experiments/uniskill_torch_reference.py, the tiny Depth-Anything of tests/test_d
 """
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -367,18 +369,18 @@ def test_reconstruction_loss_and_z_gradient_match_torch(dynamics, loss_and_grads
   assert relative_error(grad, z_t.grad.numpy()) < TOLERANCE
 
 
-def test_launch_script_converts_unet_and_vae(fdm, tmp_path, capsys):
+def test_launch_script_converts_unet_and_vae(fdm, tmp_path):
   """`convert_uniskill --unet --vae` writes <out_dir>/unet and <out_dir>/vae and says which
-  weights file it read."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
-  from experiments import convert_uniskill  # pylint: disable=g-import-not-at-top
+  weights file it read. In a subprocess: launch scripts define absl flags at import, and another
+  script's --out_dir in the same test process would clash."""
   out_dir = str(tmp_path / "uniskill")
-  with flagsaver.flagsaver():
-    flags.FLAGS(["convert_uniskill", f"--unet={fdm['unet_bin']['folder']}",
-                 f"--vae={fdm['vae_st']['folder']}", f"--out_dir={out_dir}"])
-    convert_uniskill.main(["convert_uniskill"])
-  printed = capsys.readouterr().out
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.convert_uniskill", f"--unet={fdm['unet_bin']['folder']}",
+       f"--vae={fdm['vae_st']['folder']}", f"--out_dir={out_dir}"],
+      cwd=repo, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  printed = result.stdout
   assert f"unet: read {convert.BIN_FILE} (torch .bin" in printed
   assert f"vae: read {convert.SAFETENSORS_FILE} (safetensors" in printed
   assert interface.missing_uniskill_parts(out_dir).keys() == {"idm", "depth"}
