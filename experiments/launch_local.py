@@ -11,7 +11,6 @@ arguments is replaced by i. Output lines are prefixed with "[i]". If one process
 others are stopped; the exit code is the first failure's (0 when all succeed).
 """
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,17 +18,13 @@ import threading
 from absl import app
 from absl import flags
 
+from hilam_jax.training import distributed
+
 _NUM = flags.DEFINE_integer("num_processes", 2, "Processes to start.")
 _DEVICES = flags.DEFINE_integer(
     "devices_per_process", 0, "Forced CPU devices per process (XLA_FLAGS "
     "--xla_force_host_platform_device_count; JAX_PLATFORMS=cpu); 0: leave the devices alone.")
 _PORT = flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _pump(index: int, stream) -> None:
@@ -45,7 +40,7 @@ def main(argv):
   if _NUM.value < 1:
     raise app.UsageError(f"--num_processes must be >= 1, got {_NUM.value}")
   module, args = argv[1], argv[2:]
-  address = f"127.0.0.1:{_PORT.value or _free_port()}"
+  address = f"127.0.0.1:{_PORT.value or distributed.free_local_port()}"
   env = dict(os.environ)
   if _DEVICES.value:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="

@@ -370,6 +370,8 @@ class Planner:
     cfg = policy_config(self.config, dataset=self.data["demos"], heads=self._action_head(),
                         num_steps=self.config.policy.finetune_steps, **kwargs)
     cfg.data.ignore_action = 6  # BabyAI's terminal placeholder 'done'
+    if cfg.init_from:  # a pretrained body: fine-tuned at this multiple of the heads' rate
+      cfg.body_lr_multiplier = float(self.config.policy.get("finetune_body_lr_multiplier", 1.0))
     return cfg
 
   def pretrain_flat(self, target: str, seed: int) -> str:

@@ -358,3 +358,38 @@ def test_hierarchical_policy_acts_in_the_simulator(trained_levels):
   np.testing.assert_array_equal(skills[2], skills[3])
   with pytest.raises(ValueError, match="conditioned on a skill"):
     low.predict(obs, ["x"])
+
+
+def test_body_lr_multiplier_zero_freezes_the_pretrained_body(babyai_data, tmp_path):
+  """Fine-tuning with body_lr_multiplier=0 changes only the new action head (the pretrained
+  encoder, trunk and embeddings stay bit-equal); 0.5 moves the body too."""
+  dataset_dir, labels_dir = babyai_data
+  pre = _config(dataset_dir, variant="flat_latent", **{"data.labels": {"z0": {"dir": labels_dir}}},
+                heads={"latent": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}},
+                model=policy_defaults.model("tiny", proprio_dim=4))
+  pre_dir = str(tmp_path / "pre")
+  trainer.train_and_evaluate(pre, pre_dir)
+  _, pretrained, _ = networks.load_policy(pre_dir)
+  bodies = {}
+  for multiplier in (0.0, 0.5):
+    cfg = _config(dataset_dir, init_from=pre_dir, body_lr_multiplier=multiplier,
+                  model=policy_defaults.model("tiny", proprio_dim=4))
+    out = str(tmp_path / f"ft_{multiplier}")
+    trainer.train_and_evaluate(cfg, out)
+    _, params, _ = networks.load_policy(out)
+    body = {k: v for k, v in params.items() if not k.startswith("head_")}
+    bodies[multiplier] = body
+    assert "head_action" in params and "head_latent" not in params
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), bodies[0.0],
+                      {k: pretrained[k] for k in bodies[0.0]})
+  assert all(jax.tree.leaves(same))
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       bodies[0.5], {k: pretrained[k] for k in bodies[0.5]})
+  assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_body_lr_multiplier_must_not_be_negative():
+  config = policy_defaults.default_config("tiny")
+  config.body_lr_multiplier = -0.1
+  with pytest.raises(ValueError, match="body_lr_multiplier"):
+    trainer.body_update_scale(config)

@@ -1,7 +1,6 @@
 """Tests of the shared training core `hilam_jax.training` on a tiny MLP regression."""
 import json
 import os
-import socket
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import tensorflow as tf
 
 from hilam_jax import preemption
 from hilam_jax import training
+from hilam_jax.training import distributed
 from hilam_jax.training import metrics as metrics_lib
 from tests import training_worker as tw
 
@@ -90,12 +90,6 @@ def test_eight_devices_match_one_device(mesh, tmp_path):
     assert value.sharding.is_fully_replicated
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_of_eight_devices(mesh, tmp_path):
   """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo) train like 1 x 8: same
   losses and params (rtol 1e-5: the all-reduce crosses processes); the checkpoint both write
@@ -107,7 +101,7 @@ def test_two_processes_match_one_process_of_eight_devices(mesh, tmp_path):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  address, ckpt_dir = f"127.0.0.1:{_free_port()}", tmp_path / "ckpt2"
+  address, ckpt_dir = f"127.0.0.1:{distributed.free_local_port()}", tmp_path / "ckpt2"
   procs = [subprocess.Popen(
       [sys.executable, "-m", "tests.training_worker", f"--out={tmp_path / f'p{i}.npz'}",
        f"--checkpoint_dir={ckpt_dir}", f"--coordinator_address={address}", "--num_processes=2",

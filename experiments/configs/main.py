@@ -106,6 +106,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.policy.pretrain_steps = 1500
   config.policy.finetune_steps = 2500
   config.policy.demo_pretrain_steps = 1000
+  # Fine-tuning a pretrained body (every method but BAKU): its learning rate as a multiple of the
+  # new action head's (0 freezes it).
+  config.policy.finetune_body_lr_multiplier = 1.0
   config.policy.shuffle_buffer = 10_000
   config.policy.log_every = 250
   config.policy.num_evals = 10  # validation points per run (the convergence curves)

@@ -114,6 +114,9 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   # read it). Stored in the checkpoint's model_config as use_lang for the test-time network.
   config.lang_for_low = False
   config.init_from = config_dict.placeholder(str)            # a pretraining workdir
+  # Learning-rate multiplier of everything but the heads (encoder, trunk, embeddings): < 1
+  # fine-tunes a pretrained body more gently than its new heads, 0 freezes it (a probe).
+  config.body_lr_multiplier = 1.0
   config.model = model("small", proprio_dim=4)
 
   config.batch_size = 64

@@ -200,6 +200,19 @@ def device_augment_fn(config: Any):
       lambda b: [b["inputs"]["images"][c] for c in cameras(b)], put)
 
 
+def body_update_scale(config: Any):
+  """The optimizer's per-leaf update multipliers: `body_lr_multiplier` for every parameter
+  outside the heads (the encoder, trunk and embeddings a fine-tuning run takes from its
+  pretraining), 1 for the heads; None (plain optimizer) when the multiplier is 1."""
+  multiplier = float(config.get("body_lr_multiplier", 1.0))
+  if multiplier < 0:
+    raise ValueError(f"body_lr_multiplier must be >= 0, got {multiplier}")
+  if multiplier == 1.0:
+    return None
+  return lambda params: {k: jax.tree.map(lambda _: 1.0 if k.startswith("head_") else multiplier, v)
+                         for k, v in params.items()}
+
+
 def transfer_params(pretrained: Any, fresh: Any, *, source: str) -> tuple[Any, list[str]]:
   """`fresh` with every non-head parameter taken from `pretrained` (strict) and heads that exist
   in both (same shapes) kept from `pretrained`. Returns (params, names of fresh heads)."""
@@ -272,7 +285,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   head_cfgs = cfg.heads
   image_size = tuple(config.data.image_size)
   mesh = training.make_mesh()
-  tx = training.make_optimizer(config)
+  tx = training.make_optimizer(config, update_scale=body_update_scale(config))
   encoder = CachedEncoder(make_encoder(config.lang_encoder))
   if encoder.dim != cfg.lang_dim:
     raise ValueError(f"language encoder {config.lang_encoder!r} gives {encoder.dim}-d "

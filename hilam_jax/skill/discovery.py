@@ -636,6 +636,13 @@ GROUND_TRUTHS = {"initial": ("boundary", "subtask_name"),
                  "leaf": ("leaf_boundary", "leaf_subtask_name")}
 
 
+def _decode_frames(traj: Mapping[str, Any], length: int | None = None) -> np.ndarray:
+  """The primary camera's frames [T, H, W, 3] uint8 of one RLDS trajectory (the first `length`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return np.stack([tf.io.decode_image(x, channels=3).numpy()
+                   for x in traj["observation"]["image_primary"].numpy()[:length]])
+
+
 def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None = None,
                       keep_frames: set[str] | None = None, ground_truth: str = "initial"
                       ) -> tuple[dict, dict, dict, dict]:
@@ -645,7 +652,6 @@ def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None
   if ground_truth not in GROUND_TRUTHS:
     raise ValueError(f"ground_truth {ground_truth!r} not in {sorted(GROUND_TRUTHS)}")
   boundary_key, name_key = GROUND_TRUTHS[ground_truth]
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
 
   truth, frames, texts, types = {}, {}, {}, {}
@@ -662,8 +668,7 @@ def read_ground_truth(dataset_dir: str, split: str, episode_ids: set[str] | None
     if name_key in traj.get("extras", {}):
       types[episode_id] = np.array([x.decode() for x in traj["extras"][name_key].numpy()])
     if keep_frames and episode_id in keep_frames:
-      frames[episode_id] = np.stack([tf.io.decode_image(x, channels=3).numpy()
-                                     for x in traj["observation"]["image_primary"].numpy()])
+      frames[episode_id] = _decode_frames(traj)
   return truth, frames, texts, types
 
 
@@ -822,7 +827,6 @@ def skill_filmstrips(skills_dir: str, dataset_dir: str, out_dir: str, *, split: 
   Raises:
     ValueError: `episode_ids` not in the skills of `split`.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
 
   _, boundaries, _, _, _ = _load_skill_folder(skills_dir, split, None)
@@ -837,8 +841,7 @@ def skill_filmstrips(skills_dir: str, dataset_dir: str, out_dir: str, *, split: 
     if episode_id not in chosen:
       continue
     length = len(boundaries["s1"][episode_id])
-    frames = np.stack([tf.io.decode_image(x, channels=3).numpy()
-                       for x in traj["observation"]["image_primary"].numpy()[:length]])
+    frames = _decode_frames(traj, length)
     truth = (traj["subtask"]["boundary"].numpy().astype(bool)
              if "boundary" in traj.get("subtask", {}) else np.zeros(length, bool))
     text = traj["language_instruction"][0].numpy().decode()

@@ -19,6 +19,7 @@ of CPU hosts) the cross-process collectives run over gloo.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Mapping, Optional
 
 import jax
@@ -29,6 +30,13 @@ ENV_NUM_PROCESSES = "HILAM_NUM_PROCESSES"
 ENV_PROCESS_ID = "HILAM_PROCESS_ID"
 
 _initialized: Optional[dict[str, Any]] = None
+
+
+def free_local_port() -> int:
+  """A TCP port on 127.0.0.1 that is free now (for a local coordinator: tests, launch_local)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def detect_cluster(environ: Mapping[str, str] | None = None) -> Optional[str]:

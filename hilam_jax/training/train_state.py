@@ -113,19 +113,30 @@ def learning_rate_from_opt_state(opt_state: optax.OptState) -> jax.Array | None:
   return None
 
 
-def make_optimizer(config: Any) -> optax.GradientTransformation:
+def make_optimizer(config: Any, *, update_scale: Callable[[Params], Params] | None = None
+                   ) -> optax.GradientTransformation:
   """AdamW with linear warmup + cosine decay to 10% and global-norm clipping (every trainer).
 
   Reads config.learning_rate, warmup_steps, num_steps, weight_decay and grad_clip. The rate is
   injected as a hyperparameter so that `make_train_step` can report it.
+
+  update_scale: optional params -> pytree of per-leaf multipliers of the final updates (weight
+    decay included), e.g. a lower rate for a pretrained body than for new heads; 0 freezes a
+    leaf (its Adam moments are still tracked, so a run can change nothing else and resume).
   """
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
       end_value=config.learning_rate * 0.1)
-  return optax.chain(
-      optax.clip_by_global_norm(config.grad_clip),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
-                                           weight_decay=config.weight_decay))
+  parts = [optax.clip_by_global_norm(config.grad_clip),
+           optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
+                                                weight_decay=config.weight_decay)]
+  if update_scale is not None:
+    def scale(updates, state, params=None):
+      del params
+      return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates,
+                          update_scale(updates)), state
+    parts.append(optax.GradientTransformation(lambda params: optax.EmptyState(), scale))
+  return optax.chain(*parts)
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
