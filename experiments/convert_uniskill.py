@@ -34,34 +34,29 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not (_IDM.value or _DEPTH.value or _UNET.value or _VAE.value):
     raise app.UsageError("nothing to convert: give --idm, --depth, --unet and/or --vae")
-  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import depth_anything_convert
-  from hilam_jax.lam import uniskill_convert
-  from hilam_jax.lam import uniskill_fdm_convert
-  from hilam_jax.lam import uniskill_idm
-  if _IDM.value:
-    config = uniskill_idm.IDMConfig.from_dict(json.loads(_IDM_CONFIG.value))
-    out_dir = os.path.join(_OUT_DIR.value, "idm")
-    manifest = uniskill_convert.convert_idm(_IDM.value, out_dir, config)
+  from hilam_jax.lam import depth_anything_convert  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam import uniskill_dynamics  # pylint: disable=g-import-not-at-top
+  manifests = uniskill_dynamics.convert_release(
+      _OUT_DIR.value, idm=_IDM.value, depth=_DEPTH.value, unet=_UNET.value, vae=_VAE.value,
+      idm_config=json.loads(_IDM_CONFIG.value))
+  if "idm" in manifests:
+    manifest = manifests["idm"]
     print(f"IDM: {len(manifest['state_dict'])} keys, {manifest['num_parameters']:,} parameters "
-          f"(source sha256 {manifest['source']['sha256'][:12]}) -> {out_dir}")
-  if _DEPTH.value:
-    out_dir = os.path.join(_OUT_DIR.value, "depth")
-    manifest = depth_anything_convert.convert(_DEPTH.value, out_dir)
+          f"(source sha256 {manifest['source']['sha256'][:12]}) -> "
+          f"{os.path.join(_OUT_DIR.value, 'idm')}")
+  if "depth" in manifests:
+    manifest = manifests["depth"]
     sha = manifest["source"][depth_anything_convert.WEIGHTS_FILE]["sha256"]
     print(f"depth: {len(manifest['tensors'])} keys, {manifest['num_parameters']:,} parameters "
-          f"(source sha256 {sha[:12]}) -> {out_dir}")
-  for name, folder, convert in (("unet", _UNET.value, uniskill_fdm_convert.convert_unet),
-                                ("vae", _VAE.value, uniskill_fdm_convert.convert_vae)):
-    if folder:
-      out_dir = os.path.join(_OUT_DIR.value, name)
-      manifest = convert(folder, out_dir)
+          f"(source sha256 {sha[:12]}) -> {os.path.join(_OUT_DIR.value, 'depth')}")
+  for name in ("unet", "vae"):
+    if name in manifests:
+      manifest = manifests[name]
       source = manifest["source"]
       print(f"{name}: read {source['weights_file']} ({source['weights_format']}), "
             f"{len(manifest['tensors'])} keys, {manifest['num_parameters']:,} parameters "
             f"converted, {len(manifest['validated_not_converted'])} keys checked and not "
-            f"converted -> {out_dir}")
-
+            f"converted -> {os.path.join(_OUT_DIR.value, name)}")
 
 if __name__ == "__main__":
   app.run(main)

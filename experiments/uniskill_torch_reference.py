@@ -13,6 +13,8 @@ in [0, 1], depth [B, T, H, W].
 (or a tiny one of the same structure) to build the depth reference from (transformers is imported
 only there).
 """
+import os
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -222,3 +224,69 @@ def depth_anything_hf_config(tiny: bool = False):
                                        reshape_hidden_states=False, layerscale_value=1.0,
                                        **backbone)
   return transformers.DepthAnythingConfig(backbone_config=backbone, patch_size=14, **head)
+
+
+@torch.no_grad()
+def randomize_parameters_(model: nn.Module, seed: int, *, matrix_scale: float = 0.2,
+                          vector_scale: float = 0.3) -> nn.Module:
+  """Every parameter of a transformers / diffusers model random: N(0, matrix_scale²) for
+  matrices and kernels, N(0, vector_scale²) for vectors, norm weights and layer scales
+  (`lambda1`) around 1 (zero-initialised parameters would hide mapping errors). Eval mode."""
+  generator = torch.Generator().manual_seed(seed)
+  for name, p in model.named_parameters():
+    noise = torch.randn(p.shape, generator=generator)
+    around_one = "lambda1" in name or ("norm" in name and name.endswith("weight"))
+    p.copy_(noise * (matrix_scale if p.ndim > 1 else vector_scale) + (1.0 if around_one else 0.0))
+  return model.eval()
+
+
+def unet_kwargs(cross_attention_dim: int, groups: int = 32) -> dict:
+  """A small diffusers `UNet2DConditionModel` of the FDM's structure (8 input channels: the
+  noisy target latent and the condition frame's latent; one cross-attention token)."""
+  return dict(sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 64),
+              layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
+              cross_attention_dim=cross_attention_dim, norm_num_groups=groups)
+
+
+def vae_kwargs() -> dict:
+  """A small diffusers `AutoencoderKL` (x2 downsampling, 4 latent channels)."""
+  return dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+              norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 2,
+              up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)
+
+
+# Sizes of `write_random_release`: "tiny" (every part small: tests, smoke runs) or "idm" (the
+# release's IDM and Depth-Anything-V2-Small at full size, a small FDM: labeling at real cost).
+RELEASE_SIZES = ("tiny", "idm")
+
+
+def write_random_release(out_dir: str, *, size: str = "tiny", seed: int = 0) -> dict:
+  """A stand-in for UniSkill's released files, with random weights, in the released formats:
+  `idm.pth` (a torch state_dict), `depth/` (transformers `save_pretrained`), `unet/` and `vae/`
+  (diffusers `save_pretrained`, safetensors). For trying the conversion and labeling pipeline
+  where the real files cannot be downloaded; its latents mean nothing.
+
+  Returns {"idm", "depth", "unet", "vae"} paths, "idm_config" (the IDMConfig overrides the
+  converter needs: {} at the release's size) and "dynamics" (DynamicsConfig fields that fit the
+  small FDM: its resolution).
+  """
+  if size not in RELEASE_SIZES:
+    raise ValueError(f"size {size!r} not in {RELEASE_SIZES}")
+  import diffusers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  config = IDMConfig.tiny() if size == "tiny" else IDMConfig()
+  overrides = config.to_dict() if size == "tiny" else {}
+  paths = {"idm": os.path.join(out_dir, "idm.pth")}
+  save_state_dict(make_reference(config, seed=seed), paths["idm"])
+  torch.manual_seed(seed)
+  depth = transformers.DepthAnythingForDepthEstimation(depth_anything_hf_config(size == "tiny"))
+  models = {"depth": randomize_parameters_(depth, seed + 1, matrix_scale=0.3, vector_scale=0.5),
+            "unet": randomize_parameters_(diffusers.UNet2DConditionModel(
+                **unet_kwargs(config.out_dim)), seed + 2),
+            "vae": randomize_parameters_(diffusers.AutoencoderKL(**vae_kwargs()), seed + 3)}
+  for name, model in models.items():
+    paths[name] = os.path.join(out_dir, name)
+    model.save_pretrained(paths[name])
+  return dict(paths, idm_config=overrides, dynamics={"fdm_resolution": 32})

@@ -33,13 +33,7 @@ def tiny_hf_config():
 
 def randomize_(model, seed):
   """Every parameter random (layer scales and norm scales around 1), so each one matters."""
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=generator)
-      around_one = "lambda1" in name or ("norm" in name and name.endswith("weight"))
-      p.copy_(noise * (0.3 if p.ndim > 1 else 0.5) + (1.0 if around_one else 0.0))
-  return model
+  return reference.randomize_parameters_(model, seed, matrix_scale=0.3, vector_scale=0.5)
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,15 @@ def test_hilam_in_15_minutes(tmp_path):
   # The skill-discovery table (markdown) is shown.
   tables = _outputs(nb, "text/markdown")
   assert tables and "F1" in "".join(o["data"]["text/markdown"] for o in tables)
+
+
+def test_label_with_uniskill(tmp_path):
+  nb, workdir = _execute("label_with_uniskill.ipynb", tmp_path)
+  # Every part of the random-weight stand-in went through the real converters.
+  for part in ("idm", "depth", "unet", "vae"):
+    assert os.path.exists(workdir / "converted" / part / "manifest.json"), part
+  assert os.path.exists(workdir / "labels" / "manifest.json")
+  # The probe table and the two plots are shown.
+  tables = "".join(o["data"]["text/markdown"] for o in _outputs(nb, "text/markdown"))
+  assert "probe_z" in tables and "z_gain" in tables
+  assert len(_outputs(nb, "image/png")) == 1

@@ -45,27 +45,11 @@ VAE_MOMENTS = jax.jit(uniskill_fdm.vae_moments, static_argnames=("config", "dtyp
 
 
 def unet_kwargs(groups: int = 32) -> dict:
-  return dict(sample_size=16, in_channels=8, out_channels=4, block_out_channels=(32, 64),
-              layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-              up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
-              cross_attention_dim=IDM.out_dim, norm_num_groups=groups)
+  return reference.unet_kwargs(IDM.out_dim, groups)
 
 
-def vae_kwargs() -> dict:
-  return dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-              norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 2,
-              up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)
-
-
-def randomize_(model, seed):
-  """Every parameter random (norm scales around 1): zero-initialised ones would hide errors."""
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      around_one = "norm" in name and name.endswith("weight")
-      p.copy_(torch.randn(p.shape, generator=generator) * (0.2 if p.ndim > 1 else 0.3)
-              + (1.0 if around_one else 0.0))
-  return model.eval()
+vae_kwargs = reference.vae_kwargs
+randomize_ = reference.randomize_parameters_  # every parameter random, norm scales around 1
 
 
 def relative_error(actual, expected) -> float:
@@ -456,3 +440,29 @@ def test_full_size_key_maps_match_diffusers():
       p.numel() for p in unet.parameters()) == 859_532_484
   assert uniskill_fdm.num_parameters(uniskill_fdm.abstract_vae_params(vae_config)) == sum(
       p.numel() for n, p in vae.named_parameters() if n.startswith(("encoder.", "quant_conv.")))
+
+
+def test_random_release_converts_into_a_loadable_directory(tmp_path):
+  """write_random_release writes every part in its released format; convert_release turns them
+  into the directory `uniskill:<dir>` loads, whose encode gives finite skill latents."""
+  release = reference.write_random_release(str(tmp_path / "release"), size="tiny")
+  assert release["idm"].endswith(".pth")
+  for part in ("depth", "unet", "vae"):
+    assert os.path.exists(os.path.join(release[part], "config.json")), part
+  out = str(tmp_path / "converted")
+  manifests = uniskill_dynamics.convert_release(
+      out, **{k: release[k] for k in ("idm", "depth", "unet", "vae", "idm_config", "dynamics")})
+  assert sorted(manifests) == ["depth", "idm", "unet", "vae"]
+  model = interface.load_frozen_model(f"uniskill:{out}")
+  assert model.config.fdm_resolution == release["dynamics"]["fdm_resolution"]
+  z = np.asarray(model.encode(*_frames(0, size=model.image_size[0])))
+  assert z.shape == (2, IDM.skill_dim) and np.isfinite(z).all()
+
+
+def test_convert_release_refuses_nothing_and_unknown_dynamics_fields(tmp_path):
+  with pytest.raises(ValueError, match="nothing to convert"):
+    uniskill_dynamics.convert_release(str(tmp_path / "a"))
+  with pytest.raises((ValueError, TypeError), match="no_such_field"):
+    uniskill_dynamics.convert_release(str(tmp_path / "b"), idm="idm.pth",
+                                      dynamics={"no_such_field": 1})
+  assert not os.path.exists(tmp_path / "b")

@@ -167,8 +167,9 @@ def label_datasets(lam: interface.FrozenDynamicsModel, datasets: Sequence[dict],
           "complete": all(os.path.exists(j.out_path) for j in jobs)}
 
 
-def load_labels(out_dir: str, dataset_name: str | None = None) -> tt.EpisodeLabels:
-  """All finished shards of `out_dir` (optionally one dataset's) as joinable EpisodeLabels."""
+def read_labels(out_dir: str, dataset_name: str | None = None) -> dict[str, np.ndarray]:
+  """{episode_id: latents [T_e, latent_dim]} of every shard of `out_dir` (optionally one
+  dataset's); an error naming the missing shards if the labeling job has not finished."""
   with open(os.path.join(out_dir, MANIFEST)) as f:
     manifest = json.load(f)
   labels: dict[str, np.ndarray] = {}
@@ -184,4 +185,9 @@ def load_labels(out_dir: str, dataset_name: str | None = None) -> tt.EpisodeLabe
   if missing:
     raise FileNotFoundError(f"labels in {out_dir} are incomplete, missing shards {missing}: "
                             "rerun the labeling job to finish them")
-  return tt.EpisodeLabels(labels)
+  return labels
+
+
+def load_labels(out_dir: str, dataset_name: str | None = None) -> tt.EpisodeLabels:
+  """All shards of `out_dir` (optionally one dataset's) as joinable EpisodeLabels."""
+  return tt.EpisodeLabels(read_labels(out_dir, dataset_name))

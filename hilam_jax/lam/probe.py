@@ -136,9 +136,12 @@ def _split_by_episode(episode_ids: np.ndarray, test_fraction: float = 0.3) -> np
 
 
 def evaluate(lam: interface.FrozenDynamicsModel, dataset: dict, *, max_pairs: int = 20_000,
-             probe_steps: int = 1000) -> dict[str, Any]:
-  """All quality figures of a LAM on one held-out dataset split."""
-  pairs = collect_pairs(lam, dataset, max_pairs=max_pairs)
+             probe_steps: int = 1000, pairs: dict[str, np.ndarray] | None = None
+             ) -> dict[str, Any]:
+  """All quality figures of a LAM on one held-out dataset split (`pairs`: the split's
+  `collect_pairs` output if the caller has it already, e.g. to plot the same latents)."""
+  if pairs is None:
+    pairs = collect_pairs(lam, dataset, max_pairs=max_pairs)
   action = pairs["action"]
   discrete = np.issubdtype(action.dtype, np.integer)
   if discrete:

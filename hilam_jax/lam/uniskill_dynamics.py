@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data_pipeline import run_info
 from hilam_jax import config_io
 from hilam_jax.lam import depth_anything
 from hilam_jax.lam import depth_anything_convert
@@ -321,6 +322,44 @@ class UniSkillDynamics(interface.FrozenDynamicsModel):
     rng = jax.random.key(0) if rng is None else rng
     loss = self._per_sample_loss(self._params, frame_t, z, frame_tk, rng)  # [B]
     return loss if per_sample else jnp.mean(loss)
+
+
+def convert_release(out_dir: str, *, idm: Optional[str] = None, depth: Optional[str] = None,
+                    unet: Optional[str] = None, vae: Optional[str] = None,
+                    idm_config: Optional[dict] = None,
+                    dynamics: Optional[dict] = None) -> dict[str, dict]:
+  """Converts the given parts of UniSkill's release into `out_dir`/<part> (strict, pickle-free;
+  `uniskill_convert`, `depth_anything_convert`, `uniskill_fdm_convert`) and returns
+  {part: manifest}. With all four, `out_dir` is what `interface.load_frozen_model(
+  "uniskill:<out_dir>")` loads; the IDM alone serves `UniSkillDynamics`-free labeling with given
+  depth (`uniskill_idm.idm_skill`).
+
+  Args:
+    out_dir: the converted directory.
+    idm: UniSkill's idm.pth. depth: a Depth-Anything-V2-Small-hf folder. unet / vae: diffusers
+      save_pretrained folders of the FDM's UNet and the SD VAE.
+    idm_config: IDMConfig fields over the release's (None: the release).
+    dynamics: DynamicsConfig fields written to <out_dir>/dynamics.json (None: none written).
+  """
+  parts = {"idm": idm, "depth": depth, "unet": unet, "vae": vae}
+  if not any(parts.values()):
+    raise ValueError("nothing to convert: give idm, depth, unet and/or vae")
+  if dynamics is not None:
+    DynamicsConfig.from_dict(dynamics)  # unknown fields: an error before anything is written
+  out = {}
+  if idm:
+    config = uniskill_idm.IDMConfig.from_dict(dict(idm_config or {}))
+    out["idm"] = uniskill_convert.convert_idm(idm, os.path.join(out_dir, "idm"), config)
+  if depth:
+    out["depth"] = depth_anything_convert.convert(depth, os.path.join(out_dir, "depth"))
+  if unet:
+    out["unet"] = uniskill_fdm_convert.convert_unet(unet, os.path.join(out_dir, "unet"))
+  if vae:
+    out["vae"] = uniskill_fdm_convert.convert_vae(vae, os.path.join(out_dir, "vae"))
+  if dynamics is not None:
+    os.makedirs(out_dir, exist_ok=True)
+    run_info.write_json_atomic(os.path.join(out_dir, DYNAMICS_FILE), dict(dynamics))
+  return out
 
 
 def load_dynamics_config(converted_dir: str) -> DynamicsConfig:
