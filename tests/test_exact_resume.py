@@ -21,7 +21,7 @@ from experiments.configs import generate_babyai
 from experiments.configs import train_lam as train_lam_config
 from experiments.configs import train_skill_model as skill_config
 from hilam_jax.lam import labeling
-from hilam_jax.policy import config as policy_defaults
+from tests import test_policy
 from hilam_jax.training import metrics as metrics_lib
 
 NUM_STEPS, CHECKPOINT_EVERY, KILL_AT = 12, 3, 9
@@ -129,14 +129,7 @@ def test_skill_model_resumes_exactly(tiny_babyai, tmp_path):
 
 
 def test_policy_resumes_exactly(tiny_babyai, tmp_path):
-  config = policy_defaults.default_config("tiny")
-  config.lang_encoder = "hash"
-  config.data.train = ({"dataset_dir": tiny_babyai},)
-  config.data.val = ({"dataset_dir": tiny_babyai},)
-  config.data.shuffle_buffer = 64
-  config.chunk = 2
-  config.head_hidden = (16,)
-  config.batch_size = 8
+  config = test_policy.tiny_config(tiny_babyai, chunk=2)
   # Not bitwise: measured, the resumed run's losses at 2 of the 6 steps it redid differ from the
   # uninterrupted run's in the last bit (1.97520911 vs 1.97520924), while the uninterrupted
   # steps of the killed run match bit for bit; the batches are the same (a wrong data position

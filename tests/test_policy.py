@@ -48,7 +48,8 @@ def babyai_data(tmp_path_factory):
   return dataset_dir, labels_dir
 
 
-def _config(dataset_dir, variant="tiny", **overrides):
+def tiny_config(dataset_dir, variant="tiny", **overrides):
+  """The tiny policy config on one dataset, 4 steps (also used by test_exact_resume)."""
   config = policy_defaults.default_config(variant)
   config.lang_encoder = "hash"
   config.data.train = ({"dataset_dir": dataset_dir},)
@@ -209,11 +210,11 @@ def trained_levels(babyai_data, tmp_path_factory):
   dataset_dir, labels_dir = babyai_data
   root = str(tmp_path_factory.mktemp("levels"))
   labels = {"z0": {"dir": labels_dir}}
-  high = _config(dataset_dir, role="high", **{"data.labels": labels},
+  high = tiny_config(dataset_dir, role="high", **{"data.labels": labels},
                  heads={"skill": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}})
   high_dir = os.path.join(root, "high")
   trainer.train_and_evaluate(high, high_dir)
-  low = _config(dataset_dir, role="low", init_from=None,
+  low = tiny_config(dataset_dir, role="low", init_from=None,
                 model=policy_defaults.model("tiny", proprio_dim=4, condition_dim=LATENT_DIM),
                 **{"condition.key": "z0", "condition.source": "high_policy",
                    "condition.high_workdir": high_dir, "data.ignore_action": 6})
@@ -364,7 +365,7 @@ def test_body_lr_multiplier_zero_freezes_the_pretrained_body(babyai_data, tmp_pa
   """Fine-tuning with body_lr_multiplier=0 changes only the new action head (the pretrained
   encoder, trunk and embeddings stay bit-equal); 0.5 moves the body too."""
   dataset_dir, labels_dir = babyai_data
-  pre = _config(dataset_dir, variant="flat_latent", **{"data.labels": {"z0": {"dir": labels_dir}}},
+  pre = tiny_config(dataset_dir, variant="flat_latent", **{"data.labels": {"z0": {"dir": labels_dir}}},
                 heads={"latent": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}},
                 model=policy_defaults.model("tiny", proprio_dim=4))
   pre_dir = str(tmp_path / "pre")
@@ -372,7 +373,7 @@ def test_body_lr_multiplier_zero_freezes_the_pretrained_body(babyai_data, tmp_pa
   _, pretrained, _ = networks.load_policy(pre_dir)
   bodies = {}
   for multiplier in (0.0, 0.5):
-    cfg = _config(dataset_dir, init_from=pre_dir, body_lr_multiplier=multiplier,
+    cfg = tiny_config(dataset_dir, init_from=pre_dir, body_lr_multiplier=multiplier,
                   model=policy_defaults.model("tiny", proprio_dim=4))
     out = str(tmp_path / f"ft_{multiplier}")
     trainer.train_and_evaluate(cfg, out)

@@ -24,7 +24,6 @@ import torch
 from safetensors import numpy as safetensors_numpy
 
 from hilam_jax.lam import interface
-from hilam_jax.lam import uniskill_convert
 from hilam_jax.lam import uniskill_dynamics
 from hilam_jax.lam import uniskill_fdm
 from hilam_jax.lam import uniskill_fdm_convert as convert
@@ -232,19 +231,16 @@ def test_unimplemented_unet_options_are_refused(fdm):
 def converted_dir(fdm, tmp_path_factory):
   """A complete converted UniSkill directory of tiny random parts."""
   from tests import test_depth_anything  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import depth_anything_convert  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("uniskill")
   idm = reference.make_reference(IDM, seed=3)
   reference.save_state_dict(idm, root / "idm.pth")
-  out = root / "converted"
-  uniskill_convert.convert_idm(str(root / "idm.pth"), str(out / "idm"), IDM)
   test_depth_anything.randomize_(test_depth_anything.transformers.DepthAnythingForDepthEstimation(
       test_depth_anything.tiny_hf_config()), 4).save_pretrained(str(root / "depth_hf"))
-  depth_anything_convert.convert(str(root / "depth_hf"), str(out / "depth"))
-  convert.convert_unet(fdm["unet_st"]["folder"], str(out / "unet"))
-  convert.convert_vae(fdm["vae_bin"]["folder"], str(out / "vae"))
-  (out / uniskill_dynamics.DYNAMICS_FILE).write_text(json.dumps(
-      {"fdm_resolution": FDM_RESOLUTION, "num_timestep_samples": 2, "frame_gap": 4}))
+  out = root / "converted"
+  uniskill_dynamics.convert_release(
+      str(out), idm=str(root / "idm.pth"), depth=str(root / "depth_hf"),
+      unet=fdm["unet_st"]["folder"], vae=fdm["vae_bin"]["folder"], idm_config=IDM.to_dict(),
+      dynamics={"fdm_resolution": FDM_RESOLUTION, "num_timestep_samples": 2, "frame_gap": 4})
   return {"dir": str(out), "idm": idm}
 
 

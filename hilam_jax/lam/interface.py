@@ -28,10 +28,13 @@ class FrozenDynamicsModel(abc.ABC):
     latent_dim: D, width of the latent action.
     frame_gap: k, the frame distance the model was trained on (pairs are (I_t, I_{t+k})).
     image_size: (H, W) the model expects; callers resize frames before calling.
+    batch_size_hint: pairs per call of encode + reconstruction_loss that fit a CPU host's memory
+      (the default batch of callers that are not given one, e.g. `probe.collect_pairs`).
   """
   latent_dim: int
   frame_gap: int
   image_size: tuple[int, int]
+  batch_size_hint: int = 256
 
   @abc.abstractmethod
   def encode(self, frame_t: jax.Array, frame_tk: jax.Array) -> jax.Array:
