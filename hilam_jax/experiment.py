@@ -368,7 +368,8 @@ class Planner:
 
   def _finetune_config(self, **kwargs):
     cfg = policy_config(self.config, dataset=self.data["demos"], heads=self._action_head(),
-                        num_steps=self.config.policy.finetune_steps, **kwargs)
+                        num_steps=finetune_steps(self.config.policy, kwargs["fraction"]),
+                        **kwargs)
     cfg.data.ignore_action = 6  # BabyAI's terminal placeholder 'done'
     if cfg.init_from:  # a pretrained body: fine-tuned at this multiple of the heads' rate
       cfg.body_lr_multiplier = float(self.config.policy.get("finetune_body_lr_multiplier", 1.0))
@@ -453,6 +454,15 @@ class Planner:
         "high_every": self.config.policy.high_every, "cache_dir": self.cache_dir},
                                deps=(train_job,))
     return name
+
+
+def finetune_steps(policy: Any, fraction: float) -> int:
+  """Fine-tuning steps at a demo fraction: `finetune_steps` with all the demos, in proportion
+  to the demos below that, and never fewer than `min_finetune_steps` (default: all
+  `finetune_steps`)."""
+  floor = policy.get("min_finetune_steps", None)
+  floor = policy.finetune_steps if floor is None else floor
+  return max(int(floor), round(fraction * policy.finetune_steps))
 
 
 def cells(config: Any) -> list[tuple[str, float, int]]:

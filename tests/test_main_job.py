@@ -107,3 +107,15 @@ def test_policy_latency_benchmark_runs():
   assert result["num_calls"] == 20
   assert result["act_ms_median"]["hilam"] > 0 and result["act_ms_median"]["baku"] > 0
   assert result["params"]["hilam"] > result["params"]["baku"]
+
+
+def test_finetune_steps_scale_with_the_demos_above_a_floor():
+  from experiments.configs import main as main_config  # pylint: disable=g-import-not-at-top
+  from hilam_jax import experiment  # pylint: disable=g-import-not-at-top
+  policy = main_config.get_config().policy
+  assert (policy.finetune_steps, policy.min_finetune_steps) == (5000, 2500)
+  assert experiment.finetune_steps(policy, 1.0) == 5000
+  assert experiment.finetune_steps(policy, 0.7) == 3500
+  assert experiment.finetune_steps(policy, 0.1) == 2500  # the floor
+  policy.min_finetune_steps = None  # no floor given: every fraction trains finetune_steps
+  assert experiment.finetune_steps(policy, 0.1) == 5000
