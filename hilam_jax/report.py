@@ -150,7 +150,8 @@ def flattened(curve: Sequence[tuple[int, float]]) -> dict[str, Any]:
 
 def _training_runs(policies_dir: str) -> list[str]:
   runs = []
-  for root, dirs, _ in os.walk(policies_dir):
+  # followlinks: runs linked in from another workdir (a shared pretraining folder) count too
+  for root, dirs, _ in os.walk(policies_dir, followlinks=True):
     if "tensorboard" in dirs:
       runs.append(root)
   return sorted(runs)

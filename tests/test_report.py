@@ -78,6 +78,24 @@ def test_flattened():
   assert report.flattened([(0, 1.0)])["flattened"] is None
 
 
+def test_convergence_reads_every_run_including_linked_ones(tmp_path):
+  """Runs linked in from another workdir (a shared pretraining folder) are reported too."""
+  import os  # pylint: disable=g-import-not-at-top
+  from hilam_jax.training import metrics  # pylint: disable=g-import-not-at-top
+  shared, policies = tmp_path / "shared", tmp_path / "policies"
+  for run, losses in ((shared / "s0" / "flat_z0", (1.0, 0.5)),
+                      (policies / "demos_10pct" / "s0" / "baku", (1.0, 1.0))):
+    writer = metrics.MetricWriter(str(run / "tensorboard"))
+    for step, loss in zip((100, 200), losses):
+      writer.write_scalars(step, {"eval/loss": loss})
+    writer.close()
+  os.symlink(shared, policies / "pretrain")
+  verdicts = report.convergence(str(policies))
+  assert sorted(verdicts) == ["demos_10pct/s0/baku", "pretrain/s0/flat_z0"]
+  assert verdicts["pretrain/s0/flat_z0"]["flattened"] is False  # fell by half
+  assert verdicts["demos_10pct/s0/baku"]["flattened"] is True
+
+
 def test_cells_cover_methods_fractions_seeds_and_ablations():
   config = main_config.get_config("default")
   cells = experiment.cells(config)
