@@ -21,8 +21,8 @@ from experiments.configs import generate_babyai
 from experiments.configs import train_lam as train_lam_config
 from experiments.configs import train_skill_model as skill_config
 from hilam_jax.lam import labeling
-from tests import test_policy
 from hilam_jax.training import metrics as metrics_lib
+from tests import test_policy
 
 NUM_STEPS, CHECKPOINT_EVERY, KILL_AT = 12, 3, 9
 LATENT_DIM = 4
@@ -130,11 +130,11 @@ def test_skill_model_resumes_exactly(tiny_babyai, tmp_path):
 
 def test_policy_resumes_exactly(tiny_babyai, tmp_path):
   config = test_policy.tiny_config(tiny_babyai, chunk=2)
-  # Not bitwise: measured, the resumed run's losses at 2 of the 6 steps it redid differ from the
-  # uninterrupted run's in the last bit (1.97520911 vs 1.97520924), while the uninterrupted
-  # steps of the killed run match bit for bit; the batches are the same (a wrong data position
-  # moves the loss by ~0.1). Cause not found yet (the LAM and skill model are bitwise). Adam
-  # turns such last-bit differences of near-zero gradients into whole steps, so parameters near
-  # 0 differ by up to ~1e-5 (measured in two CI runs: 3.3e-6, 1.05e-5): compared with an
-  # absolute tolerance of 1e-4, an order above.
+  # Not bitwise: measured (with this test's former config, default warm-up), the resumed run's
+  # losses at 2 of the 6 steps it redid differ from the uninterrupted run's in the last bit
+  # (1.97520911 vs 1.97520924), while the uninterrupted steps of the killed run match bit for bit;
+  # the batches are the same (a wrong data position moves the loss by ~0.1). Cause not found yet
+  # (the LAM and skill model are bitwise). Adam turns such last-bit differences of near-zero
+  # gradients into whole steps, so parameters near 0 differ by up to ~1e-5 (measured in two CI
+  # runs: 3.3e-6, 1.05e-5): compared with an absolute tolerance of 1e-4, an order above.
   _check_exact_resume("policy", config, tmp_path, rtol=1e-6, params_atol=1e-4)

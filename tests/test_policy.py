@@ -211,13 +211,13 @@ def trained_levels(babyai_data, tmp_path_factory):
   root = str(tmp_path_factory.mktemp("levels"))
   labels = {"z0": {"dir": labels_dir}}
   high = tiny_config(dataset_dir, role="high", **{"data.labels": labels},
-                 heads={"skill": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}})
+                     heads={"skill": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}})
   high_dir = os.path.join(root, "high")
   trainer.train_and_evaluate(high, high_dir)
   low = tiny_config(dataset_dir, role="low", init_from=None,
-                model=policy_defaults.model("tiny", proprio_dim=4, condition_dim=LATENT_DIM),
-                **{"condition.key": "z0", "condition.source": "high_policy",
-                   "condition.high_workdir": high_dir, "data.ignore_action": 6})
+                    model=policy_defaults.model("tiny", proprio_dim=4, condition_dim=LATENT_DIM),
+                    **{"condition.key": "z0", "condition.source": "high_policy",
+                       "condition.high_workdir": high_dir, "data.ignore_action": 6})
   low_dir = os.path.join(root, "low")
   metrics = trainer.train_and_evaluate(low, low_dir)
   return high_dir, low_dir, low, metrics
@@ -365,16 +365,17 @@ def test_body_lr_multiplier_zero_freezes_the_pretrained_body(babyai_data, tmp_pa
   """Fine-tuning with body_lr_multiplier=0 changes only the new action head (the pretrained
   encoder, trunk and embeddings stay bit-equal); 0.5 moves the body too."""
   dataset_dir, labels_dir = babyai_data
-  pre = tiny_config(dataset_dir, variant="flat_latent", **{"data.labels": {"z0": {"dir": labels_dir}}},
-                heads={"latent": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}},
-                model=policy_defaults.model("tiny", proprio_dim=4))
+  pre = tiny_config(dataset_dir, variant="flat_latent",
+                    **{"data.labels": {"z0": {"dir": labels_dir}}},
+                    heads={"latent": {"kind": "latent", "dim": LATENT_DIM, "target": "z0"}},
+                    model=policy_defaults.model("tiny", proprio_dim=4))
   pre_dir = str(tmp_path / "pre")
   trainer.train_and_evaluate(pre, pre_dir)
   _, pretrained, _ = networks.load_policy(pre_dir)
   bodies = {}
   for multiplier in (0.0, 0.5):
     cfg = tiny_config(dataset_dir, init_from=pre_dir, body_lr_multiplier=multiplier,
-                  model=policy_defaults.model("tiny", proprio_dim=4))
+                      model=policy_defaults.model("tiny", proprio_dim=4))
     out = str(tmp_path / f"ft_{multiplier}")
     trainer.train_and_evaluate(cfg, out)
     _, params, _ = networks.load_policy(out)

@@ -99,8 +99,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.policy.batch_size = 64
   config.policy.learning_rate = 1e-3
   # Linear warm-up over this share of each run's steps, then cosine decay (1,000 of 2,500
-  # fine-tuning steps at 10% of the demos, 2,000 of 5,000 at 100%). Measured on flat BAKU at 100% of the demos, 6 seeds, 2,500 steps
-  # (README, "Warm-up and the marginal-action plateau"): 0.96 mean success with 1,000 warm-up
+  # fine-tuning steps at 10% of the demos, 2,000 of 5,000 at 100%). Measured on flat BAKU at
+  # 100% of the demos, 6 seeds, 2,500 steps (README, "Warm-up and the marginal-action plateau"): 0.96 mean success with 1,000 warm-up
   # steps vs 0.68 with the former 250 (10% of the run), whose seed 0 held the plateau to 2,000.
   config.policy.warmup_fraction = 0.4
   # Steps: pretraining on the video, fine-tuning on the demos, and the pretraining of "HiLAM

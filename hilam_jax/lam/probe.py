@@ -27,7 +27,8 @@ def collect_pairs(lam: interface.FrozenDynamicsModel, dataset: dict, *, max_pair
                   batch_size: int | None = None) -> dict[str, np.ndarray]:
   """z, frame-difference features, actions, episode ids and recon errors of up to max_pairs pairs
   (in batches of `batch_size`; None: the model's `batch_size_hint`)."""
-  batch_size = batch_size or lam.batch_size_hint
+  if batch_size is None:
+    batch_size = lam.batch_size_hint
   k = lam.frame_gap
   transforms = dp.TransformConfig(
       frame_pair_k=k, action_horizon=k, resize=tuple(lam.image_size),
