@@ -108,8 +108,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # on the 10,000 videos sits on the marginal solution (validation R^2 <= 0) for ~900 steps and
   # is far from converged at 1,500 (flat z^0 R^2 0.51-0.55, still rising); at 5,000 it reaches
   # 0.81-0.83 and flat BAKU + z^0 at 10% of the demos goes from 0.38 to 0.64 mean success
-  # (README, "Pretraining long enough"; 3 seeds each).
-  config.policy.pretrain_steps = 5000
+  # (README, "Pretraining long enough"; 3 seeds each); at 10,000 R^2 0.85-0.87, flat z^0 0.80
+  # and HiLAM 0.65 -> 0.78 at 10% (README, "Trained long enough"; 3 seeds each).
+  config.policy.pretrain_steps = 10000
   # Fine-tuning: `finetune_steps` on all the demos, in proportion to the demos below that, at
   # least `min_finetune_steps` (hilam_jax.experiment.finetune_steps): 2,500 at 10%, 5,000 at
   # 100%. With 2,500 at 100% the validation loss was still falling by 9-36% over the last
@@ -118,7 +119,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # before 2,500 steps (validation loss flat or rising over the last quarter).
   config.policy.finetune_steps = 5000
   config.policy.min_finetune_steps = 2500
-  config.policy.demo_pretrain_steps = 1000
+  # The demos' own video (100 episodes at 10%): at 1,000 steps 5 of its 12 pretraining runs
+  # were still falling by 12-31% over the last quarter (report, "Convergence").
+  config.policy.demo_pretrain_steps = 2000
   # Fine-tuning a pretrained body (every method but BAKU): its learning rate as a multiple of the
   # new action head's (0 freezes it).
   config.policy.finetune_body_lr_multiplier = 1.0
@@ -175,8 +178,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.fractions = (0.1, 0.3, 0.5, 1.0)
     config.ablations = ("hilam_s1_z0", "hilam_s2_s1")
     config.ablation_fractions = config.fractions
-    config.policy.pretrain_steps = 10000
-    config.policy.finetune_steps = 10000  # not measured: 2x the default, as pretraining
+    config.policy.pretrain_steps = 20000  # not measured: 2x the default
+    config.policy.finetune_steps = 10000  # not measured: 2x the default
     config.policy.min_finetune_steps = 6000
     config.policy.demo_pretrain_steps = 3000
     config.eval.num_episodes = 200
