@@ -66,6 +66,23 @@ SETTINGS = {
     "bottleneck_zscore_lambda_ratio_1.0": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
                                             "data.normalize": "zscore", "lambda_ratio": 1.0},
                                            "as _0.3 with 33x H-Net's ratio-loss weight"),
+    # Segment reconstruction: a non-causal model whose chunks must reconstruct their own frames.
+    "segment": ({"model.causal": False, "model.bottleneck_heads": True,
+                 "model.bottleneck_target": "current", "lambda_latent": 0.0, "lambda_aux": 1.0,
+                 "data.normalize": "zscore", "lambda_ratio": 0.3},
+                "non-causal H-Net; each stage's chunks reconstruct their own frames' z^0 (+ "
+                "offset), no next-latent loss; z-scored, lambda_ratio 0.3"),
+    "segment_code4": ({"model.causal": False, "model.bottleneck_heads": True,
+                       "model.bottleneck_target": "current", "model.bottleneck_code_dim": 4,
+                       "lambda_latent": 0.0, "lambda_aux": 1.0, "data.normalize": "zscore",
+                       "lambda_ratio": 0.3},
+                      "segment, the chunk vector squeezed to 4 dims before the reconstruction"),
+    "segment_local": ({"model.causal": False, "model.bottleneck_heads": True,
+                       "model.bottleneck_target": "current", "model.bottleneck_depth": 0,
+                       "lambda_latent": 0.0, "lambda_aux": 1.0, "data.normalize": "zscore",
+                       "lambda_ratio": 0.3},
+                      "segment, each frame reconstructed from its own chunk and offset alone "
+                      "(no attention in the reconstruction head)"),
     "no_residual": ({"model.residual": False},
                     "no W_res path around the chunking: every prediction through the chunks"),
     "bottleneck_no_residual": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,

@@ -39,3 +39,17 @@ def test_main_job_refuses_an_unknown_stop_after_before_writing(tmp_path):
   with pytest.raises(ValueError, match="stop_after='policies'"):
     experiment.run(config, str(tmp_path / "main"))
   assert not (tmp_path / "main").exists()
+
+
+def test_every_skill_study_setting_builds_a_valid_model_config():
+  """Each named setting of the skill study overrides fields that exist and gives a skill model
+  config the model accepts (a typo or an invalid combination fails here, not hours into a study)."""
+  from experiments import skill_study  # pylint: disable=g-import-not-at-top
+  from hilam_jax.skill import model as skill_model  # pylint: disable=g-import-not-at-top
+  for name in skill_study.SETTINGS:
+    for variant in ("babyai", "metaworld"):
+      config = skill_study.setting_config(name, 0, "/nonexistent", variant, 10)
+      model = skill_model.SkillModelConfig.from_dict(dict(config.model))
+      # A non-causal model must not train on the next-latent (or the FDM) loss.
+      if not model.causal:
+        assert config.lambda_latent == 0 and config.lambda_rec == 0, name

@@ -499,3 +499,85 @@ def test_bottleneck_weight_needs_bottleneck_heads():
                                     jax.random.key(0), lambda_rec=0.0, lambda_ratio=0.03)[0]
   np.testing.assert_allclose(loss, without + 0.5 * (metrics["aux_l1/s1"] + metrics["aux_l1/s2"]),
                              rtol=1e-5)
+
+
+@functools.lru_cache(maxsize=None)
+def segment_model(code_dim: int = 0):
+  """The non-causal segment-reconstruction variant (SkillModelConfig.causal=False)."""
+  cfg = skill_model.SkillModelConfig.tiny(causal=False, bottleneck_heads=True,
+                                          bottleneck_target="current",
+                                          bottleneck_code_dim=code_dim)
+  params = skill_model.init_params(cfg, jax.random.key(0), LENGTH)
+  apply = jax.jit(skill_model.SkillModel(cfg).apply, compiler_options=FAST_COMPILE)
+  return cfg, params, apply
+
+
+def test_segment_variant_validation():
+  with pytest.raises(ValueError, match="causal=False"):
+    skill_model.SkillModelConfig.tiny(bottleneck_heads=True, bottleneck_target="current")
+  with pytest.raises(ValueError, match="bottleneck_target"):
+    skill_model.SkillModelConfig.tiny(causal=False, bottleneck_target="previous")
+  with pytest.raises(ValueError, match="bottleneck_code_dim"):
+    skill_model.SkillModelConfig.tiny(bottleneck_code_dim=-1)
+  cfg, params, _ = segment_model()
+  assert skill_model.SkillModelConfig.from_dict(cfg.to_dict()) == cfg
+  latents, mask = random_batch(10)
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
+  # The next-latent loss of a model that sees z_{t+1} at t would train a copy: refused.
+  with pytest.raises(ValueError, match="lambda_latent"):
+    skill_losses.skill_loss(params, skill_model.SkillModel(cfg), batch, jax.random.key(0),
+                            lambda_rec=0.0, lambda_ratio=0.03, lambda_aux=1.0)
+
+
+def test_non_causal_variant_sees_the_future_and_the_causal_one_does_not():
+  """Changing only the last frames moves the non-causal model's routing probabilities and
+  reconstructions at the first frames; the causal model's (test_causality_through_chunking)
+  stay put."""
+  _, _, apply = segment_model()
+  params = segment_model()[1]
+  latents, mask = random_batch(11, batch=1, pad=(0,))
+  perturbed = latents.copy()
+  perturbed[:, -3:] += 2.0
+  base = apply({"params": params}, jnp.asarray(latents), jnp.asarray(mask))
+  out = apply({"params": params}, jnp.asarray(perturbed), jnp.asarray(mask))
+  assert not np.allclose(out.stages[0].routing.boundary_prob[:, 1:3],
+                         base.stages[0].routing.boundary_prob[:, 1:3], atol=1e-6)
+  assert not np.allclose(out.bottleneck_predictions[0][:, :3],
+                         base.bottleneck_predictions[0][:, :3], atol=1e-6)
+  causal = run(latents, mask), run(perturbed, mask)
+  np.testing.assert_allclose(causal[0].stages[0].routing.boundary_prob[:, :LENGTH - 3],
+                             causal[1].stages[0].routing.boundary_prob[:, :LENGTH - 3],
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("code_dim", [0, 3])
+def test_segment_reconstruction_loss_targets_the_current_frame_and_trains_the_router(code_dim):
+  """With bottleneck_target="current" and lambda_latent=0 the loss is exactly lambda_ratio *
+  sum of ratio losses + lambda_aux * sum_s mean_t |ẑ^s_t - z_t| over valid frames (the frame
+  itself, not t + 1); its gradient reaches both stages' routers and nothing of the unused main
+  head; code_dim squeezes the chunk vector to that many dimensions."""
+  cfg, params, apply = segment_model(code_dim)
+  module = skill_model.SkillModel(cfg)
+  latents, mask = random_batch(12)
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
+
+  def loss(p):
+    return skill_losses.skill_loss(p, module, batch, jax.random.key(0), lambda_rec=0.0,
+                                   lambda_ratio=0.03, lambda_aux=0.7, lambda_latent=0.0)
+
+  (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  out = apply({"params": params}, batch["latents"], batch["mask"])
+  expected = 0.03 * (metrics["ratio/s1"] + metrics["ratio/s2"])
+  for index, reconstruction in enumerate(out.bottleneck_predictions):
+    error = np.abs(np.asarray(reconstruction) - latents).mean(-1)[mask].mean()
+    np.testing.assert_allclose(metrics[f"aux_l1/s{index + 1}"], error, rtol=1e-5)
+    expected += 0.7 * error
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  for g in (grads["stage"]["routing"], grads["stage"]["main"]["routing"]):
+    assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree_util.tree_leaves(g))
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree_util.tree_leaves(grads["head"]))
+  if code_dim:
+    assert params["bottleneck_1_code"]["kernel"].shape == (cfg.widths[0], code_dim)
+    assert params["bottleneck_2_code"]["kernel"].shape == (cfg.widths[1], code_dim)
+  else:
+    assert "bottleneck_1_code" not in params

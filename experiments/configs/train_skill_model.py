@@ -69,6 +69,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # Weight of the bottleneck heads' next-latent l1 (model.bottleneck_heads; 0: off). A
   # segment-level objective beside the paper's: each stage's chunks alone must predict z^0_{t+1}.
   config.lambda_aux = 0.0
+  # Weight of the paper's next-latent l1 (1). A non-causal model (model.causal = False, segment
+  # reconstruction with model.bottleneck_target = "current") must set 0: it sees its target.
+  config.lambda_latent = 1.0
   config.data.rec_positions = 2
   # L_rec's frames: a corrupted record fails with its file named; True reads only intact records
   # and leaves out the windows of the episodes it skipped. May be turned on when resuming.

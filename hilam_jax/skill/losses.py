@@ -1,6 +1,7 @@
 """Training objective of the skill model (HiLAM, ../shared/METHOD.md section 3) and its metrics.
 
-  L = L_latent + lambda_rec * L_rec + lambda_ratio * sum_s L_ratio^s [+ lambda_aux * sum_s L_aux^s]
+  L = lambda_latent * L_latent + lambda_rec * L_rec + lambda_ratio * sum_s L_ratio^s
+      [+ lambda_aux * sum_s L_aux^s]      (lambda_latent = 1 in the paper's objective)
 
   L_latent  l1 between the prediction made at t, ẑ^0_{t+1}, and the IDM's z^0_{t+1}, averaged over
             latent dimensions and over the valid pairs (t, t+1) of the window.
@@ -11,7 +12,9 @@
   L_ratio   H-Net's ratio loss per stage (`chunking.ratio_loss`), target downsampling N^s.
   L_aux     with `SkillModelConfig.bottleneck_heads`: the l1 of each stage's bottleneck
             prediction (ẑ^0_{t+1} from the frames seen only through that stage's chunks), a
-            segment-level objective for the router. Not part of the paper's objective.
+            segment-level objective for the router. Not part of the paper's objective. With
+            `bottleneck_target="current"` the l1 of z^0_t reconstructed from the frame's own
+            chunk (segment reconstruction; a non-causal model, trained with lambda_latent = 0).
 
 Metrics (float32 scalars, log the dict as is):
   loss, latent_l1, rec (if computed), ratio/s{s}, aux_l1/s{s} (bottleneck heads)
@@ -53,6 +56,13 @@ def latent_l1(prediction: jax.Array, latents: jax.Array, mask: jax.Array) -> jax
   pair_valid = mask[:, :-1] & mask[:, 1:]  # [B, L-1]
   error = jnp.mean(jnp.abs(prediction[:, :-1] - latents[:, 1:]), axis=-1)  # [B, L-1]
   return _masked_mean(error, pair_valid)
+
+
+def current_latent_l1(reconstruction: jax.Array, latents: jax.Array,
+                      mask: jax.Array) -> jax.Array:
+  """Mean |ẑ_t - z_t| over dims and valid frames t (reconstruction[:, t] targets z_t itself)."""
+  error = jnp.mean(jnp.abs(reconstruction - latents), axis=-1)  # [B, L]
+  return _masked_mean(error, mask)
 
 
 def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
@@ -98,7 +108,8 @@ def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
 
 def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: jax.Array, *,
                frozen_lam=None, lambda_rec: float, lambda_ratio: float,
-               lambda_aux: float = 0.0, return_output: bool = False):
+               lambda_aux: float = 0.0, lambda_latent: float = 1.0,
+               return_output: bool = False):
   """HiLAM's skill-model loss with boundary/chunk diagnostics.
 
   Args:
@@ -115,6 +126,8 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
     lambda_rec: weight of L_rec (OPEN in the paper); 0 skips it.
     lambda_ratio: weight of the summed ratio losses (OPEN; H-Net uses 0.03).
     lambda_aux: weight of the summed bottleneck-head l1s (needs `bottleneck_heads`; 0 skips).
+    lambda_latent: weight of L_latent (1 in the paper). A non-causal model (`causal=False`) sees
+      z^0_{t+1} at t, so its L_latent says nothing: it must be 0 there (L_latent is still logged).
     return_output: also return the `SkillModelOutput` (for logging boundaries).
 
   Returns:
@@ -122,11 +135,18 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
     docstring.
   """
   config = module.config
+  if not config.causal and lambda_latent:
+    raise ValueError(f"skill_loss: lambda_latent={lambda_latent} with a non-causal model "
+                     "(SkillModelConfig.causal=False): its prediction at t sees z^0_{t+1}, so the "
+                     "next-latent loss would train a copy; set lambda_latent=0")
+  if not config.causal and frozen_lam is not None and lambda_rec:
+    raise ValueError("skill_loss: lambda_rec > 0 needs a causal model (L_rec decodes with the "
+                     "predicted next latent, which a non-causal model can copy)")
   latents, mask = batch["latents"].astype(jnp.float32), batch["mask"].astype(bool)
   output = module.apply({"params": unwrap_params(params)}, latents, mask)
 
   l1 = latent_l1(output.prediction, latents, mask)
-  loss = l1
+  loss = lambda_latent * l1
   metrics = {"latent_l1": l1}
 
   if frozen_lam is not None and lambda_rec:
@@ -169,8 +189,9 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
   if lambda_aux:
     if not output.bottleneck_predictions:
       raise ValueError("skill_loss: lambda_aux > 0 needs SkillModelConfig.bottleneck_heads=True")
+    aux_l1_fn = current_latent_l1 if config.bottleneck_target == "current" else latent_l1
     for index, aux in enumerate(output.bottleneck_predictions):
-      aux_l1 = latent_l1(aux, latents, mask)
+      aux_l1 = aux_l1_fn(aux, latents, mask)
       metrics[f"aux_l1/s{index + 1}"] = aux_l1
       loss = loss + lambda_aux * aux_l1
   metrics["loss"] = loss

@@ -18,7 +18,8 @@ Everything is causal: the output at t depends on inputs at positions <= t only (
 a router that compares t - 1 with t, chunks that start at their first position, and an EMA that
 runs forward). Shapes are static under jit: each stage keeps at most a fixed number of chunks
 (capacity) with a mask, and reports how many boundaries did not fit (overflow; their frames join
-the last kept chunk).
+the last kept chunk). `SkillModelConfig.causal=False` (a segmentation variant, not the paper's)
+makes the attention bidirectional; the router, chunking and EMA stay as they are.
 
 Dimension glossary:
   B      batch
@@ -89,6 +90,18 @@ class SkillModelConfig(config_io.DictConfig):
       predict what follows: a segment-level objective. The main prediction is unchanged.
     bottleneck_depth: transformer blocks of each bottleneck decoder.
     max_offset: offsets in a chunk beyond this share one embedding (bottleneck heads).
+    causal: True (the paper's model): every attention looks back only. False makes every
+      transformer bidirectional within the window, so the encoder outputs the router compares,
+      and the chunk vectors, see the whole window: a segmentation model, not a predictor. The
+      next-latent loss then reads its target through attention, so `losses.skill_loss` refuses
+      lambda_latent != 0; train with bottleneck heads on `bottleneck_target="current"`.
+    bottleneck_target: what the bottleneck heads predict at frame t: "next", z^0_{t+1} (from
+      what the chunks hold so far), or "current", z^0_t itself (segment reconstruction: each
+      frame's latent from its own stage-s chunk + its offset in it; needs causal=False, else the
+      chunk vector knows only the chunk's first frame).
+    bottleneck_code_dim: if > 0, the dechunked chunk vector is projected to this many
+      dimensions before a bottleneck head reads it, so a chunk can carry only that much about
+      its frames (an information bottleneck); 0: the full width.
   """
   latent_dim: int = 16
   widths: tuple[int, ...] = (64, 96, 128)
@@ -105,6 +118,9 @@ class SkillModelConfig(config_io.DictConfig):
   bottleneck_heads: bool = False
   bottleneck_depth: int = 1
   max_offset: int = 32
+  causal: bool = True
+  bottleneck_target: str = "next"
+  bottleneck_code_dim: int = 0
 
   def __post_init__(self):
     # JSON round trips turn tuples into lists; coerce so the config stays hashable.
@@ -132,8 +148,15 @@ class SkillModelConfig(config_io.DictConfig):
                        "of `chunking.chunk` (e.g. \"fused\")")
     if self.latent_dim < 1 or self.main_depth < 0 or self.mlp_ratio <= 0:
       raise ValueError("SkillModelConfig: latent_dim >= 1, main_depth >= 0, mlp_ratio > 0")
-    if self.bottleneck_depth < 0 or self.max_offset < 1:
-      raise ValueError("SkillModelConfig: bottleneck_depth >= 0, max_offset >= 1")
+    if self.bottleneck_depth < 0 or self.max_offset < 1 or self.bottleneck_code_dim < 0:
+      raise ValueError("SkillModelConfig: bottleneck_depth >= 0, max_offset >= 1, "
+                       "bottleneck_code_dim >= 0")
+    if self.bottleneck_target not in ("next", "current"):
+      raise ValueError(f"SkillModelConfig.bottleneck_target={self.bottleneck_target!r}: "
+                       "expected 'next' or 'current'")
+    if self.bottleneck_target == "current" and self.causal:
+      raise ValueError("SkillModelConfig: bottleneck_target='current' needs causal=False (a "
+                       "causal chunk vector knows only its chunk's first frame)")
 
   @property
   def num_stages(self) -> int:
@@ -173,12 +196,14 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, base: float) -> jax.Arr
 class CausalSelfAttention(nn.Module):
   """Multi-head causal self-attention with a key padding mask and RoPE.
 
-  A query attends to keys at positions <= its own that are valid; it always attends to itself,
-  so no softmax row is empty (padding queries then produce finite garbage that callers mask).
+  A query attends to keys at positions <= its own that are valid (every valid key with
+  causal=False); it always attends to itself, so no softmax row is empty (padding queries then
+  produce finite garbage that callers mask).
   """
   width: int
   heads: int
   rope_base: float = 10000.0
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -190,8 +215,11 @@ class CausalSelfAttention(nn.Module):
     q = rotary_embedding(q, positions, self.rope_base)
     k = rotary_embedding(k, positions, self.rope_base)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)  # [B, H, L, L]
-    causal = jnp.tril(jnp.ones((length, length), bool))  # [L(query), L(key)]
-    allowed = (causal[None] & mask[:, None, :]) | jnp.eye(length, dtype=bool)[None]  # [B, L, L]
+    if self.causal:
+      order = jnp.tril(jnp.ones((length, length), bool))  # [L(query), L(key)]
+    else:
+      order = jnp.ones((length, length), bool)
+    allowed = (order[None] & mask[:, None, :]) | jnp.eye(length, dtype=bool)[None]  # [B, L, L]
     logits = jnp.where(allowed[:, None], logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1)
     attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, L, H, Dh]
@@ -216,10 +244,12 @@ class TransformerBlock(nn.Module):
   heads: int
   mlp_ratio: float
   rope_base: float = 10000.0
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    x = x + CausalSelfAttention(self.width, self.heads, self.rope_base, name="attn")(
+    x = x + CausalSelfAttention(self.width, self.heads, self.rope_base, self.causal,
+                                name="attn")(
         nn.RMSNorm(name="attn_norm")(x), mask)
     return x + SwiGLU(self.width, self.mlp_ratio, name="mlp")(nn.RMSNorm(name="mlp_norm")(x))
 
@@ -228,19 +258,21 @@ class CausalTransformer(nn.Module):
   """`depth` pre-norm causal blocks and a final RMSNorm: x [B, L, D], mask [B, L] -> [B, L, D].
 
   Outputs at padding positions (mask False) are zeroed, so nothing downstream can read them.
+  causal=False makes the blocks bidirectional (`SkillModelConfig.causal`).
   """
   depth: int
   width: int
   heads: int
   mlp_ratio: float
   rope_base: float = 10000.0
+  causal: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     if x.shape[-1] != self.width:
       raise ValueError(f"CausalTransformer: input width {x.shape[-1]} != {self.width}")
     for i in range(self.depth):
-      x = TransformerBlock(self.width, self.heads, self.mlp_ratio, self.rope_base,
+      x = TransformerBlock(self.width, self.heads, self.mlp_ratio, self.rope_base, self.causal,
                            name=f"block_{i}")(x, mask)
     x = nn.RMSNorm(name="final_norm")(x)
     return x * mask[..., None].astype(x.dtype)
@@ -282,8 +314,9 @@ class SkillModelOutput:
   Attributes:
     prediction: [B, L, Dz] float32, ẑ^0_{t+1}: the next latent action predicted at t from z^0_{<=t}.
     stages: tuple of `StageOutput`, stage 1 (frame-rate chunks, z^1) first.
-    bottleneck_predictions: with `bottleneck_heads`, per stage [B, L, Dz], ẑ^0_{t+1} predicted
-      from the frames only through that stage's chunks (outermost first); else ().
+    bottleneck_predictions: with `bottleneck_heads`, per stage [B, L, Dz], ẑ^0_{t+1} (or z^0_t
+      with bottleneck_target="current") predicted from the frames only through that stage's
+      chunks (outermost first); else ().
   """
   prediction: jax.Array
   stages: tuple[StageOutput, ...]
@@ -309,7 +342,7 @@ class HNetStage(nn.Module):
 
     def transformer(depth, lvl, name):
       return CausalTransformer(depth, cfg.widths[lvl], cfg.heads[lvl], cfg.mlp_ratio,
-                               cfg.rope_base, name=name)
+                               cfg.rope_base, cfg.causal, name=name)
 
     x_hat = transformer(cfg.encoder_depths[s], s, "encoder")(x, mask)  # [B, L_s, D_s]
     routing = chunking.RoutingModule(width, name="routing")(x_hat, mask)
@@ -389,8 +422,8 @@ class SkillModel(nn.Module):
   config: SkillModelConfig = SkillModelConfig()
 
   def _bottleneck_predictions(self, records, stages, mask: jax.Array) -> tuple[jax.Array, ...]:
-    """Per stage: ẑ^0_{t+1} from the stage's dechunked output mapped to frames + the offset of
-    frame t in its stage chunk (see SkillModelConfig.bottleneck_heads)."""
+    """Per stage: ẑ^0_{t+1} (or z^0_t) from the stage's dechunked output mapped to frames + the
+    offset of frame t in its stage chunk (see SkillModelConfig.bottleneck_heads)."""
     cfg = self.config
     length = mask.shape[1]
     frames = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), mask.shape)  # [B, L]
@@ -401,11 +434,14 @@ class SkillModel(nn.Module):
       start = jax.lax.cummax(jnp.where(stage.frame_boundary, frames, 0), axis=1)  # [B, L]
       offset = jnp.clip(frames - start, 0, cfg.max_offset - 1)
       width = cfg.widths[0]
+      if cfg.bottleneck_code_dim:
+        at_frames = nn.Dense(cfg.bottleneck_code_dim, name=f"bottleneck_{index + 1}_code")(
+            at_frames)
       h = nn.Dense(width, name=f"bottleneck_{index + 1}_in")(at_frames)
       h = h + nn.Embed(cfg.max_offset, width, name=f"bottleneck_{index + 1}_offset")(offset)
       h = h * mask[..., None]
       h = CausalTransformer(cfg.bottleneck_depth, width, cfg.heads[0], cfg.mlp_ratio,
-                            cfg.rope_base, name=f"bottleneck_{index + 1}")(h, mask)
+                            cfg.rope_base, cfg.causal, name=f"bottleneck_{index + 1}")(h, mask)
       pred = nn.Dense(cfg.latent_dim, name=f"bottleneck_{index + 1}_head")(h) * mask[..., None]
       out.append(pred)
       # Frame t's element in the next level: its chunk in this stage's chunk sequence.

@@ -285,10 +285,11 @@ def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed
     yield batch
 
 
-def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, lambda_aux=0.0):
+def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, lambda_aux=0.0,
+          lambda_latent=1.0):
   return losses.skill_loss(params, module, batch, rng, frozen_lam=frozen_lam,
                            lambda_rec=lambda_rec, lambda_ratio=lambda_ratio,
-                           lambda_aux=lambda_aux)
+                           lambda_aux=lambda_aux, lambda_latent=lambda_latent)
 
 
 def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
@@ -427,7 +428,8 @@ def train_and_evaluate(config: Any, workdir: str,
 
   loss_fn = functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio,
                               lambda_rec=config.lambda_rec, frozen_lam=frozen_lam,
-                              lambda_aux=config.get("lambda_aux", 0.0))
+                              lambda_aux=config.get("lambda_aux", 0.0),
+                              lambda_latent=config.get("lambda_latent", 1.0))
   train_step = training.make_train_step(loss_fn, tx, mesh)
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh)
 
