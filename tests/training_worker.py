@@ -9,7 +9,7 @@ must be set before jax is imported, hence the subprocess) against a 1-device run
 With --train_dir it is a resumable training run instead (`train_loop` with a checkpointer, as a
 launch script: `preemption.exit_on_preemption`), slowed to --step_seconds per batch so that a
 test can signal it mid-run; it logs each step it starts to <train_dir>/progress and the step it
-resumed from to <train_dir>/start_step:
+resumed from to <train_dir>/start_step (".<process index>" appended in a multi-process run):
 
   python -m tests.training_worker --train_dir=/tmp/run --num_steps=60 --step_seconds=0.1
 """
@@ -122,15 +122,16 @@ def train_resumable(train_dir: str, num_steps: int, step_seconds: float) -> int:
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
   start = int(state.step)
-  with open(os.path.join(train_dir, "start_step"), "w") as f:
+  suffix = "" if jax.process_count() == 1 else f".{jax.process_index()}"
+  with open(os.path.join(train_dir, "start_step" + suffix), "w") as f:
     f.write(str(start))
 
   def batches():
     for step in range(start, num_steps):
       time.sleep(step_seconds)
-      with open(os.path.join(train_dir, "progress"), "a") as f:
+      with open(os.path.join(train_dir, "progress" + suffix), "a") as f:
         f.write(f"{step}\n")
-      yield training.shard_batch(batch_for_step(step), mesh)
+      yield training.shard_batch(local_rows(batch_for_step(step)), mesh)
 
   state = training.train_loop(state=state, train_step=training.make_train_step(loss_fn, tx, mesh),
                               batches=batches(), num_steps=num_steps, checkpointer=checkpointer,

@@ -105,15 +105,18 @@ def check_run_config(config: Any) -> None:
 
 
 def stop_requested(request: preemption.StopRequest) -> bool:
-  """Whether to stop at this step boundary (SIGTERM received).
+  """Whether to stop at this step boundary (SIGTERM received by this or any other process).
 
   Single process: this process's flag. With several processes (jax.distributed) every process
   must stop at the same step, or they would save different steps and hang in the next
-  collective: a multi-host version all-reduces the flag here (e.g. any over
-  `multihost_utils.process_allgather`), possibly every few steps to keep its cost low, and every
-  process calls it at every step boundary.
+  collective: the flags are all-gathered (one tiny collective per step boundary, which every
+  process reaches in the same order) and any one of them stops all.
   """
-  return request.requested
+  if jax.process_count() == 1:
+    return request.requested
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray(request.requested, np.int32))
+  return bool(np.any(flags))
 
 
 def _state_is_alive(state: Any) -> bool:
@@ -189,7 +192,8 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
       finish(*pending)  # never save a state whose step produced NaN
       pending = None
     if checkpointer is not None:
-      logging.warning("SIGTERM: saving checkpoint at step %d before stopping.", step)
+      logging.warning("SIGTERM%s: saving checkpoint at step %d before stopping.",
+                      "" if request.requested else " (to another process)", step)
       save(step, force=True)
       checkpointer.wait_until_finished()
     else:
