@@ -49,6 +49,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.lam = lam_model.LAMConfig.tiny(latent_dim=16, z_l2_weight=1e-3).to_dict()
 
   config.batch_size = 32           # global; split over processes and devices
+  # "float32" or "bfloat16" compute (parameters and optimizer state stay float32:
+  # hilam_jax.training.precision); bfloat16 is for TPUs / recent GPUs, slower on this CPU.
+  config.compute_dtype = "float32"
   config.num_steps = 2000          # ~0.35 s/step on 2 CPU cores at 56x56: ~12 minutes
   config.learning_rate = 1e-3
   config.warmup_steps = 200

@@ -82,6 +82,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.frozen_model = ml_collections.config_dict.placeholder(str)
 
   config.batch_size = 32
+  # "float32" or "bfloat16" compute (parameters and optimizer state stay float32:
+  # hilam_jax.training.precision); bfloat16 is for TPUs / recent GPUs, slower on this CPU.
+  config.compute_dtype = "float32"
   config.num_steps = 2000
   config.learning_rate = 1e-3
   config.warmup_steps = 100

@@ -113,8 +113,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   start_step = int(state.step)
 
   loss_fn = functools.partial(_loss, module=module)
-  train_step = training.make_train_step(loss_fn, tx, mesh, augment_fn=device_augment_fn(config))
-  eval_step = training.make_eval_step(lambda p, b, r: _loss(p, b, r, module=module)[1], mesh)
+  dtype = config.get("compute_dtype", "float32")
+  train_step = training.make_train_step(loss_fn, tx, mesh, augment_fn=device_augment_fn(config),
+                                        compute_dtype=dtype)
+  eval_step = training.make_eval_step(lambda p, b, r: _loss(p, b, r, module=module)[1], mesh,
+                                      compute_dtype=dtype)
 
   per_process = training.per_process_batch(config.batch_size)
   # Exact resume: one seeded pipeline for the whole run; a run resumed at step s skips the s

@@ -120,6 +120,9 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   config.model = model("small", proprio_dim=4)
 
   config.batch_size = 64
+  # "float32" or "bfloat16" compute (parameters and optimizer state stay float32:
+  # hilam_jax.training.precision); bfloat16 is for TPUs / recent GPUs, slower on this CPU.
+  config.compute_dtype = "float32"
   config.num_steps = 2000
   config.learning_rate = 3e-4
   config.warmup_steps = 100

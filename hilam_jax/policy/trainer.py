@@ -333,10 +333,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   start_step = int(state.step)
 
   loss_fn = functools.partial(policy_loss, module=module, head_cfgs=head_cfgs, high=high)
-  train_step = training.make_train_step(loss_fn, tx, mesh, augment_fn=device_augment_fn(config))
+  dtype = config.get("compute_dtype", "float32")
+  train_step = training.make_train_step(loss_fn, tx, mesh, augment_fn=device_augment_fn(config),
+                                        compute_dtype=dtype)
   eval_step = training.make_eval_step(
       lambda p, b, r: policy_loss(p, b, r, module=module, head_cfgs=head_cfgs, high=high,
-                            train=False)[1], mesh)
+                                  train=False)[1], mesh, compute_dtype=dtype)
   convert = BatchConverter(config, encoder)
   per_process = training.per_process_batch(config.batch_size)
   # Exact resume: one seeded pipeline per run; resumed at step s, skip the s batches consumed.

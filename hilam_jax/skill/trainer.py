@@ -430,8 +430,10 @@ def train_and_evaluate(config: Any, workdir: str,
                               lambda_rec=config.lambda_rec, frozen_lam=frozen_lam,
                               lambda_aux=config.get("lambda_aux", 0.0),
                               lambda_latent=config.get("lambda_latent", 1.0))
-  train_step = training.make_train_step(loss_fn, tx, mesh)
-  eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh)
+  dtype = config.get("compute_dtype", "float32")
+  train_step = training.make_train_step(loss_fn, tx, mesh, compute_dtype=dtype)
+  eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh,
+                                      compute_dtype=dtype)
 
   per_process = training.per_process_batch(config.batch_size)
   # Each process draws from its own seed; a run resumed at step s continues the same stream at

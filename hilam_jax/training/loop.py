@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from hilam_jax import preemption
+from hilam_jax.training import precision
 from hilam_jax.training.checkpoint import Checkpointer
 from hilam_jax.training.metrics import MetricWriter, Progress
 
@@ -96,12 +97,14 @@ def check_run_config(config: Any) -> None:
 
   Raises:
     ValueError: `num_steps` < 1 (nothing to train; a run would evaluate its random init and
-      mark itself finished) or `log_every` < 1 (the loop logs at multiples of it).
+      mark itself finished), `log_every` < 1 (the loop logs at multiples of it) or an unknown
+      `compute_dtype` (precision.COMPUTE_DTYPES).
   """
   for key in ("num_steps", "log_every"):
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"config.{key} must be an integer >= 1, got {value!r}")
+  precision.check_compute_dtype(config.get("compute_dtype", "float32"))
 
 
 def stop_requested(request: preemption.StopRequest) -> bool:

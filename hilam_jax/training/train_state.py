@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from hilam_jax.training import augment as augment_lib
 from hilam_jax.training import mesh as mesh_lib
+from hilam_jax.training import precision
 
 Params = Any
 Batch = Any
@@ -141,7 +142,8 @@ def make_optimizer(config: Any, *, update_scale: Callable[[Params], Params] | No
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
                     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
-                    augment_fn: Callable[[Batch, jax.Array], Batch] | None = None
+                    augment_fn: Callable[[Batch, jax.Array], Batch] | None = None,
+                    compute_dtype: str = "float32"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the jitted, data-parallel update `(state, batch) -> (state, metrics)`.
 
@@ -156,6 +158,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
     augment_fn: optional (batch, rng) -> batch run first inside the step (on-device
       augmentation, `hilam_jax.training.augment`), with rng `fold_in(step rng, AUGMENT_STREAM)`;
       the loss still receives the step rng itself.
+    compute_dtype: "float32" or "bfloat16": the loss (forward and backward) computes in it,
+      parameters and optimizer state stay float32 (`precision.compute_in`).
 
   Returns:
     step_fn(state, batch) -> (new state, metrics). The state is donated: do not use the old
@@ -164,6 +168,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
     "learning_rate" (the one used for this update). All metrics are replicated scalars.
   """
   replicated = mesh_lib.replicated_sharding(mesh)
+  loss_fn = precision.compute_in(compute_dtype, loss_fn)
 
   def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng = state.step_rng()
@@ -193,13 +198,14 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
 
 
 def make_eval_step(metrics_fn: Callable[[Params, Batch, jax.Array], Mapping[str, jax.Array]],
-                   mesh: Mesh) -> Callable[[Params, Batch, jax.Array], Metrics]:
+                   mesh: Mesh, *, compute_dtype: str = "float32"
+                   ) -> Callable[[Params, Batch, jax.Array], Metrics]:
   """Jits `metrics_fn(params, batch, rng) -> dict of scalars` with the training shardings.
 
   params and rng replicated, batch split along its leading axis, metrics replicated. Nothing is
-  donated (the params are the live training params).
+  donated (the params are the live training params). compute_dtype as in `make_train_step`.
   """
   replicated = mesh_lib.replicated_sharding(mesh)
-  return jax.jit(metrics_fn,
+  return jax.jit(precision.compute_in(compute_dtype, metrics_fn),
                  in_shardings=(replicated, mesh_lib.data_sharding(mesh), replicated),
                  out_shardings=replicated)
