@@ -231,3 +231,72 @@ def test_zscore_normalization_is_stored_and_reapplied(tmp_path):
   assert trainer.resolve_normalization({"data": {"normalize": "none"}}, str(tmp_path)) is None
   with pytest.raises(ValueError, match="zscore"):
     trainer.resolve_normalization({"data": {"normalize": "minmax"}}, str(tmp_path))
+
+
+# ---------------------------------------------------------------- oracle-count ceilings
+
+
+def test_segment_costs_by_brute_force():
+  x = np.random.default_rng(5).normal(size=(7, 3))
+  cost = discovery.segment_costs(x)
+  for a in range(8):
+    for b in range(8):
+      if b <= a:
+        assert cost[a, b] == np.inf
+      else:
+        np.testing.assert_allclose(cost[a, b], np.sum((x[a:b] - x[a:b].mean(0)) ** 2),
+                                   rtol=1e-9, atol=1e-12)
+  boundary = _b(7, [0, 2, 5])
+  np.testing.assert_allclose(discovery.segmentation_cost(x, boundary),
+                             cost[0, 2] + cost[2, 5] + cost[5, 7], rtol=1e-12)
+
+
+@pytest.mark.parametrize("length,count,dim", [(12, 0, 2), (12, 1, 2), (15, 3, 4), (9, 8, 1),
+                                              (30, 5, 3), (1, 2, 2), (4, 10, 2)])
+def test_optimal_segmentation_equals_ruptures_dynp(length, count, dim):
+  import ruptures
+  x = np.random.default_rng(length * 10 + count).normal(size=(length, dim))
+  ours = discovery.optimal_segmentation(x if dim > 1 else x[:, 0], count)
+  assert ours.shape == (length,) and ours[0]
+  k = min(count, length - 1)
+  assert int(np.sum(ours[1:])) == k
+  if k == 0:
+    return
+  reference = ruptures.Dynp(model="l2", min_size=1, jump=1).fit(x).predict(n_bkps=k)
+  ref = _b(length, [0] + [b for b in reference if b < length])
+  # Continuous random data: the optimum is unique, so the starts agree, not only the cost.
+  np.testing.assert_array_equal(ours, ref)
+  np.testing.assert_allclose(discovery.segmentation_cost(x, ours),
+                             discovery.segmentation_cost(x, ref), rtol=1e-12)
+
+
+def test_ceilings_find_planted_segments_and_their_optimality():
+  rng = np.random.default_rng(6)
+  planted = {"a": [9, 20], "b": [6, 13, 30], "c": [25]}
+  signal = {e: _piecewise(rng, s, 40) for e, s in planted.items()}
+  truth = {e: _b(40, [0] + s) for e, s in planted.items()}
+  noise = {e: rng.normal(size=(40, 4)) for e in planted}
+  out = discovery.oracle_count_ceilings({"planted": signal, "noise": noise}, truth, tolerance=0)
+  assert out["planted"]["boundaries"] == 6 and out["planted"]["episodes"] == 3
+  exact = out["planted"]["exact_l2"]
+  assert exact["f1"] == 1.0 and exact["gt_optimal_share"] == 1.0
+  np.testing.assert_allclose(exact["gt_cost_ratio"], 1.0, rtol=1e-9)
+  assert out["planted"]["binseg_l2"]["f1"] == 1.0
+  assert out["planted"]["evenly_spaced"]["predicted"] == 6
+  assert out["planted"]["evenly_spaced"]["f1"] < 1.0
+  # On noise the true segmentation is not the optimum, and its cost is above it.
+  assert out["noise"]["exact_l2"]["gt_optimal_share"] < 1.0
+  assert out["noise"]["exact_l2"]["gt_cost_ratio"] > 1.0
+
+
+def test_count_segmenters_clip_and_place():
+  np.testing.assert_array_equal(discovery.evenly_spaced_boundaries(10, 1), _b(10, [0, 5]))
+  np.testing.assert_array_equal(discovery.evenly_spaced_boundaries(3, 9), _b(3, [0, 1, 2]))
+  assert discovery.evenly_spaced_boundaries(0, 2).shape == (0,)
+  x = np.zeros((8, 2))
+  x[3:] += 1.0
+  x[6:] += 5.0
+  np.testing.assert_array_equal(discovery.top_change_boundaries(x, 1), _b(8, [0, 6]))
+  np.testing.assert_array_equal(discovery.top_change_boundaries(x, 2), _b(8, [0, 3, 6]))
+  np.testing.assert_array_equal(discovery.binseg_count_boundaries(x, 2), _b(8, [0, 3, 6]))
+  assert discovery.optimal_segmentation(np.zeros((0, 2)), 3).shape == (0,)

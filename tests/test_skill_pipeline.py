@@ -312,15 +312,21 @@ def test_long_episodes_use_overlapping_windows():
     np.testing.assert_array_equal(frames - start, offsets)
 
 
+def _run_experiment(module, *flag_args, timeout=600):
+  """Runs `python -m experiments.<module> <flags>` from the repository; asserts exit 0."""
+  result = subprocess.run([sys.executable, "-m", f"experiments.{module}", *flag_args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
 def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
   out_dir, _ = extracted
   dataset_dir, _ = tiny_data
   report_dir = str(tmp_path / "eval")
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.evaluate_skills", f"--skills_dir={out_dir}",
-       f"--dataset_dir={dataset_dir}", f"--out_dir={report_dir}", "--num_filmstrips=1"],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = _run_experiment("evaluate_skills", f"--skills_dir={out_dir}",
+                           f"--dataset_dir={dataset_dir}", f"--out_dir={report_dir}",
+                           "--num_filmstrips=1")
   assert "latent_delta" in result.stdout and "ruptures_binseg" in result.stdout
   report = json.load(open(os.path.join(report_dir, "skill_discovery.json")))
   assert report["heldout"]["validation_episodes"] >= 1 and report["heldout"]["test_episodes"] >= 1
@@ -343,6 +349,32 @@ def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
   # The tiny generator stores subtask names: the probe ran on every feature set.
   assert set(report["summary"]["probe"]) >= {"z1", "z2", "z0", "z0_mean", "majority"}
   assert os.path.getsize(report["filmstrips"][0]) > 1000
+
+
+def test_ceiling_script_end_to_end(tiny_data, tmp_path):
+  """The oracle-count ceilings on the real tiny BabyAI set: the test half, its true boundary
+  count, and an exact optimum no segmentation (the true one included) undercuts."""
+  dataset_dir, labels_dir = tiny_data
+  out_dir = str(tmp_path / "ceiling")
+  result = _run_experiment("skill_ceiling", f"--labels_dir={labels_dir}",
+                           f"--dataset_dir={dataset_dir}", f"--out_dir={out_dir}",
+                           "--ground_truth=leaf")
+  assert "exact_l2" in result.stdout
+  report = json.load(open(os.path.join(out_dir, "ceiling.json")))
+  latents = labeling.read_labels(labels_dir)
+  truth = discovery.read_ground_truth(dataset_dir, "val", ground_truth="leaf")[0]
+  _, test_ids = discovery.heldout_split(sorted(set(truth) & set(latents)))
+  want = sum(int(np.sum(truth[e][:len(latents[e])][1:])) for e in test_ids)
+  assert report["test_episodes"] == len(test_ids) and want > 0
+  for signal in ("z0", "z0_zscore", "action"):
+    rows = report["results"][signal]
+    assert rows["episodes"] == len(test_ids) and rows["boundaries"] == want
+    assert rows["exact_l2"]["gt_cost_ratio"] >= 1.0 - 1e-9
+    assert rows["evenly_spaced"]["predicted"] == want
+  # The bot's (one-hot) actions change with its subtasks; the fixture's latents are random.
+  assert report["results"]["action"]["exact_l2"]["f1"] > report["results"]["z0"]["exact_l2"]["f1"]
+  with pytest.raises(ValueError, match="ground_truth"):
+    discovery.run_ceilings(labels_dir, dataset_dir, str(tmp_path / "x"), ground_truth="all")
 
 
 def test_skill_study_script_end_to_end(tiny_data, tmp_path):

@@ -266,6 +266,137 @@ class ChangePointBaseline:
     return self._penalties[target]
 
 
+# ---------------------------------------------------------------- oracle-count ceilings
+#
+# How well can a segmenter do that is told each episode's true number of subtasks? With the
+# l2 cost (a piecewise-constant fit, the objective binary segmentation approximates), the exact
+# optimum is a dynamic programme; its F1 bounds every method that optimises that cost on the same
+# signal, and comparing signals (z^0, z-scored z^0, the true actions) says where the subtask
+# information is lost.
+
+
+def segment_costs(signal: np.ndarray) -> np.ndarray:
+  """[T + 1, T + 1] float64: at [a, b] (a < b) the l2 cost of the segment signal[a:b] (sum of
+  squared distances to its mean); +inf where b <= a. signal: [T] or [T, D]."""
+  x = np.asarray(signal, np.float64).reshape(len(signal), -1)
+  s1 = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, 0)])  # [T + 1, D]
+  s2 = np.concatenate([[0.0], np.cumsum(np.sum(x * x, 1))])           # [T + 1]
+  length = np.arange(len(x) + 1)[None, :] - np.arange(len(x) + 1)[:, None]  # b - a
+  sums = s1[None, :, :] - s1[:, None, :]                              # [a, b, D]
+  cost = (s2[None, :] - s2[:, None]) - np.sum(sums * sums, -1) / np.maximum(length, 1)
+  return np.where(length > 0, np.maximum(cost, 0.0), np.inf)
+
+
+def segmentation_cost(signal: np.ndarray, boundary: np.ndarray) -> float:
+  """Total l2 cost of the segments that start at frame 0 and at every boundary t >= 1."""
+  n = len(signal)
+  starts = [0] + [int(t) for t in boundary_frames(np.asarray(boundary, bool)[:n])]
+  x = np.asarray(signal, np.float64).reshape(n, -1)
+  return float(sum(np.sum((x[a:b] - x[a:b].mean(0)) ** 2)
+                   for a, b in zip(starts, starts[1:] + [n]) if b > a))
+
+
+def _first_frame_and_count(length: int, num_boundaries: int) -> tuple[np.ndarray, int]:
+  """(bool [length] with frame 0 set if any, the boundary count clipped to length - 1)."""
+  boundary = np.zeros(length, bool)
+  boundary[:1] = True
+  return boundary, max(min(int(num_boundaries), length - 1), 0)
+
+
+def optimal_segmentation(signal: np.ndarray, num_boundaries: int) -> np.ndarray:
+  """Boolean [T]: frame 0 and the `num_boundaries` (clipped to T - 1) segment starts that
+  minimise the total l2 cost exactly (dynamic programme, O(K T^2); ties: earlier starts)."""
+  n = len(signal)
+  boundary, count = _first_frame_and_count(n, num_boundaries)
+  if not count:
+    return boundary
+  cost = segment_costs(signal)
+  best = cost[0].copy()  # best[b]: min cost of signal[:b] in j + 1 segments (j = 0 here)
+  back = []
+  for _ in range(count):
+    total = best[:, None] + cost  # [a, b]: the last segment is [a, b)
+    arg = np.argmin(total, axis=0)
+    best = total[arg, np.arange(n + 1)]
+    back.append(arg)
+  end = n
+  for arg in reversed(back):
+    end = int(arg[end])
+    boundary[end] = True
+  return boundary
+
+
+def binseg_count_boundaries(signal: np.ndarray, num_boundaries: int) -> np.ndarray:
+  """Boolean [T]: binary segmentation (ruptures, l2 cost) asked for exactly `num_boundaries`."""
+  n = len(signal)
+  boundary, count = _first_frame_and_count(n, num_boundaries)
+  if not count:
+    return boundary
+  import ruptures  # pylint: disable=g-import-not-at-top
+  x = np.asarray(signal, np.float64).reshape(n, -1)
+  algo = ruptures.Binseg(model="l2", min_size=1, jump=1).fit(x)
+  boundary[[b for b in algo.predict(n_bkps=count) if 0 < b < n]] = True
+  return boundary
+
+
+def evenly_spaced_boundaries(length: int, num_boundaries: int) -> np.ndarray:
+  """Boolean [length]: frame 0 and `num_boundaries` starts at round(i * length / (K + 1))."""
+  boundary, count = _first_frame_and_count(length, num_boundaries)
+  starts = np.round(np.arange(1, count + 1) * length / (count + 1)).astype(int)
+  boundary[starts[(starts > 0) & (starts < length)]] = True
+  return boundary
+
+
+def top_change_boundaries(signal: np.ndarray, num_boundaries: int) -> np.ndarray:
+  """Boolean [T]: frame 0 and the `num_boundaries` frames with the largest ||x_t - x_{t-1}||."""
+  change = latent_change(np.asarray(signal, np.float32).reshape(len(signal), -1))
+  boundary, count = _first_frame_and_count(len(change), num_boundaries)
+  if count:
+    boundary[1 + np.argsort(-change[1:], kind="stable")[:count]] = True
+  return boundary
+
+
+ORACLE_SEGMENTERS = {"exact_l2": optimal_segmentation, "binseg_l2": binseg_count_boundaries,
+                     "top_change": top_change_boundaries,
+                     "evenly_spaced": lambda x, k: evenly_spaced_boundaries(len(x), k)}
+
+
+def oracle_count_ceilings(signals: Mapping[str, Mapping[str, np.ndarray]],
+                          truth: Mapping[str, np.ndarray], tolerance: int) -> dict[str, Any]:
+  """Every ORACLE_SEGMENTERS method on every signal, told each episode's true boundary count.
+
+  Args:
+    signals: {signal name: {episode id: [T_e] or [T_e, D]}}; every signal covers the episodes
+      of `truth`, which is cut to the signal's length.
+    truth: {episode id: bool [T]} ground-truth subtask starts.
+
+  Returns:
+    {signal: {method: P/R/F1}}, and for "exact_l2" also the l2 cost of the true segmentation
+    relative to the optimum at the same count ("gt_cost_ratio", mean over episodes with a
+    non-zero optimum) and the share of episodes whose true segmentation is optimal.
+  """
+  out: dict[str, Any] = {}
+  for name, signal in signals.items():
+    ids = [e for e in truth if e in signal]
+    cut = {e: np.asarray(truth[e], bool)[:len(signal[e])] for e in ids}
+    counts = {e: int(np.sum(cut[e][1:])) for e in ids}
+    rows = {}
+    for method, segment in ORACLE_SEGMENTERS.items():
+      predicted = {e: segment(signal[e], counts[e]) for e in ids}
+      rows[method] = precision_recall_f1(predicted, cut, tolerance)
+      if method == "exact_l2":
+        ratios, optimal = [], 0
+        for e in ids:
+          best = segmentation_cost(signal[e], predicted[e])
+          gt = segmentation_cost(signal[e], cut[e])
+          optimal += int(gt <= best * (1 + 1e-9) + 1e-12)
+          if best > 0:
+            ratios.append(gt / best)
+        rows[method].update(gt_cost_ratio=float(np.mean(ratios)) if ratios else float("nan"),
+                            gt_optimal_share=optimal / max(len(ids), 1))
+    out[name] = {"episodes": len(ids), "boundaries": sum(counts.values()), **rows}
+  return out
+
+
 # ---------------------------------------------------------------- held-out stage evaluation
 
 
@@ -721,7 +852,6 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
     `evaluate_stage_heldout` layout), "seeds" (per folder: results and probe), "summary"
     (`summarize_seeds`), "table".
   """
-  import json  # pylint: disable=g-import-not-at-top
   from hilam_jax.lam import labeling  # pylint: disable=g-import-not-at-top
 
   dirs = [skills_dir] if isinstance(skills_dir, str) else list(skills_dir)
@@ -783,11 +913,9 @@ def run_evaluation(skills_dir: str | Sequence[str], dataset_dir: str, out_dir: s
                         "rule": "sha256(episode_id) last hex digit even -> validation"},
             "skill_model": per_seed[0]["skill_model"], "results": per_seed[0]["results"],
             "seeds": per_seed, "summary": summary, "filmstrips": strips, "table": table}
-  with open(os.path.join(out_dir, "skill_discovery.json"), "w") as f:
-    json.dump(report, f, indent=1, default=_jsonable)
-  with open(os.path.join(out_dir, "skill_discovery.md"), "w") as f:
-    f.write(f"# Skill discovery ({split} split halved into validation / test, tolerance "
-            f"±{tolerance} frames, {ground_truth} subtasks)\n\n{table}\n")
+  _write_report(out_dir, "skill_discovery", report,
+                f"Skill discovery ({split} split halved into validation / test, tolerance "
+                f"±{tolerance} frames, {ground_truth} subtasks)")
   return report
 
 
@@ -864,3 +992,83 @@ def _jsonable(value: Any) -> Any:
   if isinstance(value, np.ndarray):
     return value.tolist()
   raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _action_signal(actions: Mapping[str, np.ndarray], val_ids: Sequence[str]
+                   ) -> dict[str, np.ndarray]:
+  """Integer actions one-hot, continuous ones z-scored per dimension (validation statistics)."""
+  first = np.asarray(next(iter(actions.values())))
+  if np.issubdtype(first.dtype, np.integer):
+    classes = 1 + max(int(np.max(a)) for a in actions.values() if np.size(a))
+    return {e: np.eye(classes)[np.asarray(a).reshape(-1)] for e, a in actions.items()}
+  pooled = np.concatenate([np.asarray(actions[e]).reshape(len(actions[e]), -1) for e in val_ids])
+  mean, std = pooled.mean(0), pooled.std(0) + 1e-6
+  return {e: (np.asarray(a).reshape(len(a), -1) - mean) / std for e, a in actions.items()}
+
+
+def run_ceilings(labels_dir: str, dataset_dir: str, out_dir: str, *, split: str = "val",
+                 tolerance: int = 2, ground_truth: str = "initial") -> dict[str, Any]:
+  """`oracle_count_ceilings` on the held-out test half for z^0, z-scored z^0 and the true actions
+  (when the dataset has them: action-free video gets no action row).
+
+  The latents come from the labeling job's folder, the ground truth and the actions from the
+  dataset; every signal is cut to the latents' length (t < T - k). z-score statistics (and the
+  continuous actions' ones) come from the validation half. Writes ceiling.json and ceiling.md.
+  """
+  from hilam_jax.lam import labeling  # pylint: disable=g-import-not-at-top
+  from data_pipeline import reader  # pylint: disable=g-import-not-at-top
+
+  if ground_truth not in GROUND_TRUTHS:
+    raise ValueError(f"ground_truth {ground_truth!r} not in {sorted(GROUND_TRUTHS)}")
+  boundary_key = GROUND_TRUTHS[ground_truth][0]
+  latents = labeling.read_labels(labels_dir)
+  truth, actions = {}, {}
+  for traj in reader.read_trajectories(dataset_dir, split=split):
+    episode_id = traj["episode_id"][0].numpy().decode()
+    if episode_id not in latents:
+      continue
+    if boundary_key not in traj.get("subtask", {}):
+      raise ValueError(f"{dataset_dir} ({split}) has no subtask/{boundary_key} ground truth")
+    length = len(latents[episode_id])
+    truth[episode_id] = traj["subtask"][boundary_key].numpy().astype(bool)[:length]
+    if "action" in traj:  # action-free video has none: no action row
+      actions[episode_id] = traj["action"].numpy()[:length]
+  if not truth:
+    raise ValueError(f"no episode of {dataset_dir} ({split}) has labels in {labels_dir}")
+  val_ids, test_ids = heldout_split(sorted(truth))
+  z = {e: np.asarray(latents[e], np.float64) for e in truth}
+  pooled = np.concatenate([z[e] for e in val_ids])
+  mean, std = pooled.mean(0), pooled.std(0) + 1e-6
+  signals = {"z0": z, "z0_zscore": {e: (v - mean) / std for e, v in z.items()}}
+  if actions and len(actions) == len(truth):
+    signals["action"] = _action_signal(actions, val_ids)
+  test_truth = _subset(truth, test_ids)
+  results = oracle_count_ceilings({n: _subset(s, test_ids) for n, s in signals.items()},
+                                  test_truth, tolerance)
+  lines = ["| signal | method | P | R | F1 | true segmentation's l2 cost / optimum | "
+           "episodes where it is optimal |", "|---|---|---|---|---|---|---|"]
+  for name, rows in results.items():
+    for method in ORACLE_SEGMENTERS:
+      r = rows[method]
+      extra = (f"{r['gt_cost_ratio']:.2f} | {r['gt_optimal_share']:.2f}"
+               if method == "exact_l2" else "– | –")
+      lines.append(f"| {name} | {method} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                   f"{r['f1']:.3f} | {extra} |")
+  table = "\n".join(lines)
+  report = {"labels_dir": os.path.abspath(labels_dir), "dataset_dir": os.path.abspath(dataset_dir),
+            "split": split, "tolerance": tolerance, "ground_truth": ground_truth,
+            "test_episodes": len(test_ids), "results": results, "table": table}
+  _write_report(out_dir, "ceiling", report,
+                f"Oracle-count ceilings ({split} test half, ±{tolerance} frames, "
+                f"{ground_truth} subtasks, {len(test_ids)} episodes)")
+  return report
+
+
+def _write_report(out_dir: str, name: str, report: Mapping[str, Any], title: str) -> None:
+  """<out_dir>/<name>.json (the report) and <name>.md (the title and report["table"])."""
+  import json  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+    json.dump(report, f, indent=1, default=_jsonable)
+  with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+    f.write(f"# {title}\n\n{report['table']}\n")
