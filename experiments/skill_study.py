@@ -66,6 +66,15 @@ SETTINGS = {
     "bottleneck_zscore_lambda_ratio_1.0": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
                                             "data.normalize": "zscore", "lambda_ratio": 1.0},
                                            "as _0.3 with 33x H-Net's ratio-loss weight"),
+    # What the oracle-count ceilings suggest (README): a budget per window, raw z^0 (z-scoring
+    # hurts an l2 fit of UnlockLocal's z^0: 0.71 vs 0.83 with the true counts).
+    "bottleneck_zscore_lambda_ratio_0.3_per_window": (
+        {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",
+         "lambda_ratio": 0.3, "ratio_per_sequence": True},
+        "as _0.3 with the ratio loss per window (averaged) instead of pooled over the batch"),
+    "bottleneck_lambda_ratio_0.3": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
+                                     "lambda_ratio": 0.3},
+                                    "as _0.3 on raw z^0 (no z-score)"),
     # Segment reconstruction: a non-causal model whose chunks must reconstruct their own frames.
     "segment": ({"model.causal": False, "model.bottleneck_heads": True,
                  "model.bottleneck_target": "current", "lambda_latent": 0.0, "lambda_aux": 1.0,

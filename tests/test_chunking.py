@@ -275,6 +275,37 @@ def test_ratio_loss_minimum():
   _assert_close(np.asarray(dp)[m], 4.0 / 3.0 * (3 * f - (1 - f)) / m.sum(), 1e-6)
 
 
+def test_ratio_loss_per_sequence_by_hand():
+  """per_sequence: each row's loss from its own F and G, averaged over rows with a valid
+  position (a fully padded row counts for nothing), and its gradient."""
+  routing = _crafted_routing()
+  mask = np.asarray(_mask())
+  per_row = []
+  for b in range(mask.shape[0]):
+    if mask[b].any():
+      f = np.asarray(routing.boundary_mask)[b][mask[b]].mean()
+      g = np.asarray(routing.boundary_prob)[b][mask[b]].mean()
+      per_row.append(ck.ratio_loss_from_fractions(f, g, 4.0))
+  want = np.mean(per_row)
+  padded_row = np.concatenate([mask, np.zeros((1, mask.shape[1]), bool)])
+  grown = routing.replace(**{k: jnp.concatenate([v, v[:1]]) for k, v in
+                             dict(boundary_prob=routing.boundary_prob,
+                                  boundary_mask=routing.boundary_mask,
+                                  confidence=routing.confidence).items()})
+  for r, m in ((routing, jnp.asarray(mask)), (grown, jnp.asarray(padded_row))):
+    _assert_close(ck.ratio_loss(r, m, 4.0, per_sequence=True), want, 1e-6)
+  # Rows differ in their boundary rates, so pooling and per-row averaging differ.
+  assert abs(float(ck.ratio_loss(routing, jnp.asarray(mask), 4.0)) - want) > 1e-4
+  dp = jax.grad(lambda p: ck.ratio_loss(routing.replace(boundary_prob=p), jnp.asarray(mask),
+                                        4.0, per_sequence=True))(routing.boundary_prob)
+  rows = mask.any(1)
+  for b in range(mask.shape[0]):
+    f = np.asarray(routing.boundary_mask)[b][mask[b]].mean() if rows[b] else 0.0
+    want_b = 4.0 / 3.0 * (3 * f - (1 - f)) / max(mask[b].sum(), 1) / rows.sum()
+    _assert_close(np.asarray(dp)[b][mask[b]], want_b, 1e-6)
+    assert (np.asarray(dp)[b][~mask[b]] == 0).all()
+
+
 @pytest.mark.parametrize("capacity, length, lengths", [
     (None, 12, [12, 8, 1]), (3, 12, [12, 8, 1]), (None, 1, [1, 1, 0]), (1, 2, [2, 2, 1])])
 def test_streaming_matches_full_pass(capacity, length, lengths):

@@ -17,6 +17,7 @@ import pytest
 
 from hilam_jax import lam
 from hilam_jax.lam import interface as lam_interface
+from hilam_jax.skill import chunking
 from hilam_jax.skill import losses as skill_losses
 from hilam_jax.skill import model as skill_model
 
@@ -581,3 +582,24 @@ def test_segment_reconstruction_loss_targets_the_current_frame_and_trains_the_ro
     assert params["bottleneck_2_code"]["kernel"].shape == (cfg.widths[1], code_dim)
   else:
     assert "bottleneck_1_code" not in params
+
+
+def test_ratio_per_sequence_reaches_the_loss():
+  """skill_loss(ratio_per_sequence=True) logs and adds the per-window ratio loss of each stage
+  (chunking.ratio_loss with per_sequence) on the sequence that stage ran on."""
+  module = skill_model.SkillModel(CONFIG)
+  latents, mask = random_batch(13)
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
+  out = run(latents, mask)
+  values = {}
+  for per_sequence in (False, True):
+    value, metrics = skill_losses.skill_loss(tiny_params(), module, batch, jax.random.key(0),
+                                             lambda_rec=0.0, lambda_ratio=0.5,
+                                             ratio_per_sequence=per_sequence)
+    ratios = [chunking.ratio_loss(s.routing, s.mask, n, per_sequence=per_sequence)
+              for s, n in zip(out.stages, CONFIG.target_ratios)]
+    for index, want in enumerate(ratios):
+      np.testing.assert_allclose(metrics[f"ratio/s{index + 1}"], want, rtol=1e-5)
+    np.testing.assert_allclose(value, metrics["latent_l1"] + 0.5 * sum(ratios), rtol=1e-5)
+    values[per_sequence] = float(value)
+  assert values[False] != values[True]

@@ -72,6 +72,9 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # Weight of the paper's next-latent l1 (1). A non-causal model (model.causal = False, segment
   # reconstruction with model.bottleneck_target = "current") must set 0: it sees its target.
   config.lambda_latent = 1.0
+  # H-Net pools the ratio loss over the batch, so windows may trade boundaries (none in one,
+  # many in another); True applies it to every window and averages (a budget per window).
+  config.ratio_per_sequence = False
   config.data.rec_positions = 2
   # L_rec's frames: a corrupted record fails with its file named; True reads only intact records
   # and leaves out the windows of the episodes it skipped. May be turned on when resuming.

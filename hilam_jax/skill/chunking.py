@@ -134,17 +134,26 @@ def ratio_loss_from_fractions(f, g, target_ratio):
   return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))
 
 
-def ratio_loss(routing: RoutingOutput, mask, target_ratio):
-  """H-Net ratio loss over all valid positions of the batch (pooled, like H-Net).
+def ratio_loss(routing: RoutingOutput, mask, target_ratio, per_sequence: bool = False):
+  """H-Net ratio loss over all valid positions of the batch (pooled, like H-Net), or with
+  `per_sequence` the mean over sequences with a valid position of each sequence's own loss (so
+  every sequence, not only the batch, is pushed to the 1/N rate).
 
   F (fraction of boundaries) carries no gradient; G (mean boundary probability) does, so the loss
   pushes p towards a 1/N boundary rate.
   """
   m = mask.astype(jnp.float32)
-  count = jnp.maximum(jnp.sum(m), 1.0)
-  f = jax.lax.stop_gradient(jnp.sum(routing.boundary_mask.astype(jnp.float32) * m) / count)
-  g = jnp.sum(routing.boundary_prob * m) / count
-  return ratio_loss_from_fractions(f, g, target_ratio)
+  axis = 1 if per_sequence else None
+  valid = jnp.sum(m, axis=axis)
+  count = jnp.maximum(valid, 1.0)
+  f = jax.lax.stop_gradient(
+      jnp.sum(routing.boundary_mask.astype(jnp.float32) * m, axis=axis) / count)
+  g = jnp.sum(routing.boundary_prob * m, axis=axis) / count
+  loss = ratio_loss_from_fractions(f, g, target_ratio)
+  if not per_sequence:
+    return loss
+  rows = (valid > 0).astype(jnp.float32)
+  return jnp.sum(loss * rows) / jnp.maximum(jnp.sum(rows), 1.0)
 
 
 # ----------------------------------------------------------------------------- index maps

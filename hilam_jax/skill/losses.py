@@ -109,7 +109,7 @@ def reconstruction_term(frozen_lam, prediction: jax.Array, frame_t: jax.Array,
 def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: jax.Array, *,
                frozen_lam=None, lambda_rec: float, lambda_ratio: float,
                lambda_aux: float = 0.0, lambda_latent: float = 1.0,
-               return_output: bool = False):
+               ratio_per_sequence: bool = False, return_output: bool = False):
   """HiLAM's skill-model loss with boundary/chunk diagnostics.
 
   Args:
@@ -128,6 +128,8 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
     lambda_aux: weight of the summed bottleneck-head l1s (needs `bottleneck_heads`; 0 skips).
     lambda_latent: weight of L_latent (1 in the paper). A non-causal model (`causal=False`) sees
       z^0_{t+1} at t, so its L_latent says nothing: it must be 0 there (L_latent is still logged).
+    ratio_per_sequence: the ratio loss per window, averaged (`chunking.ratio_loss`), instead of
+      pooled over the batch as in H-Net.
     return_output: also return the `SkillModelOutput` (for logging boundaries).
 
   Returns:
@@ -174,7 +176,8 @@ def skill_loss(params: Any, module: skill_model.SkillModel, batch: Batch, rng: j
   frames = jnp.maximum(jnp.sum(mask), 1)
   for index, (stage, ratio) in enumerate(zip(output.stages, config.target_ratios)):
     name = f"s{index + 1}"
-    ratio_loss = chunking.ratio_loss(stage.routing, stage.mask, ratio)
+    ratio_loss = chunking.ratio_loss(stage.routing, stage.mask, ratio,
+                                     per_sequence=ratio_per_sequence)
     ratio_total = ratio_total + ratio_loss
     boundaries = stage.routing.boundary_mask & stage.mask
     frame_boundaries = jnp.sum(stage.frame_boundary)

@@ -286,10 +286,11 @@ def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed
 
 
 def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, lambda_aux=0.0,
-          lambda_latent=1.0):
+          lambda_latent=1.0, ratio_per_sequence=False):
   return losses.skill_loss(params, module, batch, rng, frozen_lam=frozen_lam,
                            lambda_rec=lambda_rec, lambda_ratio=lambda_ratio,
-                           lambda_aux=lambda_aux, lambda_latent=lambda_latent)
+                           lambda_aux=lambda_aux, lambda_latent=lambda_latent,
+                           ratio_per_sequence=ratio_per_sequence)
 
 
 def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
@@ -429,7 +430,8 @@ def train_and_evaluate(config: Any, workdir: str,
   loss_fn = functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio,
                               lambda_rec=config.lambda_rec, frozen_lam=frozen_lam,
                               lambda_aux=config.get("lambda_aux", 0.0),
-                              lambda_latent=config.get("lambda_latent", 1.0))
+                              lambda_latent=config.get("lambda_latent", 1.0),
+                              ratio_per_sequence=bool(config.get("ratio_per_sequence", False)))
   dtype = config.get("compute_dtype", "float32")
   train_step = training.make_train_step(loss_fn, tx, mesh, compute_dtype=dtype)
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh,
