@@ -395,3 +395,37 @@ def test_body_lr_multiplier_must_not_be_negative():
   config.body_lr_multiplier = -0.1
   with pytest.raises(ValueError, match="body_lr_multiplier"):
     trainer.body_update_scale(config)
+
+
+def test_every_camera_of_a_libero_dataset_reaches_the_network(tmp_path):
+  """Issue 13 item 6: data.cameras = (agent view, wrist) trains on LIBERO's two cameras and the
+  test-time network (cameras from the checkpoint) needs and uses both."""
+  from data_pipeline import libero_schema
+  dataset_dir = libero_schema.write_tiny_libero_dataset(str(tmp_path / "rlds"),
+                                                        num_episodes=4)
+  cameras = ("image_primary", "image_wrist")
+  config = tiny_config(dataset_dir, **{"data.val": (), "data.image_size": (32, 32),
+                                       "data.cameras": cameras, "data.ignore_action": None})
+  config.heads = {"action": {"kind": "continuous", "dim": 7, "target": "action"}}
+  config.model = policy_defaults.model("tiny", proprio_dim=8)
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  network = policies.PolicyNetwork.load(workdir)
+  assert network.cameras == cameras
+  assert {f"camera_embedding_{c}" for c in cameras} <= set(network.params)
+  rng = np.random.default_rng(0)
+  obs = {c: rng.integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8) for c in cameras}
+  obs["proprio"] = rng.normal(size=(2, 8)).astype(np.float32)
+  instructions = ["put the bowl on the plate"] * 2
+  before = network.predict(obs, instructions)["action"]
+  wrist_changed = dict(obs, image_wrist=255 - obs["image_wrist"])
+  assert np.abs(network.predict(wrist_changed, instructions)["action"] - before).max() > 1e-6
+  with pytest.raises(ValueError, match="image_wrist"):
+    network.predict({k: v for k, v in obs.items() if k != "image_wrist"}, instructions)
+  # A camera the dataset lacks is named at the first batch; a malformed list at the start.
+  with pytest.raises(ValueError, match="image_left"):
+    trainer.train_and_evaluate(
+        tiny_config(dataset_dir, **{"data.val": (), "data.cameras": ("image_left",)}),
+        str(tmp_path / "bad"))
+  with pytest.raises(ValueError, match="data.cameras"):
+    networks.cameras({"data": {"cameras": ["wrist"]}})

@@ -81,7 +81,11 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.val_split = "val"
   config.data.episode_fraction = 1.0    # nested subsets of the train episodes
-  config.data.image_size = (56, 56)
+  config.data.image_size = (56, 56)     # every camera is resized to it
+  # The observation cameras the network sees (`image_*` keys of the standardized datasets), each
+  # through the shared encoder with its own camera embedding; BAKU on LIBERO takes both:
+  # ("image_primary", "image_wrist"). The test-time policy reads the list from the checkpoint.
+  config.data.cameras = ("image_primary",)
   config.data.augment = True            # DrQ/BAKU random shift (train only)
   # Where it runs: "device" (inside the jitted train step; tf.data only decodes, resizes and
   # batches) or "host" (tf.data). The same transforms either way.

@@ -3,6 +3,7 @@ and the one definition of the skill that conditions HiLAM's low level.
 
   model_config(config)        run config -> BakuConfig (heads from config.heads; the low level
                               reads no language unless config.lang_for_low)
+  cameras(config)             the observation cameras a run's network sees (config.data.cameras)
   model_inputs(...)           observations (+ embeddings, condition) -> the BakuPolicy batch dict
   load_policy(workdir)        (module, params, run config) of a trained policy's checkpoint
   high_level_skill(...)       the skill pi^l is conditioned on: pi^h's offset-0 prediction
@@ -13,7 +14,7 @@ neither imports the other.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -22,7 +23,20 @@ from hilam_jax import training
 from hilam_jax.policy import baku
 from hilam_jax.policy import heads as heads_lib
 
-CAMERA = "image_primary"
+CAMERA = "image_primary"  # the default (and, before config.data.cameras, the only) camera
+
+
+def cameras(config: Any) -> tuple[str, ...]:
+  """The observation image keys a run's network sees: `config.data.cameras` (a run config or its
+  dict from a checkpoint; runs from before the knob saw CAMERA only). Checked: a non-empty list
+  of distinct `image_*` names."""
+  data = config["data"] if isinstance(config, dict) else config.data
+  names = tuple(data.get("cameras", (CAMERA,)) or ())
+  if not names or len(set(names)) != len(names) or not all(
+      isinstance(n, str) and n.startswith("image_") for n in names):
+    raise ValueError(f"data.cameras {names!r}: expected distinct observation image keys "
+                     "('image_primary', 'image_wrist', ...)")
+  return names
 
 
 def uses_language(config: Any) -> bool:
@@ -47,21 +61,23 @@ def model_config(config: Any) -> baku.BakuConfig:
   return baku.BakuConfig.from_dict({**fields, "heads": heads, "use_lang": use_lang})
 
 
-def model_inputs(cfg: baku.BakuConfig, images: np.ndarray, lang: np.ndarray | None = None,
-                 proprio: np.ndarray | None = None,
+def model_inputs(cfg: baku.BakuConfig, images: np.ndarray | Mapping[str, np.ndarray],
+                 lang: np.ndarray | None = None, proprio: np.ndarray | None = None,
                  condition: np.ndarray | None = None) -> dict[str, Any]:
   """The BakuPolicy batch of N single-step observations (history H = 1).
 
   Args:
     cfg: the network's config (decides which inputs it takes).
-    images: uint8 [N, h, w, 3] of camera CAMERA.
+    images: {camera: uint8 [N, h, w, 3]}, or one array for camera CAMERA alone.
     lang: float32 [N, L] instruction embeddings; kept if given (a frozen pi^h reading the same
       batch may need them even when `cfg.use_lang` is False), required if `cfg.use_lang`.
     proprio: [N, P]; required iff cfg.proprio_dim.
     condition: [N, Cz]; required iff cfg.condition_dim (unless a caller adds it later, as the
       fine-tuning loss does with pi^h's skill).
   """
-  inputs: dict[str, Any] = {"images": {CAMERA: np.asarray(images)[:, None]}}
+  if not isinstance(images, Mapping):
+    images = {CAMERA: images}
+  inputs: dict[str, Any] = {"images": {c: np.asarray(v)[:, None] for c, v in images.items()}}
   if lang is not None:
     inputs["lang"] = np.asarray(lang, np.float32)
   elif cfg.use_lang:
@@ -75,10 +91,12 @@ def model_inputs(cfg: baku.BakuConfig, images: np.ndarray, lang: np.ndarray | No
   return inputs
 
 
-def example_inputs(cfg: baku.BakuConfig, image_size: tuple[int, int]) -> dict[str, Any]:
-  """Zero inputs of batch 1 with every input `cfg` takes (for `init`)."""
+def example_inputs(cfg: baku.BakuConfig, image_size: tuple[int, int],
+                   camera_names: Sequence[str] = (CAMERA,)) -> dict[str, Any]:
+  """Zero inputs of batch 1 with every input `cfg` takes (for `init`): the cameras' names fix
+  the camera-embedding parameters."""
   return model_inputs(
-      cfg, np.zeros((1, *image_size, 3), np.uint8),
+      cfg, {c: np.zeros((1, *image_size, 3), np.uint8) for c in camera_names},
       lang=np.zeros((1, cfg.lang_dim), np.float32) if cfg.use_lang else None,
       proprio=np.zeros((1, cfg.proprio_dim), np.float32) if cfg.proprio_dim else None,
       condition=np.zeros((1, cfg.condition_dim), np.float32) if cfg.condition_dim else None)

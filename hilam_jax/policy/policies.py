@@ -31,8 +31,10 @@ class PolicyNetwork:
   """A policy (module + params) as a jitted predictor of its heads' chunks."""
 
   def __init__(self, module: Any, params: Any, *, image_size: Sequence[int],
-               encoder: CachedEncoder | None, heads: Sequence[str] | None = None):
+               encoder: CachedEncoder | None, heads: Sequence[str] | None = None,
+               cameras: Sequence[str] = (networks.CAMERA,)):
     self.module, self.params, self.encoder = module, params, encoder
+    self.cameras = tuple(cameras)
     self.config = module.config
     if self.config.use_lang and encoder is None:
       raise ValueError("this policy reads the instruction: pass a language `encoder`")
@@ -57,7 +59,7 @@ class PolicyNetwork:
     if encoder is None and module.config.use_lang:
       encoder = CachedEncoder(make_encoder(run_config["lang_encoder"]))
     return cls(module, params, image_size=run_config["data"]["image_size"], encoder=encoder,
-               heads=heads)
+               heads=heads, cameras=networks.cameras(run_config))
 
   def head(self, name: str):
     return self.config.head_configs[name]
@@ -66,10 +68,15 @@ class PolicyNetwork:
              condition: np.ndarray | None = None) -> dict[str, Any]:
     """The network's batch (`networks.model_inputs`); instructions are embedded only if the
     network reads them."""
-    images = np.asarray(obs[networks.CAMERA])
-    if images.shape[1:3] != self.image_size:
-      raise ValueError(f"observation images are {images.shape[1:3]}, the policy was trained "
-                       f"on {self.image_size}")
+    images = {}
+    for camera in self.cameras:
+      if camera not in obs:
+        raise ValueError(f"the policy sees cameras {list(self.cameras)}; the observation has "
+                         f"no {camera!r} (keys {sorted(obs)})")
+      images[camera] = np.asarray(obs[camera])
+      if images[camera].shape[1:3] != self.image_size:
+        raise ValueError(f"observation {camera} images are {images[camera].shape[1:3]}, the "
+                         f"policy was trained on {self.image_size}")
     if self.config.condition_dim and condition is None:
       raise ValueError("this policy is conditioned on a skill: pass `condition`")
     return networks.model_inputs(

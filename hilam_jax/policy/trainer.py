@@ -73,6 +73,7 @@ def _check_config(config: Any) -> None:
     raise ValueError(f"role {config.role!r} not in {ROLES}")
   if not config.heads:
     raise ValueError("config.heads is empty: a policy needs at least one head")
+  networks.cameras(config)  # raises on a malformed camera list
   cond = config.condition
   if config.role == "low":
     if not cond.key or not config.model.condition_dim:
@@ -135,11 +136,16 @@ class BatchConverter:
     # (which always does) that computes the low level's skill from the same batch.
     self.embeds_lang = self.model_config.use_lang or (low and
                                                       config.condition.source == "high_policy")
+    self.cameras = networks.cameras(config)
 
   def inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
     obs = batch["observation"]
+    missing = [c for c in self.cameras if c not in obs]
+    if missing:
+      raise ValueError(f"data.cameras {list(self.cameras)}: the dataset has no {missing}; its "
+                       f"observation has {sorted(k for k in obs if k.startswith('image_'))}")
     return networks.model_inputs(
-        self.model_config, obs[networks.CAMERA],
+        self.model_config, {c: obs[c] for c in self.cameras},
         lang=self.encoder.embed(batch["language_instruction"]) if self.embeds_lang else None,
         proprio=obs.get("proprio"),
         condition=batch[self.config.condition.key] if self.uses_labels_condition else None)
@@ -293,7 +299,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
   high, extra = None, {"model_config": cfg.to_dict()}
   if config.role == "low" and config.condition.source == "high_policy":
-    high_module, high_params, _ = networks.load_policy(config.condition.high_workdir)
+    high_module, high_params, high_config = networks.load_policy(config.condition.high_workdir)
+    if networks.cameras(high_config) != networks.cameras(config):
+      raise ValueError(f"high policy {config.condition.high_workdir} sees cameras "
+                       f"{list(networks.cameras(high_config))}, this run "
+                       f"{list(networks.cameras(config))}: they read the same batch")
     high_head = config.condition.high_head
     if high_head not in high_module.config.head_configs:
       raise ValueError(f"high policy {config.condition.high_workdir} has no head {high_head!r}")
@@ -312,7 +322,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                           "params_sha256": training.params_sha256(pretrained)}
 
   def init_params(rng):
-    params = module.init({"params": rng}, networks.example_inputs(cfg, image_size),
+    params = module.init({"params": rng},
+                         networks.example_inputs(cfg, image_size, networks.cameras(config)),
                          train=False)["params"]
     if pretrained is not None:
       params, _ = transfer_params(pretrained, params, source=config.init_from)
