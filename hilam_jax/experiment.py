@@ -158,6 +158,13 @@ def _extract_and_score_skills(config: Any, paths: Paths, data: dict) -> dict:
   logging.info("skill discovery on the video's val split:\n%s", report["table"])
   out["discovery"] = report["results"]
   out["filmstrips"] = report["filmstrips"]
+  # What any segmenter told the true subtask counts gets from z^0 (and, on the demos, from the
+  # true actions): how much of the boundaries the latents keep (README, "Ceilings").
+  out["ceiling"] = {key: discovery.run_ceilings(labels, data[key],
+                                                os.path.join(paths.discovery, f"ceiling_{key}"),
+                                                split="val")["results"]
+                    for key, labels in (("video", paths.labels_video),
+                                        ("demos", paths.labels_demos))}
   return out
 
 

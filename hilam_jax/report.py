@@ -282,6 +282,13 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
       lines.append(f"| {stage} | {m.get('precision', 0):.3f} / {m.get('recall', 0):.3f} / "
                    f"{m.get('f1', 0):.3f} | {_best_baseline(r, 'model_rate')} | "
                    f"{_best_baseline(r, 'gt_rate')} |")
+  ceiling = results["skills"]["result"].get("ceiling", {})
+  if ceiling:
+    lines += ["", "Oracle-count ceilings (each test episode's true number of subtasks given; F1 "
+              "of the exact l2 fit / of binary segmentation): " + "; ".join(
+                  f"{key} {signal} {rows['exact_l2']['f1']:.3f} / {rows['binseg_l2']['f1']:.3f}"
+                  for key, signals in ceiling.items() for signal, rows in signals.items()
+                  if signal != "z0_zscore") + "."]
   lines += ["", "## Convergence", ""]
   flat = [n for n, c in curves.items() if c["flattened"]]
   open_runs = [n for n, c in curves.items() if c["flattened"] is False]

@@ -2,8 +2,10 @@
 benchmark, end to end."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -56,6 +58,12 @@ def test_main_job_runs_every_stage_and_writes_the_report(main_job):
   assert results["data"]["video_summary"]["train"]["episodes"] == 6
   assert results["data"]["demos_summary"]["train"]["episodes"] == 4
   assert set(results["skills"]["result"]["discovery"]) == {"stage1", "stage2"}
+  # The ceilings: z^0 of both datasets, the true actions of the demos (the video has none).
+  ceiling = results["skills"]["result"]["ceiling"]
+  assert set(ceiling["video"]) == {"z0", "z0_zscore"}
+  assert set(ceiling["demos"]) == {"z0", "z0_zscore", "action"}
+  assert all(0 <= rows["exact_l2"]["f1"] <= 1 for signals in ceiling.values()
+             for rows in signals.values())
   assert "jax" in results["versions"] and results["seeds"] == [0]
   # Every policy run's validation curve is in the report's convergence section.
   assert results["convergence"] and all(c["eval_loss"] for c in results["convergence"].values())
@@ -79,6 +87,53 @@ def test_main_job_resumes_without_redoing_stages(main_job):
               f"--workdir={main_job}"])
   assert out.stderr.count("done before, reusing") == len(stages) == 6
   assert before == {s: os.path.getmtime(os.path.join(main_job, "stages", s)) for s in stages}
+
+
+def _policy_runs_finished(workdir):
+  """Policy training runs of a main-job workdir that have written their final metrics."""
+  found = []
+  for root, _, files in os.walk(os.path.join(workdir, "policies")):
+    found += [root] * ("final_metrics.json" in files)
+  return found
+
+
+def _timeless(value):
+  """A results.json value without its wall-clock fields ("seconds", "train_seconds", ...)."""
+  if isinstance(value, dict):
+    return {k: _timeless(v) for k, v in value.items() if not k.endswith("seconds")}
+  if isinstance(value, list):
+    return [_timeless(v) for v in value]
+  return value
+
+
+def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(main_job, tmp_path):
+  """Issue 13 item 2 for the main job: kill -9 of the whole job (scheduler and policy workers)
+  once its first policy run has finished, then the same command: the report's success rates,
+  every policy run's validation curve and the skill-discovery figures equal the uninterrupted
+  run's exactly (same machine, same computation)."""
+  workdir = str(tmp_path / "main")
+  command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/main.py:smoke",
+             f"--workdir={workdir}"]
+  with open(tmp_path / "killed.log", "w") as log:
+    job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 1500
+    while not _policy_runs_finished(workdir) and job.poll() is None:
+      assert time.monotonic() < deadline, "no policy run finished in time"
+      time.sleep(0.5)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+  assert job.returncode == -signal.SIGKILL, open(tmp_path / "killed.log").read()[-3000:]
+  assert not os.path.exists(os.path.join(workdir, "report", "results.json"))
+  _run(command[2:], timeout=1800)
+  results = []
+  for directory in (main_job, workdir):
+    with open(os.path.join(directory, "report", "results.json")) as f:
+      results.append(_timeless(json.loads(f.read().replace(directory, "<workdir>"))))
+  reference, resumed = results
+  assert resumed["policies"]["per_seed"] == reference["policies"]["per_seed"]
+  assert resumed["policies"]["success"] == reference["policies"]["success"]
+  assert resumed["convergence"] == reference["convergence"]
+  assert resumed["skills"]["result"]["discovery"] == reference["skills"]["result"]["discovery"]
 
 
 @pytest.mark.parametrize("mode", ["plain", "ours", "noaug", "pairs"])

@@ -423,9 +423,8 @@ def test_every_camera_of_a_libero_dataset_reaches_the_network(tmp_path):
   with pytest.raises(ValueError, match="image_wrist"):
     network.predict({k: v for k, v in obs.items() if k != "image_wrist"}, instructions)
   # A camera the dataset lacks is named at the first batch; a malformed list at the start.
+  config.data.cameras = ("image_primary", "image_left")
   with pytest.raises(ValueError, match="image_left"):
-    trainer.train_and_evaluate(
-        tiny_config(dataset_dir, **{"data.val": (), "data.cameras": ("image_left",)}),
-        str(tmp_path / "bad"))
+    trainer.train_and_evaluate(config, str(tmp_path / "bad"))
   with pytest.raises(ValueError, match="data.cameras"):
     networks.cameras({"data": {"cameras": ["wrist"]}})

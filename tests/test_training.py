@@ -204,6 +204,13 @@ def test_mismatched_config_is_refused(mesh, tmp_path):
   # Explicitly allowed keys may differ (e.g. extending a run).
   training.Checkpointer(tmp_path, {**tw.CONFIG, "num_steps": 50},
                         allowed_config_changes=("num_steps",)).close()
+  # A knob added since the checkpoint was written resumes at its neutral value only (an older
+  # run, then the code upgraded: compute_dtype did not exist before mixed precision).
+  assert "compute_dtype" not in tw.CONFIG
+  training.Checkpointer(tmp_path, {**tw.CONFIG, "compute_dtype": "float32"}).close()
+  with pytest.raises(training.ConfigMismatchError,
+                     match=r"compute_dtype: checkpoint <absent> != given 'bfloat16'"):
+    training.Checkpointer(tmp_path, {**tw.CONFIG, "compute_dtype": "bfloat16"})
 
   # Params of a differently sized model: the error names the parameter path and shapes.
   wrong = jax.eval_shape(tw.init_params_fn(hidden=16), jax.random.PRNGKey(0))

@@ -151,6 +151,7 @@ class BatchConverter:
         condition=batch[self.config.condition.key] if self.uses_labels_condition else None)
 
   def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    inputs = self.inputs(batch)  # first: names a missing camera before any target is read
     targets, masks = {}, {}
     for name, head in self.config.heads.items():
       if head["target"] == "action":
@@ -163,7 +164,7 @@ class BatchConverter:
       if head["kind"] != "categorical":
         target = target.astype(np.float32)
       targets[name], masks[name] = target[:, None], mask[:, None]
-    return {"inputs": self.inputs(batch), "targets": targets, "masks": masks}
+    return {"inputs": inputs, "targets": targets, "masks": masks}
 
 
 def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_size: int,

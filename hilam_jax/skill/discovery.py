@@ -1001,9 +1001,19 @@ def _action_signal(actions: Mapping[str, np.ndarray], val_ids: Sequence[str]
   if np.issubdtype(first.dtype, np.integer):
     classes = 1 + max(int(np.max(a)) for a in actions.values() if np.size(a))
     return {e: np.eye(classes)[np.asarray(a).reshape(-1)] for e, a in actions.items()}
-  pooled = np.concatenate([np.asarray(actions[e]).reshape(len(actions[e]), -1) for e in val_ids])
-  mean, std = pooled.mean(0), pooled.std(0) + 1e-6
-  return {e: (np.asarray(a).reshape(len(a), -1) - mean) / std for e, a in actions.items()}
+  flat = {e: np.asarray(a, np.float64).reshape(len(a), -1) for e, a in actions.items()}
+  mean, std = _zscore_stats([flat[e] for e in val_ids], first.reshape(len(first), -1).shape[1])
+  return {e: (a - mean) / std for e, a in flat.items()}
+
+
+def _zscore_stats(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-dimension mean and std (+1e-6) of the rows of `arrays`; (0, 1) if they have none (a
+  validation half too small to hold an episode)."""
+  rows = [a for a in arrays if len(a)]
+  if not rows:
+    return np.zeros(dim), np.ones(dim)
+  pooled = np.concatenate(rows)
+  return pooled.mean(0), pooled.std(0) + 1e-6
 
 
 def run_ceilings(labels_dir: str, dataset_dir: str, out_dir: str, *, split: str = "val",
@@ -1037,8 +1047,7 @@ def run_ceilings(labels_dir: str, dataset_dir: str, out_dir: str, *, split: str 
     raise ValueError(f"no episode of {dataset_dir} ({split}) has labels in {labels_dir}")
   val_ids, test_ids = heldout_split(sorted(truth))
   z = {e: np.asarray(latents[e], np.float64) for e in truth}
-  pooled = np.concatenate([z[e] for e in val_ids])
-  mean, std = pooled.mean(0), pooled.std(0) + 1e-6
+  mean, std = _zscore_stats([z[e] for e in val_ids], next(iter(z.values())).shape[-1])
   signals = {"z0": z, "z0_zscore": {e: (v - mean) / std for e, v in z.items()}}
   if actions and len(actions) == len(truth):
     signals["action"] = _action_signal(actions, val_ids)

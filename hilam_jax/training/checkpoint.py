@@ -107,10 +107,21 @@ def flatten_json(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+# Config keys added after checkpoints of their trainers existed, with the value that behaves as
+# the code did before them: a checkpoint without the key resumes under exactly that value (any
+# other value is a difference). Add a key here when you add a knob to a trainer config.
+ADDED_KEYS = {
+    "compute_dtype": "float32",           # mixed precision (all trainers)
+    "data.cameras": ["image_primary"],    # policy cameras
+    "ratio_per_sequence": False,          # skill model ratio loss
+}
+
+
 def config_differences(stored: Any, given: Any, ignore: Sequence[str] = ()) -> list[str]:
   """Human-readable differences between two JSON configs, one line per differing dotted key.
 
-  Keys equal to or under a prefix in `ignore` are skipped.
+  Keys equal to or under a prefix in `ignore` are skipped, and so is a key of ADDED_KEYS that
+  the stored config lacks while the given one holds its neutral value.
   """
   a, b = flatten_json(stored), flatten_json(given)
   missing = object()
@@ -119,6 +130,8 @@ def config_differences(stored: Any, given: Any, ignore: Sequence[str] = ()) -> l
     if any(key == p or key.startswith(p + ".") for p in ignore):
       continue
     va, vb = a.get(key, missing), b.get(key, missing)
+    if va is missing and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
+      continue
     if va != vb:
       fmt = lambda v: "<absent>" if v is missing else repr(v)
       lines.append(f"{key}: checkpoint {fmt(va)} != given {fmt(vb)}")
