@@ -192,8 +192,11 @@ def _label_spec(key: str, labels_dir: str, skills_dir: str) -> dict:
 def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: int,
                   labels: dict | None = None, fraction: float = 1.0,
                   condition: dict | None = None, init_from: str | None = None, num_steps: int,
-                  condition_dim: int = 0) -> ml_collections.ConfigDict:
-  """A `train_policy` config for one run of the experiment (the shared regime: config.policy)."""
+                  condition_dim: int = 0, pretraining: bool = False
+                  ) -> ml_collections.ConfigDict:
+  """A `train_policy` config for one run of the experiment (the shared regime: config.policy).
+  A pretraining run (latent targets) warms up over `policy.pretrain_warmup_fraction` of its
+  steps when that is set, `policy.warmup_fraction` otherwise."""
   from hilam_jax.policy import config as policy_defaults  # pylint: disable=g-import-not-at-top
   p = config.policy
   c = policy_defaults.default_config("baku")
@@ -219,7 +222,10 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: in
   c.batch_size = p.batch_size
   c.num_steps = num_steps
   c.learning_rate = p.learning_rate
-  c.warmup_steps = max(1, round(p.warmup_fraction * num_steps))
+  warmup = p.warmup_fraction
+  if pretraining and p.get("pretrain_warmup_fraction", None) is not None:
+    warmup = p.pretrain_warmup_fraction
+  c.warmup_steps = max(1, round(warmup * num_steps))
   c.log_every = min(p.log_every, num_steps)
   # Validation curves (the report's convergence check) at `num_evals` points.
   c.eval_every = max(1, num_steps // p.num_evals)
@@ -361,7 +367,11 @@ class Planner:
     self.cache_dir = os.path.join(paths.root, "jax_cache")
 
   def _latent_head(self, target: str, name: str = "latent") -> dict:
-    return {name: {"kind": "latent", "dim": self.dims[target], "target": target}}
+    head = {"kind": "latent", "dim": self.dims[target], "target": target}
+    normalize = self.config.policy.get("latent_targets", None)
+    if normalize:  # absent otherwise: the run configs (and cached runs) of before the knob
+      head["normalize"] = normalize
+    return {name: head}
 
   def _action_head(self) -> dict:
     return {"action": {"kind": "categorical", "dim": 7, "target": "action"}}
@@ -387,7 +397,7 @@ class Planner:
     cfg = policy_config(self.config, role="flat", dataset=self.data["video"], seed=seed,
                         heads=self._latent_head(target),
                         labels={target: _label_spec(target, p.labels_video, p.skills_video)},
-                        num_steps=self.config.policy.pretrain_steps)
+                        num_steps=self.config.policy.pretrain_steps, pretraining=True)
     return self._train(f"pretrain/s{seed}/flat_{target}", p.pretrain(f"flat_{target}", seed), cfg)
 
   def pretrain_levels(self, high_target: str, low_target: str, *, seed: int, dataset: str,
@@ -400,7 +410,7 @@ class Planner:
         self.config, role="high", dataset=dataset, fraction=fraction, seed=seed,
         heads=self._latent_head(high_target, "skill"),
         labels={high_target: _label_spec(high_target, labels_dir, skills_dir)},
-        num_steps=num_steps)
+        num_steps=num_steps, pretraining=True)
     high_job = self._train(f"pretrain/s{seed}/{tag}", self.paths.pretrain(tag, seed), high)
     tag = f"{prefix}low_{high_target}_{low_target}"
     labels = {k: _label_spec(k, labels_dir, skills_dir) for k in {high_target, low_target}}
@@ -408,7 +418,7 @@ class Planner:
         self.config, role="low", dataset=dataset, fraction=fraction, seed=seed,
         heads=self._latent_head(low_target), labels=labels,
         condition={"key": high_target, "source": "labels"},
-        condition_dim=self.dims[high_target], num_steps=num_steps)
+        condition_dim=self.dims[high_target], num_steps=num_steps, pretraining=True)
     low_job = self._train(f"pretrain/s{seed}/{tag}", self.paths.pretrain(tag, seed), low)
     return high_job, low_job
 

@@ -428,3 +428,110 @@ def test_every_camera_of_a_libero_dataset_reaches_the_network(tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path / "bad"))
   with pytest.raises(ValueError, match="data.cameras"):
     networks.cameras({"data": {"cameras": ["wrist"]}})
+
+
+# ----------------------------------------------------------------------------- z-scored targets
+
+
+def test_zscored_latent_head_predicts_in_label_units_and_scores_in_z_units():
+  import jax.numpy as jnp
+  from hilam_jax.policy import heads as heads_lib
+  mean, std = (0.5, -1.0, 2.0), (0.1, 0.03, 2.5)
+  plain = heads_lib.HeadConfig("latent", "latent", dim=3, chunk=2, hidden=(8,))
+  scaled = heads_lib.HeadConfig("latent", "latent", dim=3, chunk=2, hidden=(8,),
+                                target_mean=mean, target_std=std)
+  features = jax.random.normal(jax.random.key(0), (4, 1, 6))
+  params = heads_lib.PolicyHead(plain).init(jax.random.key(1), features)
+  out_plain = heads_lib.PolicyHead(plain).apply(params, features)
+  out_scaled = heads_lib.PolicyHead(scaled).apply(params, features)  # the same parameters
+  np.testing.assert_allclose(out_scaled, np.asarray(mean) + np.asarray(std) * out_plain,
+                             rtol=1e-6, atol=1e-6)
+  rng = np.random.default_rng(0)
+  target = jnp.asarray(mean + std * rng.normal(size=(4, 1, 2, 3)), jnp.float32)
+  mask = jnp.asarray(rng.random((4, 1, 2)) > 0.3)
+  z = lambda x: (x - jnp.asarray(mean)) / jnp.asarray(std)
+
+  def losses(pred):
+    loss_s, metrics_s = heads_lib.head_loss(scaled, pred, target, mask)
+    loss_p, _ = heads_lib.head_loss(plain, z(pred), z(target), mask)
+    return loss_s, loss_p, metrics_s
+
+  loss_s, loss_p, metrics_s = losses(out_scaled)
+  np.testing.assert_allclose(loss_s, loss_p, rtol=1e-5)
+  # the reported mse / r2 stay in the labels' own units
+  _, raw = heads_lib.head_loss(plain, out_scaled, target, mask)
+  np.testing.assert_allclose(metrics_s["mse"], raw["mse"], rtol=1e-6)
+  np.testing.assert_allclose(metrics_s["r2"], raw["r2"], rtol=1e-5)
+  assert not np.isclose(loss_s, raw["loss"], rtol=1e-2)  # small stds weigh more
+  g_s = jax.grad(lambda p: losses(p)[0])(out_scaled)
+  g_p = jax.grad(lambda p: losses(p)[1])(out_scaled)
+  np.testing.assert_allclose(g_s, g_p, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kind="categorical", target_mean=(0.0,) * 3, target_std=(1.0,) * 3), "latent heads"),
+    (dict(kind="latent", target_mean=(0.0,) * 2, target_std=(1.0,) * 2), "3 values"),
+    (dict(kind="latent", target_mean=(0.0,) * 3, target_std=()), "3 values"),
+    (dict(kind="latent", target_mean=(0.0,) * 3, target_std=(1.0, 0.0, 1.0)), "> 0"),
+])
+def test_head_target_statistics_are_checked(kwargs, match):
+  from hilam_jax.policy import heads as heads_lib
+  with pytest.raises(ValueError, match=match):
+    heads_lib.HeadConfig("h", dim=3, **kwargs)
+
+
+def _zscore_config(dataset_dir, labels_dir, **overrides):
+  return tiny_config(dataset_dir, role="high", **{"data.labels": {"z0": {"dir": labels_dir}}},
+                     heads={"skill": {"kind": "latent", "dim": LATENT_DIM, "target": "z0",
+                                      "normalize": "zscore"}}, **overrides)
+
+
+def test_target_statistics_are_those_of_the_training_episodes(babyai_data):
+  dataset_dir, labels_dir = babyai_data
+  config = _zscore_config(dataset_dir, labels_dir)
+  labels = labeling.read_labels(labels_dir)
+  from data_pipeline import dataset as dp
+  train_ids = dp.list_episode_ids({"dataset_dir": dataset_dir, "split": "train"})
+  assert set(train_ids) < set(labels)  # the labels also cover the validation episodes
+  for ids in (None, train_ids[:3]):
+    mean, std = trainer.target_statistics(config, ids)["skill"]
+    frames = np.concatenate([labels[i] for i in (ids or train_ids)]).astype(np.float64)
+    np.testing.assert_allclose(mean, frames.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, frames.std(0), rtol=1e-12)
+  everything = np.concatenate(list(labels.values())).astype(np.float64)
+  assert not np.allclose(trainer.target_statistics(config, None)["skill"][0], everything.mean(0))
+  assert trainer.target_statistics(tiny_config(dataset_dir), None) == {}
+
+
+def test_normalize_is_only_for_latent_heads(babyai_data, tmp_path):
+  dataset_dir, _ = babyai_data
+  config = tiny_config(dataset_dir, heads={"action": {"kind": "categorical", "dim": 7,
+                                                      "target": "action", "normalize": "zscore"}})
+  with pytest.raises(ValueError, match="for latent heads"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  config.heads["action"]["normalize"] = "minmax"
+  with pytest.raises(ValueError, match="not in"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_zscored_run_stores_its_statistics_and_resumes(babyai_data, tmp_path):
+  dataset_dir, labels_dir = babyai_data
+  config = _zscore_config(dataset_dir, labels_dir)
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(config, workdir)
+  module, params, _ = networks.load_policy(workdir)
+  head = module.config.head_configs["skill"]
+  assert (head.target_mean, head.target_std) == trainer.target_statistics(config, None)["skill"]
+  # the test-time network predicts in the labels' units: mean + std * out
+  inputs = networks.example_inputs(module.config, tuple(config.data.image_size))
+  pred = networks.high_level_skill(module, params, inputs, "skill")
+  plain = baku.BakuPolicy(baku.BakuConfig.from_dict(
+      {**module.config.to_dict(), "heads": [dict(head.to_dict(), target_mean=(), target_std=())]}))
+  raw = networks.high_level_skill(plain, params, inputs, "skill")
+  np.testing.assert_allclose(pred, np.asarray(head.target_mean) +
+                             np.asarray(head.target_std) * raw, rtol=1e-5, atol=1e-6)
+  config.num_steps = 6  # the same statistics again: the stored config matches, the run resumes
+  trainer.train_and_evaluate(config, workdir)
+  assert max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+             if d.isdigit()) == 6

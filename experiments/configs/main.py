@@ -103,6 +103,11 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # 100% of the demos, 6 seeds, 2,500 steps (README, "Warm-up and the marginal-action plateau"): 0.96 mean success with 1,000 warm-up
   # steps vs 0.68 with the former 250 (10% of the run), whose seed 0 held the plateau to 2,000.
   config.policy.warmup_fraction = 0.4
+  # Pretraining on latent targets: its own warm-up share (None: warmup_fraction), and the
+  # latent heads' targets z-scored per dimension ("zscore"; None: as labelled). Probed on one
+  # pretraining run each (README, "Pretraining: warm-up and target scale"), not yet the default.
+  config.policy.pretrain_warmup_fraction = ml_collections.config_dict.placeholder(float)
+  config.policy.latent_targets = ml_collections.config_dict.placeholder(str)
   # Steps: pretraining on the video, fine-tuning on the demos, and the pretraining of "HiLAM
   # without video pretraining" on the demos' own video (a fraction's few episodes). Pretraining
   # on the 10,000 videos sits on the marginal solution (validation R^2 <= 0) for ~900 steps and

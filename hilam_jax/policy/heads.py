@@ -19,7 +19,12 @@ Kinds:
   categorical  logits [B, H, chunk, A]; targets are integer class ids [B, H, chunk]. Loss:
                cross-entropy; metrics also report accuracy.
   latent       plain linear regression [B, H, chunk, A] (no squashing: latent actions z⁰ and skills
-               z̄² are unbounded). Loss: MSE (default) or L1.
+               z̄² are unbounded). Loss: MSE (default) or L1. With target statistics
+               (`target_mean`, `target_std`, e.g. the training labels' per-dimension z-score) the
+               head predicts mean + std · out and its loss is taken on (prediction − target) / std:
+               the regression is fitted in z-score units (every dimension weighs the same however
+               small its spread), while predictions stay in the targets' own units (a skill π^h
+               predicts is the skill π^l was trained on).
 
 Masks: every loss takes a bool mask [B, H, chunk] (False for chunk steps padded past the end of an
 episode) and returns the mean over valid steps (and over A for regression); masked targets are
@@ -53,6 +58,9 @@ class HeadConfig(config_io.DictConfig):
     loss: None for the kind's default ("mse", or "cross_entropy" for categorical); "l1" is
       accepted for continuous and latent heads.
     loss_weight: factor of this head's loss in `heads_loss`.
+    target_mean, target_std: per-dimension statistics of the targets (latent heads; both empty,
+      the default, for none): the head predicts target_mean + target_std * out, and the loss is
+      taken in units of target_std.
   """
   name: str
   kind: str
@@ -61,6 +69,8 @@ class HeadConfig(config_io.DictConfig):
   hidden: tuple[int, ...] = (256, 256)
   loss: Optional[str] = None
   loss_weight: float = 1.0
+  target_mean: tuple[float, ...] = ()
+  target_std: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.kind not in HEAD_KINDS:
@@ -70,6 +80,18 @@ class HeadConfig(config_io.DictConfig):
     if self.dim < 1 or self.chunk < 1:
       raise ValueError(f"HeadConfig {self.name!r}: dim and chunk must be >= 1")
     object.__setattr__(self, "hidden", tuple(self.hidden))
+    mean, std = tuple(map(float, self.target_mean)), tuple(map(float, self.target_std))
+    if mean or std:
+      if self.kind != "latent":
+        raise ValueError(f"HeadConfig {self.name!r}: target statistics are for latent heads, "
+                         f"not {self.kind!r}")
+      if len(mean) != self.dim or len(std) != self.dim:
+        raise ValueError(f"HeadConfig {self.name!r}: target_mean and target_std need {self.dim} "
+                         f"values each, got {len(mean)} and {len(std)}")
+      if not all(v > 0 for v in std):
+        raise ValueError(f"HeadConfig {self.name!r}: target_std must be > 0, got {std}")
+    object.__setattr__(self, "target_mean", mean)
+    object.__setattr__(self, "target_std", std)
 
   @property
   def loss_name(self) -> str:
@@ -90,6 +112,8 @@ class PolicyHead(nn.Module):
     x = x.reshape(*features.shape[:-1], cfg.chunk, cfg.dim)  # [B, H, chunk, A]
     if cfg.kind == "continuous":
       x = jnp.tanh(x)
+    if cfg.target_std:
+      x = (jnp.asarray(cfg.target_mean, x.dtype) + jnp.asarray(cfg.target_std, x.dtype) * x)
     return x
 
 
@@ -113,7 +137,9 @@ def head_loss(head_cfg: HeadConfig, prediction: jax.Array, target: jax.Array,
     (loss, metrics): the scalar masked mean loss (unweighted) and a dict of scalar metrics
     ("loss", plus "accuracy" for categorical, "mse"/"l1" and "r2" for regression heads; r2 =
     1 - SSE / SST over the valid entries, SST around the batch's per-dimension mean: the share of
-    the targets' variance the head explains, 0 for predicting the mean, < 0 for worse).
+    the targets' variance the head explains, 0 for predicting the mean, < 0 for worse). With
+    target statistics the loss is in units of target_std; "mse", "l1" and "r2" are always in
+    the targets' own units (comparable across runs with and without statistics).
   """
   mask = mask.astype(bool)
   if head_cfg.kind == "categorical":
@@ -126,7 +152,11 @@ def head_loss(head_cfg: HeadConfig, prediction: jax.Array, target: jax.Array,
   err = prediction.astype(jnp.float32) - target
   mse = _masked_mean(jnp.mean(jnp.square(err), axis=-1), mask)
   l1 = _masked_mean(jnp.mean(jnp.abs(err), axis=-1), mask)
-  loss = l1 if head_cfg.loss_name == "l1" else mse
+  scaled = err / jnp.asarray(head_cfg.target_std, jnp.float32) if head_cfg.target_std else err
+  if head_cfg.loss_name == "l1":
+    loss = l1 if scaled is err else _masked_mean(jnp.mean(jnp.abs(scaled), axis=-1), mask)
+  else:
+    loss = mse if scaled is err else _masked_mean(jnp.mean(jnp.square(scaled), axis=-1), mask)
   weight = mask[..., None].astype(jnp.float32)  # [B, H, chunk, 1]
   count = jnp.maximum(jnp.sum(weight), 1.0)
   mean = jnp.sum(target * weight, axis=(0, 1, 2)) / count  # [A]

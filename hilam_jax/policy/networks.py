@@ -1,8 +1,9 @@
 """What the trainer and the test-time policies share: a run's network, its inputs, its checkpoint,
 and the one definition of the skill that conditions HiLAM's low level.
 
-  model_config(config)        run config -> BakuConfig (heads from config.heads; the low level
-                              reads no language unless config.lang_for_low)
+  model_config(config)        run config -> BakuConfig (heads from config.heads, with their
+                              target statistics; the low level reads no language unless
+                              config.lang_for_low)
   cameras(config)             the observation cameras a run's network sees (config.data.cameras)
   model_inputs(...)           observations (+ embeddings, condition) -> the BakuPolicy batch dict
   load_policy(workdir)        (module, params, run config) of a trained policy's checkpoint
@@ -45,13 +46,19 @@ def uses_language(config: Any) -> bool:
   return config.role != "low" or bool(config.get("lang_for_low", False))
 
 
-def model_config(config: Any) -> baku.BakuConfig:
+def model_config(config: Any, target_stats: Mapping[str, tuple[Sequence[float],
+                                                                 Sequence[float]]] | None = None
+                 ) -> baku.BakuConfig:
   """The BakuConfig of a run: `config.model` fields + one head per `config.heads` entry, and
-  `use_lang` from the role (`uses_language`)."""
+  `use_lang` from the role (`uses_language`). `target_stats`: {head: (mean, std)} of the heads
+  that regress normalised targets (`trainer.target_statistics`)."""
+  target_stats = target_stats or {}
   heads = tuple(
       heads_lib.HeadConfig(name, h["kind"], dim=int(h["dim"]), chunk=int(config.chunk),
                            hidden=tuple(config.head_hidden), loss=h.get("loss"),
-                           loss_weight=float(h.get("loss_weight", 1.0)))
+                           loss_weight=float(h.get("loss_weight", 1.0)),
+                           target_mean=tuple(target_stats.get(name, ((), ()))[0]),
+                           target_std=tuple(target_stats.get(name, ((), ()))[1]))
       for name, h in config.heads.items())
   use_lang = uses_language(config)
   fields = dict(config.model)

@@ -63,6 +63,9 @@ ROLES = ("flat", "high", "low")
 # after one was found; also absent from checkpoints written before the option existed).
 # Where augmentation runs (`data.augment_on`) may change too: the same transforms either way.
 ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted", "data.augment_on")
+# A latent head's `normalize`: None (regress the labels as they are) or "zscore" (in units of the
+# per-dimension mean and std of the labels of the run's training episodes: `target_statistics`).
+NORMALIZE = (None, "zscore")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -88,6 +91,12 @@ def _check_config(config: Any) -> None:
     if head["target"] != "action" and head["target"] not in config.data.labels:
       raise ValueError(f"head {name!r}: target {head['target']!r} is neither 'action' nor a "
                        f"joined label {sorted(config.data.labels)}")
+    normalize = head.get("normalize")
+    if normalize not in NORMALIZE:
+      raise ValueError(f"head {name!r}: normalize {normalize!r} not in {NORMALIZE}")
+    if normalize and (head["kind"] != "latent" or head["target"] == "action"):
+      raise ValueError(f"head {name!r}: normalize {normalize!r} is for latent heads that regress "
+                       f"a label, not a {head['kind']!r} head on {head['target']!r}")
 
 
 def label_tables(labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -119,6 +128,40 @@ def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0, *,
   ids = dp.list_episode_ids(spec, skip_corrupted=skip_corrupted)
   order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
   return order[:max(1, math.ceil(fraction * len(ids)))]
+
+
+def label_arrays(spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """{episode id: per-frame array} of one label spec ({"dir", "key"} as in `label_tables`)."""
+  if spec.get("key"):
+    return skill_extract.load_skills_dict(spec["dir"], spec["key"])
+  return labeling.read_labels(spec["dir"])
+
+
+def target_statistics(config: Any, episode_ids: list[str] | None) -> dict[str, tuple]:
+  """{head: (mean, std)} per dimension for the heads with `normalize="zscore"`: over every
+  labelled frame of the run's training episodes (`episode_ids`, or the whole training split
+  for None), never the validation split. A constant dimension gets std 1 (left unscaled)."""
+  heads = {n: h for n, h in config.heads.items() if h.get("normalize") == "zscore"}
+  if not heads:
+    return {}
+  if episode_ids is None:
+    episode_ids = dp.list_episode_ids(dict(config.data.train[0], split=config.data.train_split),
+                                      skip_corrupted=bool(config.data.get("skip_corrupted",
+                                                                          False)))
+  stats = {}
+  for name, head in heads.items():
+    arrays = label_arrays(config.data.labels[head["target"]])
+    frames = [arrays[i] for i in episode_ids if i in arrays]
+    if not frames:
+      raise ValueError(f"head {name!r}: none of the {len(episode_ids)} training episodes has a "
+                       f"{head['target']!r} label in {config.data.labels[head['target']]['dir']}")
+    values = np.concatenate(frames).astype(np.float64).reshape(-1, int(head["dim"]))
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    stats[name] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    logging.info("head %r: targets %r z-scored over %d frames of %d episodes (std %.3g-%.3g)",
+                 name, head["target"], len(values), len(frames), std.min(), std.max())
+  return stats
 
 
 # ----------------------------------------------------------------------------- batches
@@ -281,7 +324,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   for join_key, spec in config.data.labels.items():
     if not os.path.exists(os.path.join(spec["dir"], labeling.MANIFEST)):
       raise FileNotFoundError(f"label {join_key!r}: no manifest in {spec['dir']}")
-  cfg = networks.model_config(config)
+  train_spec = dict(config.data.train[0], split=config.data.train_split)
+  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
+                                skip_corrupted=bool(config.data.get("skip_corrupted", False)))
+  cfg = networks.model_config(config, target_statistics(config, episode_ids))
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
@@ -330,9 +376,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       params, _ = transfer_params(pretrained, params, source=config.init_from)
     return params
 
-  train_spec = dict(config.data.train[0], split=config.data.train_split)
-  episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
-                                skip_corrupted=bool(config.data.get("skip_corrupted", False)))
   extra["episodes"] = len(episode_ids) if episode_ids is not None else "all"
   tables = label_tables(config.data.labels)
 
