@@ -104,8 +104,9 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # steps vs 0.68 with the former 250 (10% of the run), whose seed 0 held the plateau to 2,000.
   config.policy.warmup_fraction = 0.4
   # Pretraining on latent targets: its own warm-up share (None: warmup_fraction), and the
-  # latent heads' targets z-scored per dimension ("zscore"; None: as labelled). Probed on one
-  # pretraining run each (README, "Pretraining: warm-up and target scale"), not yet the default.
+  # latent heads' targets z-scored per dimension ("zscore"; None: as labelled). Probed by
+  # retraining pretraining runs alone (warm-up: the 9 video pretraining runs, 3 seeds; z-score:
+  # 2 runs, seed 0; README, "Pretraining: warm-up and target scale"), not yet the default.
   config.policy.pretrain_warmup_fraction = ml_collections.config_dict.placeholder(float)
   config.policy.latent_targets = ml_collections.config_dict.placeholder(str)
   # Steps: pretraining on the video, fine-tuning on the demos, and the pretraining of "HiLAM

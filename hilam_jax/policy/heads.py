@@ -153,10 +153,8 @@ def head_loss(head_cfg: HeadConfig, prediction: jax.Array, target: jax.Array,
   mse = _masked_mean(jnp.mean(jnp.square(err), axis=-1), mask)
   l1 = _masked_mean(jnp.mean(jnp.abs(err), axis=-1), mask)
   scaled = err / jnp.asarray(head_cfg.target_std, jnp.float32) if head_cfg.target_std else err
-  if head_cfg.loss_name == "l1":
-    loss = l1 if scaled is err else _masked_mean(jnp.mean(jnp.abs(scaled), axis=-1), mask)
-  else:
-    loss = mse if scaled is err else _masked_mean(jnp.mean(jnp.square(scaled), axis=-1), mask)
+  per_dim = jnp.abs(scaled) if head_cfg.loss_name == "l1" else jnp.square(scaled)
+  loss = _masked_mean(jnp.mean(per_dim, axis=-1), mask)
   weight = mask[..., None].astype(jnp.float32)  # [B, H, chunk, 1]
   count = jnp.maximum(jnp.sum(weight), 1.0)
   mean = jnp.sum(target * weight, axis=(0, 1, 2)) / count  # [A]

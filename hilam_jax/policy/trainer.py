@@ -49,6 +49,8 @@ import numpy as np
 from data_pipeline import dataset as dp
 from data_pipeline import frame_transforms
 from data_pipeline import run_info
+from data_pipeline import statistics
+from data_pipeline import traj_transforms as tt
 from hilam_jax import training
 from hilam_jax.lam import labeling
 from hilam_jax.language import CachedEncoder, make_encoder
@@ -99,22 +101,28 @@ def _check_config(config: Any) -> None:
                        f"a label, not a {head['kind']!r} head on {head['target']!r}")
 
 
-def label_tables(labels: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """{join key: EpisodeLabels} from {key: {"dir": folder, "key": skill key (skills only)}}.
+def label_arrays(labels: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+  """{join key: {episode id: per-frame array}} from {key: {"dir": folder, "key": skill key
+  (skills only)}}, read once per run (the statistics and the join share them).
 
   A folder with a label manifest (labeling job) gives latent actions; a skill-extraction folder
-  gives the per-frame array named by "key" (e.g. "skill/s2").
+  gives the per-frame array named by "key" (e.g. "skill/s2"; boundaries as float32 0/1).
   """
-  tables = {}
+  arrays = {}
   for join_key, spec in labels.items():
     folder = spec["dir"]
     if not os.path.exists(os.path.join(folder, labeling.MANIFEST)):
       raise FileNotFoundError(f"label {join_key!r}: no manifest in {folder}")
     if spec.get("key"):
-      tables[join_key] = skill_extract.load_skills(folder, spec["key"])
+      arrays[join_key] = skill_extract.load_skills_dict(folder, spec["key"], joinable=True)
     else:
-      tables[join_key] = labeling.load_labels(folder)
-  return tables
+      arrays[join_key] = labeling.read_labels(folder)
+  return arrays
+
+
+def label_tables(arrays: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
+  """{join key: EpisodeLabels} of `label_arrays`' result (the pipeline's joins)."""
+  return {join_key: tt.EpisodeLabels(values) for join_key, values in arrays.items()}
 
 
 def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0, *,
@@ -130,17 +138,13 @@ def select_episodes(spec: Mapping[str, Any], fraction: float, seed: int = 0, *,
   return order[:max(1, math.ceil(fraction * len(ids)))]
 
 
-def label_arrays(spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """{episode id: per-frame array} of one label spec ({"dir", "key"} as in `label_tables`)."""
-  if spec.get("key"):
-    return skill_extract.load_skills_dict(spec["dir"], spec["key"])
-  return labeling.read_labels(spec["dir"])
-
-
-def target_statistics(config: Any, episode_ids: list[str] | None) -> dict[str, tuple]:
+def target_statistics(config: Any, episode_ids: list[str] | None,
+                      arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None
+                      ) -> dict[str, tuple]:
   """{head: (mean, std)} per dimension for the heads with `normalize="zscore"`: over every
   labelled frame of the run's training episodes (`episode_ids`, or the whole training split
-  for None), never the validation split. A constant dimension gets std 1 (left unscaled)."""
+  for None), never the validation split. A constant dimension gets std 1 (left unscaled).
+  `arrays`: the run's `label_arrays` (read here when None)."""
   heads = {n: h for n, h in config.heads.items() if h.get("normalize") == "zscore"}
   if not heads:
     return {}
@@ -150,17 +154,18 @@ def target_statistics(config: Any, episode_ids: list[str] | None) -> dict[str, t
                                                                           False)))
   stats = {}
   for name, head in heads.items():
-    arrays = label_arrays(config.data.labels[head["target"]])
-    frames = [arrays[i] for i in episode_ids if i in arrays]
+    if arrays is None:
+      arrays = label_arrays(config.data.labels)
+    values = arrays[head["target"]]
+    frames = [values[i] for i in episode_ids if i in values]
     if not frames:
       raise ValueError(f"head {name!r}: none of the {len(episode_ids)} training episodes has a "
                        f"{head['target']!r} label in {config.data.labels[head['target']]['dir']}")
-    values = np.concatenate(frames).astype(np.float64).reshape(-1, int(head["dim"]))
-    mean, std = values.mean(axis=0), values.std(axis=0)
+    mean, std = statistics.per_dimension_mean_std(frames, int(head["dim"]))
     std = np.where(std > 1e-8, std, 1.0)
     stats[name] = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
     logging.info("head %r: targets %r z-scored over %d frames of %d episodes (std %.3g-%.3g)",
-                 name, head["target"], len(values), len(frames), std.min(), std.max())
+                 name, head["target"], sum(map(len, frames)), len(frames), std.min(), std.max())
   return stats
 
 
@@ -321,13 +326,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   training.check_run_config(config)
   dp.check_datasets([dict(s, split=config.data.train_split) for s in config.data.train] +
                     [dict(s, split=config.data.val_split) for s in config.data.val])
-  for join_key, spec in config.data.labels.items():
-    if not os.path.exists(os.path.join(spec["dir"], labeling.MANIFEST)):
-      raise FileNotFoundError(f"label {join_key!r}: no manifest in {spec['dir']}")
+  arrays = label_arrays(config.data.labels)  # read once: statistics and joins
   train_spec = dict(config.data.train[0], split=config.data.train_split)
   episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
                                 skip_corrupted=bool(config.data.get("skip_corrupted", False)))
-  cfg = networks.model_config(config, target_statistics(config, episode_ids))
+  cfg = networks.model_config(config, target_statistics(config, episode_ids, arrays))
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
@@ -344,13 +347,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     raise ValueError(f"language encoder {config.lang_encoder!r} gives {encoder.dim}-d "
                      f"embeddings, model.lang_dim is {cfg.lang_dim}")
 
+  cameras = networks.cameras(config)
   high, extra = None, {"model_config": cfg.to_dict()}
   if config.role == "low" and config.condition.source == "high_policy":
     high_module, high_params, high_config = networks.load_policy(config.condition.high_workdir)
-    if networks.cameras(high_config) != networks.cameras(config):
+    high_cameras = networks.cameras(high_config)
+    if high_cameras != cameras:
       raise ValueError(f"high policy {config.condition.high_workdir} sees cameras "
-                       f"{list(networks.cameras(high_config))}, this run "
-                       f"{list(networks.cameras(config))}: they read the same batch")
+                       f"{list(high_cameras)}, this run {list(cameras)}: they read the same "
+                       "batch")
     high_head = config.condition.high_head
     if high_head not in high_module.config.head_configs:
       raise ValueError(f"high policy {config.condition.high_workdir} has no head {high_head!r}")
@@ -370,14 +375,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
   def init_params(rng):
     params = module.init({"params": rng},
-                         networks.example_inputs(cfg, image_size, networks.cameras(config)),
+                         networks.example_inputs(cfg, image_size, cameras),
                          train=False)["params"]
     if pretrained is not None:
       params, _ = transfer_params(pretrained, params, source=config.init_from)
     return params
 
   extra["episodes"] = len(episode_ids) if episode_ids is not None else "all"
-  tables = label_tables(config.data.labels)
+  tables = label_tables(arrays)
+  del arrays  # the tables hold their own copy
 
   latest = checkpointer.latest_step()
   if latest is not None:

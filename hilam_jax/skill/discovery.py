@@ -46,6 +46,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from data_pipeline import statistics
+
 
 def boundary_frames(boundary: np.ndarray) -> np.ndarray:
   """Frames t >= 1 where a boolean [T] boundary array is set (frame 0 is ignored)."""
@@ -1009,11 +1011,8 @@ def _action_signal(actions: Mapping[str, np.ndarray], val_ids: Sequence[str]
 def _zscore_stats(arrays: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
   """Per-dimension mean and std (+1e-6) of the rows of `arrays`; (0, 1) if they have none (a
   validation half too small to hold an episode)."""
-  rows = [a for a in arrays if len(a)]
-  if not rows:
-    return np.zeros(dim), np.ones(dim)
-  pooled = np.concatenate(rows)
-  return pooled.mean(0), pooled.std(0) + 1e-6
+  mean, std = statistics.per_dimension_mean_std(arrays, dim)
+  return mean, std + 1e-6
 
 
 def run_ceilings(labels_dir: str, dataset_dir: str, out_dir: str, *, split: str = "val",

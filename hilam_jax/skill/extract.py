@@ -164,19 +164,20 @@ def extract_skills(workdir: str, labels_dir: str, out_dir: str, *, step: int | N
   return {"shards": len(rels), "episodes": episodes, "frames": frames}
 
 
-def load_skills_dict(out_dir: str, key: str) -> dict[str, np.ndarray]:
-  """{episode_id: array} of one key over all shards of a skill folder."""
+def load_skills_dict(out_dir: str, key: str, *, joinable: bool = False
+                     ) -> dict[str, np.ndarray]:
+  """{episode_id: array} of one key over all shards of a skill folder (`joinable`: booleans as
+  float32 0/1, the form `EpisodeLabels` joins and a policy head regresses)."""
   with open(os.path.join(out_dir, MANIFEST)) as f:
     manifest = json.load(f)
   values: dict[str, np.ndarray] = {}
   for rel in manifest["shards"]:
     values.update(read_skill_shard(os.path.join(out_dir, rel))[key])
+  if joinable and key.startswith("boundary/"):
+    values = {e: v.astype(np.float32) for e, v in values.items()}
   return values
 
 
 def load_skills(out_dir: str, key: str = "skill/s2") -> tt.EpisodeLabels:
   """One key of a skill folder as `EpisodeLabels` (booleans as float32 0/1 for the join)."""
-  values = load_skills_dict(out_dir, key)
-  if key.startswith("boundary/"):
-    values = {e: v.astype(np.float32) for e, v in values.items()}
-  return tt.EpisodeLabels(values)
+  return tt.EpisodeLabels(load_skills_dict(out_dir, key, joinable=True))

@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from data_pipeline import run_info
+from data_pipeline import statistics
 from hilam_jax import training
 from hilam_jax.lam import interface
 from hilam_jax.lam import labeling
@@ -72,8 +73,9 @@ ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 def latent_statistics(latents: dict[str, np.ndarray]) -> dict[str, list[float]]:
   """Per-dimension mean and std (floored at 1e-6) over every frame of every episode."""
-  frames = np.concatenate([np.asarray(z, np.float64) for z in latents.values()])
-  return {"mean": frames.mean(0).tolist(), "std": np.maximum(frames.std(0), 1e-6).tolist()}
+  dim = np.shape(next(iter(latents.values())))[-1]
+  mean, std = statistics.per_dimension_mean_std(latents.values(), dim)
+  return {"mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}
 
 
 def normalize_latents(latents: dict[str, np.ndarray],
