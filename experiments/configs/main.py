@@ -171,15 +171,12 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.skill.num_steps = 200
     config.skill.eval_every = 200
     config.skill.checkpoint_every = 200
-    config.policy.pretrain_steps = 1800  # past the ~900-step plateau of pretraining
+    config.policy.pretrain_steps = 2000  # past the ~900-step plateau of pretraining
     # 800 steps left BAKU on the marginal-action plateau (0.02 at both fractions); with 2,000:
-    # 0.08 / 0.42, but the variant took 15:51 alone (3cfa74d). At 10% (50 demos) every
-    # fine-tune's validation loss was lowest at its first evaluation (step 200) and rose to the
-    # end, so the 10% runs get 1,200 steps; the demos' own video pretraining had learned
-    # nothing by 400 steps (R^2 -0.02 and 0.00): 300. Measured alone: README.
+    # 0.08 / 0.42, and the variant takes ~13.6 min alone (README).
     config.policy.finetune_steps = 2000
-    config.policy.min_finetune_steps = 1200
-    config.policy.demo_pretrain_steps = 300
+    config.policy.min_finetune_steps = 2000
+    config.policy.demo_pretrain_steps = 400
     config.ablations = ()
     config.eval.num_episodes = 50
   elif arg == "large":
