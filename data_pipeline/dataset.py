@@ -14,6 +14,7 @@ each joined label. Images are uint8 [..., H, W, 3]; strings stay bytes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import tensorflow as tf
@@ -144,6 +145,27 @@ def _flatten(ds: tf.data.Dataset) -> tf.data.Dataset:
   return ds.flat_map(tf.data.Dataset.from_tensor_slices)
 
 
+AUTOTUNE_ENV = "HILAM_TF_DATA_AUTOTUNE"
+
+
+def pipeline_options(deterministic: bool = True, autotune: bool | None = None) -> tf.data.Options:
+  """The tf.data options of the project's pipelines.
+
+  autotune: tf.data's autotuning of parallelism and buffer sizes; None reads the environment
+  (`HILAM_TF_DATA_AUTOTUNE=0` turns it off; on otherwise). Off, every AUTOTUNE map runs with
+  one call per core. `hilam_jax.jobs.single_thread_env` turns it off: on one core there is
+  nothing to tune, and destroying an iterator then waits for the autotuning thread's timed
+  sleep, measured at up to 60 s of idle time after each of the main job's policy runs. With
+  `deterministic=True` the batches do not depend on the choice.
+  """
+  if autotune is None:
+    autotune = os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "false", "no")
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.autotune.enabled = bool(autotune)
+  return options
+
+
 def make_dataset(
     datasets: Sequence[DatasetSpec | Mapping[str, Any]],
     *,
@@ -162,6 +184,7 @@ def make_dataset(
     prefetch: int = 2,
     episode_ids: Collection[str] | None = None,
     cache: str | None = None,
+    autotune: bool | None = None,
 ) -> Pipeline:
   """A batched frame pipeline over a weighted mixture of datasets.
 
@@ -190,6 +213,7 @@ def make_dataset(
       e.g. 1.4 GB for 150k frames of 56x56). Repeated epochs visit the trajectories in the
       first epoch's order; the frame shuffle buffer still mixes them. The batches do not depend
       on the choice.
+    autotune: tf.data autotuning (`pipeline_options`; None: from the environment).
   """
   specs = [_as_spec(s) for s in datasets]
   if not specs:
@@ -240,9 +264,7 @@ def make_dataset(
   else:
     ds = ds.map(lambda x: frame_transforms.apply_frame_transforms(x, transforms.resize),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-  options = tf.data.Options()
-  options.deterministic = deterministic
-  ds = ds.with_options(options).prefetch(prefetch)
+  ds = ds.with_options(pipeline_options(deterministic, autotune)).prefetch(prefetch)
   return Pipeline(ds, sources, num_skipped)
 
 

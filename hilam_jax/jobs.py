@@ -48,14 +48,17 @@ class Job:
 
 
 def single_thread_env() -> dict[str, str]:
-  """Environment for a worker that should use one core: XLA's CPU client on one thread, and the
-  BLAS / OpenMP pools that NumPy, TensorFlow and PyTorch may start."""
+  """Environment for a worker that should use one core: XLA's CPU client on one thread, the
+  BLAS / OpenMP pools that NumPy, TensorFlow and PyTorch may start, and tf.data without
+  autotuning (`data_pipeline.dataset.pipeline_options`: nothing to tune on one core, and it
+  stalled iterator teardown by up to 60 s)."""
   return {
       "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
                                           "--xla_cpu_multi_thread_eigen=false",
                                           "intra_op_parallelism_threads=1"])),
       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
       "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+      "HILAM_TF_DATA_AUTOTUNE": "0",
   }
 
 

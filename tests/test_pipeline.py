@@ -257,6 +257,25 @@ def test_pipeline_deterministic_under_seed_and_fixed_shapes(toy_dataset):
     assert batch["next_observation"]["image_primary"].shape == (4, 16, 16, 3)
 
 
+def test_autotune_off_from_argument_or_environment_leaves_the_batches_unchanged(
+    toy_dataset, monkeypatch):
+  monkeypatch.delenv(dp.AUTOTUNE_ENV, raising=False)
+  assert _pipeline(toy_dataset, 0).dataset.options().autotune.enabled
+  off = _pipeline(toy_dataset, 0, autotune=False)
+  assert not off.dataset.options().autotune.enabled
+  monkeypatch.setenv(dp.AUTOTUNE_ENV, "0")
+  assert not _pipeline(toy_dataset, 0).dataset.options().autotune.enabled
+  assert _pipeline(toy_dataset, 0, autotune=True).dataset.options().autotune.enabled
+  # A worker's environment (hilam_jax.jobs.single_thread_env) turns it off.
+  from hilam_jax import jobs  # pylint: disable=g-import-not-at-top
+  assert jobs.single_thread_env()[dp.AUTOTUNE_ENV] == "0"
+  monkeypatch.delenv(dp.AUTOTUNE_ENV)
+  for x, y in zip(_take(off, 6), _take(_pipeline(toy_dataset, 0), 6)):
+    np.testing.assert_array_equal(x["episode_id"], y["episode_id"])
+    np.testing.assert_array_equal(x["observation"]["image_primary"],
+                                  y["observation"]["image_primary"])
+
+
 def test_frame_pairs_are_k_apart_after_decoding(toy_dataset):
   pipe = dp.make_dataset([dp.DatasetSpec(toy_dataset)], batch_size=8, repeat=False,
                          shuffle_buffer=0,

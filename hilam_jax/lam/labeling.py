@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from data_pipeline import dataset as dp
 from data_pipeline import frame_transforms as ft
 from data_pipeline import reader
 from data_pipeline import traj_transforms as tt
@@ -69,7 +70,8 @@ def _pair_batches(job: ShardJob, frame_gap: int, image_size: tuple[int, int],
        "frame_index": t["frame_index"]}, frame_gap))
   ds = ds.flat_map(tf.data.Dataset.from_tensor_slices).batch(batch_size)
   ds = ds.map(lambda b: ft.apply_frame_transforms(b, image_size),
-              num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.with_options(dp.pipeline_options()).prefetch(2)
   yield from ds.as_numpy_iterator()
 
 

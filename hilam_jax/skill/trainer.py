@@ -169,6 +169,7 @@ def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
   intact records are read and the episodes of the others are left out (with a warning).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from data_pipeline import dataset as dp  # pylint: disable=g-import-not-at-top
   from data_pipeline import frame_transforms as ft  # pylint: disable=g-import-not-at-top
   from data_pipeline import reader  # pylint: disable=g-import-not-at-top
 
@@ -185,7 +186,7 @@ def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
                                   skip_corrupted=skip_corrupted)
     ds = ds.map(lambda t: (t["episode_id"][0],
                            ft.decode_images(t["observation"]["image_primary"], size)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+                num_parallel_calls=tf.data.AUTOTUNE).with_options(dp.pipeline_options())
     try:
       for episode_id, frames in ds.as_numpy_iterator():
         episode_id = episode_id.decode()
