@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from data_pipeline.standardize import babyai as babyai_std
 from data_pipeline import registry
-from data_pipeline import statistics
 from hilam_jax.skill import discovery
 from hilam_jax.skill import trainer
 
@@ -232,20 +231,8 @@ def test_zscore_normalization_is_stored_and_reapplied(tmp_path):
   assert trainer.resolve_normalization({"data": {"normalize": "none"}}, str(tmp_path)) is None
   with pytest.raises(ValueError, match="zscore"):
     trainer.resolve_normalization({"data": {"normalize": "minmax"}}, str(tmp_path))
-
-
-def test_per_dimension_mean_std_pools_rows_and_skips_empty_arrays():
-  rng = np.random.default_rng(6)
-  a, b = rng.normal(2.0, 3.0, size=(5, 4)), rng.normal(-1.0, 0.5, size=(9, 4))
-  mean, std = statistics.per_dimension_mean_std([a, np.zeros((0, 4)), b], 4)
-  pooled = np.concatenate([a, b])  # pooled over frames, not a mean of per-episode means
-  np.testing.assert_allclose(mean, pooled.mean(0), rtol=1e-12)
-  np.testing.assert_allclose(std, pooled.std(0), rtol=1e-12)
-  assert not np.allclose(mean, (a.mean(0) + b.mean(0)) / 2)
-  # [T] rows of a 1-d signal are reshaped to [T, 1]; no row at all gives (0, 1).
-  np.testing.assert_allclose(statistics.per_dimension_mean_std([a[:, 0]], 1)[0], a[:, :1].mean(0))
-  mean, std = statistics.per_dimension_mean_std([np.zeros((0, 3))], 3)
-  assert mean.tolist() == [0.0] * 3 and std.tolist() == [1.0] * 3
+  with pytest.raises(ValueError, match="at least one episode"):
+    trainer.latent_statistics({})
 
 
 # ---------------------------------------------------------------- oracle-count ceilings

@@ -12,6 +12,7 @@ from data_pipeline import frame_transforms as ft
 from data_pipeline import reader
 from data_pipeline import registry
 from data_pipeline import schema
+from data_pipeline import statistics
 from data_pipeline import traj_transforms as tt
 from tests.conftest import TOY_EPISODES_PER_SHARD, TOY_SHARDS
 
@@ -380,3 +381,17 @@ def test_neutral_augmentation_is_identity_and_jitter_stays_close():
   luma = lambda x: (np.asarray(x, float) * [0.299, 0.587, 0.114]).sum(-1)
   unclipped = (hue.numpy() > 0) & (hue.numpy() < 255)
   assert np.abs(luma(hue) - luma(images))[unclipped.all(-1)].mean() < 1.0
+
+
+def test_per_dimension_mean_std_pools_rows_and_skips_empty_arrays():
+  rng = np.random.default_rng(6)
+  a, b = rng.normal(2.0, 3.0, size=(5, 4)), rng.normal(-1.0, 0.5, size=(9, 4))
+  mean, std = statistics.per_dimension_mean_std([a, np.zeros((0, 4)), b], 4)
+  pooled = np.concatenate([a, b])  # pooled over frames, not a mean of per-episode means
+  np.testing.assert_allclose(mean, pooled.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(std, pooled.std(0), rtol=1e-12)
+  assert not np.allclose(mean, (a.mean(0) + b.mean(0)) / 2)
+  # [T] rows of a 1-d signal are reshaped to [T, 1]; no row at all gives (0, 1).
+  np.testing.assert_allclose(statistics.per_dimension_mean_std([a[:, 0]], 1)[0], a[:, :1].mean(0))
+  mean, std = statistics.per_dimension_mean_std([np.zeros((0, 3))], 3)
+  assert mean.tolist() == [0.0] * 3 and std.tolist() == [1.0] * 3

@@ -152,10 +152,10 @@ def target_statistics(config: Any, episode_ids: list[str] | None,
     episode_ids = dp.list_episode_ids(dict(config.data.train[0], split=config.data.train_split),
                                       skip_corrupted=bool(config.data.get("skip_corrupted",
                                                                           False)))
+  if arrays is None:
+    arrays = label_arrays(config.data.labels)
   stats = {}
   for name, head in heads.items():
-    if arrays is None:
-      arrays = label_arrays(config.data.labels)
     values = arrays[head["target"]]
     frames = [values[i] for i in episode_ids if i in values]
     if not frames:

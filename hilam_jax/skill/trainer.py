@@ -73,6 +73,8 @@ ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
 
 def latent_statistics(latents: dict[str, np.ndarray]) -> dict[str, list[float]]:
   """Per-dimension mean and std (floored at 1e-6) over every frame of every episode."""
+  if not latents:
+    raise ValueError("latent statistics need at least one episode's latents; got none")
   dim = np.shape(next(iter(latents.values())))[-1]
   mean, std = statistics.per_dimension_mean_std(latents.values(), dim)
   return {"mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}
