@@ -185,6 +185,23 @@ def label_dims(paths: Paths) -> dict[str, int]:
   return dims
 
 
+LATENT_TARGETS = ("z0", "s1", "s2")
+
+
+def zscored_targets(spec: str | None) -> frozenset[str]:
+  """The latent targets whose pretraining heads z-score them (`policy.latent_targets`): None or
+  "" none, "zscore" every one, "zscore:z0" (comma-separated) only those named."""
+  if not spec:
+    return frozenset()
+  mode, colon, names = spec.partition(":")
+  chosen = [n.strip() for n in names.split(",") if n.strip()] if colon else list(LATENT_TARGETS)
+  unknown = sorted(set(chosen) - set(LATENT_TARGETS))
+  if mode != "zscore" or unknown or not chosen:
+    raise ValueError(f"policy.latent_targets={spec!r}: expected '', 'zscore' or 'zscore:' with "
+                     f"targets from {', '.join(LATENT_TARGETS)} (e.g. 'zscore:z0')")
+  return frozenset(chosen)
+
+
 def _label_spec(key: str, labels_dir: str, skills_dir: str) -> dict:
   return {"dir": labels_dir} if key == "z0" else {"dir": skills_dir, "key": f"skill/{key}"}
 
@@ -368,9 +385,8 @@ class Planner:
 
   def _latent_head(self, target: str, name: str = "latent") -> dict:
     head = {"kind": "latent", "dim": self.dims[target], "target": target}
-    normalize = self.config.policy.get("latent_targets", None)
-    if normalize:  # absent otherwise: the run configs (and cached runs) of before the knob
-      head["normalize"] = normalize
+    if target in zscored_targets(self.config.policy.get("latent_targets", None)):
+      head["normalize"] = "zscore"  # absent otherwise: the run configs of before the knob
     return {name: head}
 
   def _action_head(self) -> dict:
@@ -555,6 +571,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   if config.stop_after not in ("", *STAGES):
     raise ValueError(f"stop_after={config.stop_after!r}: expected '' or one of "
                      + ", ".join(repr(s) for s in STAGES))
+  zscored_targets(config.policy.get("latent_targets", None))  # refused before any work
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   paths = Paths(workdir)

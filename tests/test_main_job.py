@@ -174,3 +174,32 @@ def test_finetune_steps_scale_with_the_demos_above_a_floor():
   assert experiment.finetune_steps(policy, 0.1) == 2500  # the floor
   policy.min_finetune_steps = None  # no floor given: every fraction trains finetune_steps
   assert experiment.finetune_steps(policy, 0.1) == 5000
+
+
+@pytest.mark.parametrize("spec, zscored", [(None, set()), ("zscore", {"z0", "s1", "s2"}),
+                                            ("zscore:z0", {"z0"}), ("zscore:z0,s2", {"z0", "s2"})])
+def test_latent_targets_zscore_exactly_the_named_pretraining_targets(spec, zscored):
+  from experiments.configs import main as main_config  # pylint: disable=g-import-not-at-top
+  from hilam_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = main_config.get_config()
+  config.policy.latent_targets = spec
+  planner = experiment.Planner(config, experiment.Paths("/nonexistent"),
+                               {"video": "/v", "demos": "/d"}, {"z0": 16, "s1": 8, "s2": 8})
+  for cell in experiment.cells(config):
+    planner.evaluation(*cell)
+  heads = [h for name, job in planner.jobs.items() if name.startswith("pretrain/")
+           for h in job.kwargs["config"]["heads"].values()]
+  assert {h["target"] for h in heads} == {"z0", "s1", "s2"}  # every target is pretrained
+  for head in heads:
+    assert head.get("normalize") == ("zscore" if head["target"] in zscored else None), head
+
+
+@pytest.mark.parametrize("spec", ["minmax", "zscore:", "zscore:z3", "zscore:z0,x"])
+def test_latent_targets_refused_before_any_work(spec, tmp_path):
+  from experiments.configs import main as main_config  # pylint: disable=g-import-not-at-top
+  from hilam_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = main_config.get_config()
+  config.policy.latent_targets = spec
+  with pytest.raises(ValueError, match="latent_targets"):
+    experiment.run(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")

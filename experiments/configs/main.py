@@ -103,10 +103,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # 100% of the demos, 6 seeds, 2,500 steps (README, "Warm-up and the marginal-action plateau"): 0.96 mean success with 1,000 warm-up
   # steps vs 0.68 with the former 250 (10% of the run), whose seed 0 held the plateau to 2,000.
   config.policy.warmup_fraction = 0.4
-  # Pretraining on latent targets: its own warm-up share (None: warmup_fraction), and the
-  # latent heads' targets z-scored per dimension ("zscore"; None: as labelled). Probed by
-  # retraining pretraining runs alone (warm-up: the 9 video pretraining runs, 3 seeds; z-score:
-  # 2 runs, seed 0; README, "Pretraining: warm-up and target scale"), not yet the default.
+  # Pretraining on latent targets: its own warm-up share (None: warmup_fraction), and which
+  # latent targets the heads z-score per dimension: "zscore" (z^0, z̄^1, z̄^2), "zscore:z0" (only
+  # those named, comma-separated), None (as labelled). Measured end to end with "zscore", 3 seeds
+  # (README, "Z-scored targets end to end"): z^0 targets fit better, z̄^2 targets worse.
   config.policy.pretrain_warmup_fraction = ml_collections.config_dict.placeholder(float)
   config.policy.latent_targets = ml_collections.config_dict.placeholder(str)
   # Steps: pretraining on the video, fine-tuning on the demos, and the pretraining of "HiLAM
