@@ -148,6 +148,18 @@ def test_benchmark_script_runs(main_job, mode):
       0] == 8
 
 
+def test_teardown_benchmark_runs(main_job):
+  import glob  # pylint: disable=g-import-not-at-top
+  run_dir = sorted(glob.glob(os.path.join(main_job, "policies", "demos_*", "s*", "baku")))[0]
+  out = _run(["experiments.benchmark_teardown", f"--run_dir={run_dir}", "--pairs=1",
+              "--num_steps=3"])
+  result = json.loads(out.stdout.split("RESULT ", 1)[1])
+  for arm in ("on", "off"):
+    (run,) = result["runs"][arm]
+    assert run["train_s"] > 0 and run["tail_s"] >= 0
+  assert result["train_ratio_off_over_on"] > 0
+
+
 def test_all_dataset_families_registered():
   names = registry.registered_names()
   for expected in ("babyai_*", "metaworld_*", "video_*", "bridge", "libero_spatial_no_noops",
