@@ -174,7 +174,8 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.skill.checkpoint_every = 200
     config.policy.pretrain_steps = 2000  # past the ~900-step plateau of pretraining
     # 800 steps left BAKU on the marginal-action plateau (0.02 at both fractions); with 2,000:
-    # 0.08 / 0.42, and the variant takes ~13.6 min alone (README).
+    # 0.08 / 0.42 (targets as labelled). Alone: 15:51 at 3cfa74d; 22:40 at df3a20e on a slower
+    # day, with the teardown stall gone (README, Quickstart).
     config.policy.finetune_steps = 2000
     config.policy.min_finetune_steps = 2000
     config.policy.demo_pretrain_steps = 400
