@@ -72,6 +72,24 @@ SETTINGS = {
         {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",
          "lambda_ratio": 0.3, "ratio_per_sequence": True},
         "as _0.3 with the ratio loss per window (averaged) instead of pooled over the batch"),
+    # H-Net's own training recipe and sizes, on top of _0.3.
+    "bottleneck_zscore_lambda_ratio_0.3_lr_hnet": (
+        {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",
+         "lambda_ratio": 0.3, "level_lr_multipliers": "hnet"},
+        "as _0.3 with H-Net's per-level rates sqrt(N^s D^S / D^s): outer levels faster"),
+    "bottleneck_zscore_lambda_ratio_0.3_lr_inner_slow": (
+        {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",
+         "lambda_ratio": 0.3, "level_lr_multipliers": "1,0.47,0.24"},
+        "as _0.3 with the same ratios the other way round: the outer level (the first router) "
+        "at the base rate, inner levels slower"),
+    "bottleneck_zscore_lambda_ratio_0.3_deep": (
+        {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",
+         "lambda_ratio": 0.3, "model.encoder_depths": (2, 2), "model.decoder_depths": (2, 2)},
+        "as _0.3 with two blocks per encoder / decoder"),
+    "bottleneck_zscore_lambda_ratio_0.3_wide": (
+        {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",
+         "lambda_ratio": 0.3, "model.widths": (128, 192, 256)},
+        "as _0.3 with twice the widths per level"),
     "bottleneck_lambda_ratio_0.3": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
                                      "lambda_ratio": 0.3},
                                     "as _0.3 on raw z^0 (no z-score)"),

@@ -603,3 +603,45 @@ def test_ratio_per_sequence_reaches_the_loss():
     np.testing.assert_allclose(value, metrics["latent_l1"] + 0.5 * sum(ratios), rtol=1e-5)
     values[per_sequence] = float(value)
   assert values[False] != values[True]
+
+
+def test_level_lr_multipliers_scale_each_levels_updates():
+  """`level_lr_multipliers` (the H-Net recipe's per-stage rates): every parameter gets its
+  level's multiplier — the frame-rate stage 0, stage 2's chunk sequence 1, the innermost main
+  network 2 — and an AdamW step with "1,0,0" moves the outer level only."""
+  from hilam_jax import training  # pylint: disable=g-import-not-at-top
+  from hilam_jax.skill import trainer  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  params = tiny_params()
+  levels = jax.tree_util.tree_map_with_path(lambda p, _: trainer.parameter_level(p), params)
+  by_level = {}
+  for path, level in jax.tree_util.tree_flatten_with_path(levels)[0]:
+    by_level.setdefault(level, []).append(jax.tree_util.keystr(path))
+  assert sorted(by_level) == [0, 1, 2]
+  assert all("['main']" not in p for p in by_level[0])
+  assert any("['input_proj']" in p for p in by_level[0])
+  assert all(p.count("['main']") == 2 for p in by_level[2])  # the innermost transformer
+  assert any("['main']['routing']" in p for p in by_level[1])  # stage 2's router: level 1
+  # H-Net's modulation, sqrt(N^s D^S / D^s), innermost 1: widths (16, 24, 32), N = (2, 2).
+  np.testing.assert_allclose(trainer.hnet_level_lr_multipliers(CONFIG),
+                             (np.sqrt(4 * 32 / 16), np.sqrt(2 * 32 / 24), 1.0))
+
+  def cfg(spec):
+    return ml_collections.ConfigDict({
+        "level_lr_multipliers": spec, "learning_rate": 1e-2, "warmup_steps": 0, "num_steps": 10,
+        "weight_decay": 0.0, "grad_clip": 1e9})
+  assert trainer.level_lr_multipliers(cfg(""), CONFIG) is None
+  assert trainer.level_lr_multipliers(cfg("hnet"), CONFIG) == trainer.hnet_level_lr_multipliers(
+      CONFIG)
+  for bad in ("1,2", "1,x,2", "1,-1,1", "fast"):
+    with pytest.raises(ValueError, match="level_lr_multipliers"):
+      trainer.level_lr_multipliers(cfg(bad), CONFIG)
+  config = cfg("1,0,0")
+  multipliers = trainer.level_lr_multipliers(config, CONFIG)
+  tx = training.make_optimizer(config, update_scale=trainer.level_update_scale(multipliers))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
+  for path, level in jax.tree_util.tree_flatten_with_path(levels)[0]:
+    leaf = functools.reduce(lambda node, key: node[key.key], path, moved)
+    assert leaf == (level == 0), jax.tree_util.keystr(path)

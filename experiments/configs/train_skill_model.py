@@ -90,6 +90,10 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   config.compute_dtype = "float32"
   config.num_steps = 2000
   config.learning_rate = 1e-3
+  # Per-level multipliers of the rate, outermost level first, comma-separated (one per entry of
+  # model.widths), or "hnet" (H-Net's modulation sqrt(N^s D^S / D^s), innermost 1); "": one
+  # rate everywhere.
+  config.level_lr_multipliers = ""
   config.warmup_steps = 100
   config.weight_decay = 1e-4
   config.grad_clip = 1.0

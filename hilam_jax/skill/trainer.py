@@ -343,6 +343,59 @@ def check_inputs(config: Any) -> None:
                                                       config.data.val_split)])
 
 
+def parameter_level(path) -> int:
+  """The sequence level a skill-model parameter works at (0 = frames): how deep it sits in the
+  stage recursion, i.e. how many "main" modules its path passes (stage s's main network is
+  stage s + 1, the innermost one the transformer at level num_stages)."""
+  return sum(1 for key in path if getattr(key, "key", None) == "main")
+
+
+def hnet_level_lr_multipliers(model_config: skill_model.SkillModelConfig) -> tuple[float, ...]:
+  """H-Net's learning-rate modulation (Hwang et al. 2025, appendix: lambda^s = sqrt(N^s D^S /
+  D^s) with N^s the downsampling from level s to the innermost level): outer levels, which see
+  more positions at a smaller width, learn faster. Relative to the innermost level (1.0); e.g.
+  widths (64, 96, 128), N = (3, 3): (4.24, 2.0, 1.0)."""
+  widths, ratios = model_config.widths, model_config.target_ratios
+  multipliers = []
+  for level in range(len(widths)):
+    downsampling = float(np.prod(ratios[level:])) if level < len(ratios) else 1.0
+    multipliers.append(float(np.sqrt(downsampling * widths[-1] / widths[level])))
+  return tuple(multipliers)
+
+
+def level_lr_multipliers(config: Any, model_config: skill_model.SkillModelConfig
+                         ) -> tuple[float, ...] | None:
+  """`config.level_lr_multipliers`: "" (one rate for every parameter), "hnet"
+  (`hnet_level_lr_multipliers`) or one multiplier per sequence level, outermost first, comma-
+  separated ("1,0.5,0.25" for widths of 3 levels). Refused with the expected form when
+  malformed; None when off."""
+  spec = str(config.get("level_lr_multipliers", "") or "").strip()
+  if not spec:
+    return None
+  if spec == "hnet":
+    return hnet_level_lr_multipliers(model_config)
+  levels = len(model_config.widths)
+  try:
+    multipliers = tuple(float(m) for m in spec.split(","))
+  except ValueError:
+    multipliers = ()
+  if len(multipliers) != levels or min(multipliers) < 0:
+    raise ValueError(f"level_lr_multipliers={spec!r}: expected '', 'hnet' or {levels} "
+                     "comma-separated numbers >= 0, one per level of model.widths (outermost "
+                     "first)")
+  return multipliers
+
+
+def level_update_scale(multipliers: tuple[float, ...] | None):
+  """`training.make_optimizer`'s update_scale for per-level rates (None: no scaling). Scaling a
+  level's AdamW updates (weight decay included) is that level's learning rate times the
+  multiplier."""
+  if multipliers is None:
+    return None
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: multipliers[parameter_level(path)], params)
+
+
 def train_and_evaluate(config: Any, workdir: str,
                        frozen_lam: Optional[interface.FrozenDynamicsModel] = None
                        ) -> dict[str, float]:
@@ -360,16 +413,20 @@ def train_and_evaluate(config: Any, workdir: str,
   """
   training.check_run_config(config)
   check_inputs(config)
+  model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
+  lr_multipliers = level_lr_multipliers(config, model_config)
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), config, max_to_keep=2,
       save_interval_steps=config.checkpoint_every, allowed_config_changes=ALLOWED_CHANGES)
   run_info.write_run_info(workdir, config)
-  model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   module = skill_model.SkillModel(model_config)
   window, hop = config.data.window, config.data.window_hop
   mesh = training.make_mesh()
-  tx = training.make_optimizer(config)
+  tx = training.make_optimizer(config, update_scale=level_update_scale(lr_multipliers))
+  if lr_multipliers is not None:
+    logging.info("learning rate per level (outermost first): %s x %g", lr_multipliers,
+                 config.learning_rate)
 
   train_latents = load_split_latents(config.data.labels_dir, config.data.train_split)
   dims = {z.shape[-1] for z in train_latents.values()}
