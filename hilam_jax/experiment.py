@@ -253,12 +253,13 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: in
 
 def _worker_setup(cache_dir: str | None) -> None:
   """Per-process set-up of a job (idempotent): logging, and the shared jit compilation cache (the
-  experiment trains many policies of a few shapes: identical programs compile once)."""
+  experiment trains many policies of a few shapes: identical programs compile once). A cache
+  directory set in the environment (`JAX_COMPILATION_CACHE_DIR`, JAX's own variable) is kept."""
   from hilam_jax import logs  # pylint: disable=g-import-not-at-top
   logging.use_absl_handler()  # timestamped lines in spawned workers too (absl's format)
   logging.set_verbosity(logging.INFO)
   logs.quiet_library_logs()
-  if cache_dir:
+  if cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
@@ -382,10 +383,11 @@ class Planner:
     self.config, self.paths, self.data, self.dims = config, paths, data, dims
     self.jobs: dict[str, jobs.Job] = {}
     self.cache_dir = os.path.join(paths.root, "jax_cache")
+    self.zscored = zscored_targets(config.policy.get("latent_targets", None))
 
   def _latent_head(self, target: str, name: str = "latent") -> dict:
     head = {"kind": "latent", "dim": self.dims[target], "target": target}
-    if target in zscored_targets(self.config.policy.get("latent_targets", None)):
+    if target in self.zscored:
       head["normalize"] = "zscore"  # absent otherwise: the run configs of before the knob
     return {name: head}
 

@@ -1,5 +1,20 @@
 """Shared test fixtures: a small multi-shard RLDS dataset written through the project's writer."""
+import atexit
 import os
+import shutil
+import tempfile
+
+# One persistent XLA compilation cache for the whole test run: every pytest-xdist worker and
+# every process a test starts (launch scripts, the main job and its workers, notebooks) inherit
+# it. The suite builds the same small programs many times over (the smoke-size main job three
+# times, trainers run, killed and resumed), and a hit loads the executable a compile of the same
+# program with the same flags builds, so results do not change. The run's own directory, removed
+# when the run ends; a cache directory set by the caller is used as it is.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  _XLA_CACHE = tempfile.mkdtemp(prefix="hilam_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
 import numpy as np
 import pytest
