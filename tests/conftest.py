@@ -1,7 +1,10 @@
 """Shared test fixtures: a small multi-shard RLDS dataset written through the project's writer."""
 import atexit
+import glob
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # One persistent XLA compilation cache for the whole test run: every pytest-xdist worker and
@@ -16,6 +19,7 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
   atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
+import filelock
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -25,6 +29,8 @@ from data_pipeline import registry
 from data_pipeline import schema
 from data_pipeline.rlds_writer import ShardedRLDSWriter, episode_features
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_MAIN_JOB = ["experiments.main", "--config=experiments/configs/main.py:smoke"]
 SHARED_FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 BRIDGE_DIR = os.path.abspath(os.path.join(SHARED_FIXTURES, "bridge_dataset", "1.0.0"))
 
@@ -126,3 +132,45 @@ def bridge_dir():
   if not os.path.exists(os.path.join(BRIDGE_DIR, "dataset_info.json")):
     pytest.skip(f"Bridge fixture not found at {BRIDGE_DIR} (expected ../shared/fixtures)")
   return BRIDGE_DIR
+
+
+@pytest.fixture(scope="session")
+def smoke_main_job(tmp_path_factory, worker_id):
+  """The workdir of the whole experiment at smoke size (data -> LAM -> labels -> skills ->
+  policies -> evaluation -> report), run once per test run: under pytest-xdist the first worker
+  that asks runs it and the others wait on a file lock, then reuse it. Treat it as read-only:
+  a test that runs the main job again works on `relocated_copy` of it. A failed run is not
+  retried by every test that asks: its log is kept and each of them fails with it."""
+  root = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    root = root.parent  # the directory shared by every worker of this run
+  workdir, failed = root / "smoke_main_job", root / "smoke_main_job.failed"
+  with filelock.FileLock(str(root / "smoke_main_job.lock")):
+    if failed.exists():
+      pytest.fail(f"the smoke main job failed earlier in this run:\n{failed.read_text()}")
+    if not (workdir / "report" / "results.json").exists():
+      result = subprocess.run([sys.executable, "-m", *SMOKE_MAIN_JOB, f"--workdir={workdir}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=1800)
+      if result.returncode != 0:
+        failed.write_text(result.stderr[-5000:])
+        pytest.fail(f"the smoke main job failed:\n{result.stderr[-5000:]}")
+  return str(workdir)
+
+
+def relocated_copy(workdir: str, destination: str, *, drop: tuple[str, ...] = ()) -> str:
+  """A copy of a main-job workdir at `destination` that the main job resumes as its own: the
+  stage results (stages/*.json), which name the workdir's paths, are rewritten to the copy's.
+  `drop`: paths relative to the workdir left out of the copy (e.g. a stage and its outputs, to
+  have the main job redo them). Modification times are kept."""
+  shutil.copytree(workdir, destination,
+                  ignore=lambda d, names: [n for n in names
+                                           if os.path.relpath(os.path.join(d, n), workdir)
+                                           in drop])
+  for path in glob.glob(os.path.join(destination, "stages", "*.json")):
+    stat = os.stat(path)
+    with open(path) as f:
+      text = f.read()
+    with open(path, "w") as f:
+      f.write(text.replace(workdir, destination))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  return destination

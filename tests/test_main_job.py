@@ -12,6 +12,7 @@ import pytest
 
 from data_pipeline import registry
 from hilam_jax.evaluation import stats
+from tests.conftest import relocated_copy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,14 +24,10 @@ def _run(args, timeout=600):
   return result
 
 
-@pytest.fixture(scope="module")
-def main_job(tmp_path_factory):
-  """The whole experiment (data -> LAM -> labels -> skills -> policies -> evaluation -> report)
-  at smoke size."""
-  workdir = str(tmp_path_factory.mktemp("main"))
-  _run(["experiments.main", "--config=experiments/configs/main.py:smoke", f"--workdir={workdir}"],
-       timeout=1800)
-  return workdir
+@pytest.fixture
+def main_job(smoke_main_job):
+  """The whole experiment at smoke size, run once per test run (conftest.smoke_main_job)."""
+  return smoke_main_job
 
 
 def test_main_job_runs_every_stage_and_writes_the_report(main_job):
@@ -80,13 +77,14 @@ def test_main_job_runs_every_stage_and_writes_the_report(main_job):
   assert "tensorflow-datasets" in info["versions"]
 
 
-def test_main_job_resumes_without_redoing_stages(main_job):
-  stages = sorted(os.listdir(os.path.join(main_job, "stages")))
-  before = {s: os.path.getmtime(os.path.join(main_job, "stages", s)) for s in stages}
+def test_main_job_resumes_without_redoing_stages(main_job, tmp_path):
+  workdir = relocated_copy(main_job, str(tmp_path / "main"))
+  stages = sorted(os.listdir(os.path.join(workdir, "stages")))
+  before = {s: os.path.getmtime(os.path.join(workdir, "stages", s)) for s in stages}
   out = _run(["experiments.main", "--config=experiments/configs/main.py:smoke",
-              f"--workdir={main_job}"])
+              f"--workdir={workdir}"])
   assert out.stderr.count("done before, reusing") == len(stages) == 6
-  assert before == {s: os.path.getmtime(os.path.join(main_job, "stages", s)) for s in stages}
+  assert before == {s: os.path.getmtime(os.path.join(workdir, "stages", s)) for s in stages}
 
 
 def _policy_runs_finished(workdir):
@@ -107,11 +105,14 @@ def _timeless(value):
 
 
 def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(main_job, tmp_path):
-  """Issue 13 item 2 for the main job: kill -9 of the whole job (scheduler and policy workers)
-  once its first policy run has finished, then the same command: the report's success rates,
-  every policy run's validation curve and the skill-discovery figures equal the uninterrupted
-  run's exactly (same machine, same computation)."""
-  workdir = str(tmp_path / "main")
+  """kill -9 of the whole job (scheduler and policy workers) once its first policy run has
+  finished, then the same command: the report's success rates, every policy run's validation
+  curve and the skill-discovery figures equal the uninterrupted run's exactly (same machine,
+  same computation). The killed job starts from a copy of the uninterrupted one whose policy
+  stage and everything after it are removed (stages 1-5 are the same computation; their own
+  kill -9 resumes are tested with their trainers)."""
+  workdir = relocated_copy(main_job, str(tmp_path / "main"), drop=(
+      "policies", "evaluation", "report", os.path.join("stages", "6_policies.json")))
   command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/main.py:smoke",
              f"--workdir={workdir}"]
   with open(tmp_path / "killed.log", "w") as log:

@@ -2,9 +2,12 @@
 without outputs."""
 import glob
 import os
+import pathlib
 
 import nbformat
 import pytest
+
+from tests.conftest import relocated_copy
 
 papermill = pytest.importorskip("papermill")
 
@@ -17,9 +20,9 @@ def _outputs(nb, mime):
           if mime in o.get("data", {})]
 
 
-def _execute(name, tmp_path):
+def _execute(name, tmp_path, workdir=None):
   out = tmp_path / f"executed_{name}"
-  workdir = tmp_path / "work"
+  workdir = workdir or tmp_path / "work"
   papermill.execute_notebook(
       os.path.join(REPO, "notebooks", name), str(out),
       parameters={"SIZE": "smoke", "WORKDIR": str(workdir)}, kernel_name="python3",
@@ -53,8 +56,12 @@ def test_skills_in_your_videos(tmp_path):
   assert glob.glob(str(workdir / "rlds" / "*" / "1.0.0" / "dataset_info.json"))
 
 
-def test_hilam_in_15_minutes(tmp_path):
-  nb, workdir = _execute("hilam_in_15_minutes.ipynb", tmp_path)
+def test_hilam_in_15_minutes(tmp_path, smoke_main_job):
+  """The notebook walks a finished smoke-size main job (a copy of the suite's, whose stages it
+  reuses: the main job's own tests run it from scratch) and shows every figure."""
+  workdir = relocated_copy(smoke_main_job, str(tmp_path / "work"))
+  nb, workdir = _execute("hilam_in_15_minutes.ipynb", tmp_path, workdir)
+  workdir = pathlib.Path(workdir)
   assert os.path.exists(workdir / "report" / "report.md")
   assert os.path.exists(workdir / "report" / "success_vs_demos.png")
   # Data filmstrip, skill filmstrip(s) and the success plot as PNG; the rollout as GIF.
