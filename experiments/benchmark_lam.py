@@ -3,7 +3,7 @@
 Not a test: it prints measured figures, all from one run on this machine.
 
   python -m experiments.benchmark_lam --lam_workdir=runs/lam_babyai \
-      --dataset_dir=runs/main/data/babyai_bosslevel/1.0.0 --batch_size=256
+      --dataset_dir=runs/main/data/babyai_unlocklocal_video/1.0.0 --batch_size=256
 
   * labeling: frame pairs/s through the labeling job's path (RLDS read, JPEG decode, pairs, jitted
     IDM encode) on the train split, and pairs/s of the jitted encode alone on device-resident
@@ -24,7 +24,7 @@ from absl import flags
 from hilam_jax import benchmarking
 
 _LAM = flags.DEFINE_string("lam_workdir", None, "A train_lam workdir (default: fresh init).")
-_DATASET = flags.DEFINE_string("dataset_dir", "runs/main/data/babyai_bosslevel/1.0.0",
+_DATASET = flags.DEFINE_string("dataset_dir", "runs/main/data/babyai_unlocklocal_video/1.0.0",
                                "RLDS dataset to label.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Pairs per encode call.")
 _PAIRS = flags.DEFINE_integer("num_pairs", 20_000, "Pairs labelled for the end-to-end figure.")

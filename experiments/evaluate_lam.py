@@ -1,7 +1,7 @@
 """Quality of a trained LAM on held-out episodes: action probes and reconstruction gain.
 
   python -m experiments.evaluate_lam --lam_workdir=runs/lam_babyai \
-      --dataset_dir=runs/main/data/babyai_bosslevel/1.0.0 --split=val
+      --dataset_dir=runs/main/data/babyai_unlocklocal_video/1.0.0 --split=val
   python -m experiments.evaluate_lam --lam_workdir=runs/lam_metaworld \
       --dataset_dir=data/metaworld_experts/1.0.0 --split=val
 

@@ -2,12 +2,12 @@
 linear probe from the skills to the subtask type.
 
   python -m experiments.evaluate_skills --skills_dir=runs/skills_babyai \
-      --dataset_dir=runs/main/data/babyai_bosslevel/1.0.0 --out_dir=runs/skills_babyai/eval
+      --dataset_dir=runs/main/data/babyai_unlocklocal_video/1.0.0 --out_dir=runs/skills_babyai/eval
 
   # one setting trained with three seeds: mean ± std over the seeds
   python -m experiments.evaluate_skills \
       --skills_dir=runs/skills_babyai_s0,runs/skills_babyai_s1,runs/skills_babyai_s2 \
-      --dataset_dir=runs/main/data/babyai_bosslevel/1.0.0 --out_dir=runs/skills_babyai/eval3
+      --dataset_dir=runs/main/data/babyai_unlocklocal_video/1.0.0 --out_dir=runs/skills_babyai/eval3
 
 The dataset's held-out split is halved by episode-id hash into validation (where the baselines'
 thresholds / penalties are set and the probe is fit) and test (every reported figure).

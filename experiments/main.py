@@ -1,4 +1,4 @@
-"""The main job (README Quickstart, command 1). Logic: `hilam_jax.experiment.run`."""
+"""The main job (README Quickstart, command 1; docs/experiment.md): `hilam_jax.experiment.run`."""
 from absl import app
 from absl import flags
 from ml_collections import config_flags

@@ -8,7 +8,7 @@ run resumes from its checkpoint. Writes <out_dir>/study.json and <out_dir>/study
 setting) after every setting.
 
   python -m experiments.skill_study --labels_dir=runs/labels_babyai \
-      --dataset_dir=runs/main/data/babyai_bosslevel/1.0.0 --out_dir=runs/skill_study \
+      --dataset_dir=runs/main/data/babyai_unlocklocal_video/1.0.0 --out_dir=runs/skill_study \
       --settings=default,zscore --seeds=0,1,2
 
 Settings are named override sets of `experiments/configs/train_skill_model.py:<--variant>`
@@ -66,7 +66,7 @@ SETTINGS = {
     "bottleneck_zscore_lambda_ratio_1.0": ({"model.bottleneck_heads": True, "lambda_aux": 1.0,
                                             "data.normalize": "zscore", "lambda_ratio": 1.0},
                                            "as _0.3 with 33x H-Net's ratio-loss weight"),
-    # What the oracle-count ceilings suggest (README): a budget per window, raw z^0 (z-scoring
+    # What the oracle-count ceilings suggest (docs/log/2026-12-03-skill-discovery-segment-ceilings.md): a budget per window, raw z^0 (z-scoring
     # hurts an l2 fit of UnlockLocal's z^0: 0.71 vs 0.83 with the true counts).
     "bottleneck_zscore_lambda_ratio_0.3_per_window": (
         {"model.bottleneck_heads": True, "lambda_aux": 1.0, "data.normalize": "zscore",

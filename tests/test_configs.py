@@ -17,7 +17,7 @@ def test_every_variant_builds(name):
 
 
 def test_main_job_regime_is_the_measured_benchmark_regime():
-  """The main job trains every policy in the regime `benchmark_regime` measured (README)."""
+  """The main job trains every policy in the regime `benchmark_regime` measured (docs/log/2026-11-29-unlocklocal-regime.md)."""
   from experiments.configs import benchmark_regime, main
   regime = benchmark_regime.get_config("default")
   config = main.get_config("default")

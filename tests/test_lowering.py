@@ -3,7 +3,7 @@
 Both chunking paths: "fused" (plain JAX with a hand-written custom_vjp) and "pallas" (the kernels
 of chunking_pallas: Mosaic on TPU, Triton on GPU, chosen per platform at lowering time). Only
 lowering is checked here: compiling the Mosaic / Triton kernels and running them needs libtpu or
-a GPU (README, "Accelerator kernels"). The fused path must export without any custom call that
+a GPU (docs/scale.md, "Accelerator kernels"). The fused path must export without any custom call that
 lacks export compatibility guarantees; the Pallas path must contain its kernels as the
 platform's kernel custom calls, and no interpreted fallback.
 """

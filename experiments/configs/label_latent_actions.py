@@ -14,7 +14,7 @@ import ml_collections
 def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   if arg not in ("babyai", "metaworld"):
     raise ValueError(f"unknown variant {arg!r}; variants: babyai, metaworld")
-  root = {"babyai": "runs/main/data/babyai_bosslevel/1.0.0",
+  root = {"babyai": "runs/main/data/babyai_unlocklocal_video/1.0.0",
           "metaworld": "data/metaworld_experts/1.0.0"}[arg]
   config = ml_collections.ConfigDict()
   # 'lam:<train_lam workdir>' or 'uniskill:<converted dir>' (hilam_jax.lam.interface.

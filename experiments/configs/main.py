@@ -5,7 +5,7 @@ action-labelled demos in the BabyAI simulator, train the LAM, label, train the s
 extract skills, pretrain and fine-tune every method at each demo fraction and training seed,
 evaluate in the simulator and write the report. Rerunning the same command resumes.
 
-  # default variant (README table; <= 120 min on 2 CPU cores) -> ./runs/main/report/report.md
+  # default variant (README table, docs/results.md; <= 120 min on 2 CPU cores) -> ./runs/main/report/report.md
   python -m experiments.main
 
   # quick variant (<= 15 min on 2 cores; same pipeline, one seed, fewer episodes and steps)
@@ -21,7 +21,7 @@ evaluate in the simulator and write the report. Rerunning the same command resum
   python -m experiments.main --config.stop_after=data
   python -m experiments.main --config.stop_after=skills
 
-The benchmark and the policy regime were chosen by measurement (README, "A benchmark in a
+The benchmark and the policy regime were chosen by measurement (docs/log/2026-11-29-unlocklocal-regime.md, "A benchmark in a
 learnable regime"; `experiments/benchmark_regime.py`): BabyAI-UnlockLocal (fetch the key, open
 the door) recorded with the room view (the agent's room fully observed, 8x8 cells of 7 px), the
 grid-aligned encoder with flatten pooling, one-step chunks, no augmentation, lr 1e-3 with
@@ -39,12 +39,12 @@ LEVEL = benchmark_regime.LEVEL
 
 
 def _skill_objective(skill: ml_collections.ConfigDict) -> None:
-  """The skill study's best setting on this benchmark (README, "Measuring skill discovery";
+  """The skill study's best setting on this benchmark (docs/skills.md, "Measuring skill discovery";
   `skill_study` setting bottleneck_zscore_lambda_ratio_0.3): per-stage bottleneck heads, z-scored
   z^0 and 10x H-Net's ratio-loss weight. Stage-2 F1 0.520 +- 0.018 over 3 seeds vs 0.216 for the
   plain objective and 0.461 for the best baseline at the same rate (test half); on another
   machine's labels 0.572 +- 0.212 vs 0.200 and 0.601: far above the plain objective, not
-  robustly above the baseline, and below it on BossLevel and Meta-World (README)."""
+  robustly above the baseline, and below it on BossLevel and Meta-World (docs/skills.md)."""
   skill.model.bottleneck_heads = True
   skill.lambda_aux = 1.0
   skill.data.normalize = "zscore"
@@ -100,13 +100,13 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config.policy.learning_rate = 1e-3
   # Linear warm-up over this share of each run's steps, then cosine decay (1,000 of 2,500
   # fine-tuning steps at 10% of the demos, 2,000 of 5,000 at 100%). Measured on flat BAKU at
-  # 100% of the demos, 6 seeds, 2,500 steps (README, "Warm-up and the marginal-action plateau"): 0.96 mean success with 1,000 warm-up
+  # 100% of the demos, 6 seeds, 2,500 steps (docs/log/2026-12-02-warmup-plateau.md): 0.96 mean success with 1,000 warm-up
   # steps vs 0.68 with the former 250 (10% of the run), whose seed 0 held the plateau to 2,000.
   config.policy.warmup_fraction = 0.4
   # Pretraining on latent targets: its own warm-up share (None: warmup_fraction), and which
   # latent targets the heads z-score per dimension: "zscore:z0" (only those named,
   # comma-separated), "zscore" (z^0, z̄^1, z̄^2), "" (as labelled). Measured end to end, 3 seeds
-  # (README, "Z-scored targets end to end"): z-scored z^0 targets (flat z^0, pi^l) fit better and
+  # (docs/log/2026-12-03-zscore-targets.md): z-scored z^0 targets (flat z^0, pi^l) fit better and
   # HiLAM at 10% goes 0.78 -> 0.90; z-scored z̄^2 targets are not learnt (R^2 < 0), so only z^0.
   config.policy.pretrain_warmup_fraction = ml_collections.config_dict.placeholder(float)
   config.policy.latent_targets = "zscore:z0"
@@ -115,14 +115,14 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   # on the 10,000 videos sits on the marginal solution (validation R^2 <= 0) for ~900 steps and
   # is far from converged at 1,500 (flat z^0 R^2 0.51-0.55, still rising); at 5,000 it reaches
   # 0.81-0.83 and flat BAKU + z^0 at 10% of the demos goes from 0.38 to 0.64 mean success
-  # (README, "Pretraining long enough"; 3 seeds each); at 10,000 R^2 0.85-0.87, flat z^0 0.80
-  # and HiLAM 0.65 -> 0.78 at 10% (README, "Trained long enough"; 3 seeds each).
+  # (docs/log/2026-12-02-pretraining-long-enough.md; 3 seeds each); at 10,000 R^2 0.85-0.87, flat z^0 0.80
+  # and HiLAM 0.65 -> 0.78 at 10% (docs/log/2026-12-02-trained-long-enough.md; 3 seeds each).
   config.policy.pretrain_steps = 10000
   # Fine-tuning: `finetune_steps` on all the demos, in proportion to the demos below that, at
   # least `min_finetune_steps` (hilam_jax.experiment.finetune_steps): 2,500 at 10%, 5,000 at
   # 100%. With 2,500 at 100% the validation loss was still falling by 9-36% over the last
   # quarter of every run and BAKU reached 0.93 (0.93, 0.86, 1.00); with 5,000 it reaches 0.99
-  # (0.99, 0.98, 0.99), 3 seeds (README, "Trained long enough"). The 10% runs overfit well
+  # (0.99, 0.98, 0.99), 3 seeds (docs/log/2026-12-02-trained-long-enough.md). The 10% runs overfit well
   # before 2,500 steps (validation loss flat or rising over the last quarter).
   config.policy.finetune_steps = 5000
   config.policy.min_finetune_steps = 2500
@@ -175,7 +175,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.policy.pretrain_steps = 2000  # past the ~900-step plateau of pretraining
     # 800 steps left BAKU on the marginal-action plateau (0.02 at both fractions); with 2,000:
     # 0.08 / 0.42 (targets as labelled). Alone: 15:51 at 3cfa74d; 22:40 at df3a20e on a slower
-    # day, with the teardown stall gone (README, Quickstart).
+    # day, with the teardown stall gone (docs/log/2026-12-03-teardown-stall.md).
     config.policy.finetune_steps = 2000
     config.policy.min_finetune_steps = 2000
     config.policy.demo_pretrain_steps = 400

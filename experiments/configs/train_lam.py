@@ -29,8 +29,8 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # Lists of DatasetSpec fields (dataset_dir, optional name, split, weight).
-  config.data.train = ({"dataset_dir": "runs/main/data/babyai_bosslevel/1.0.0", "split": "train"},)
-  config.data.val = ({"dataset_dir": "runs/main/data/babyai_bosslevel/1.0.0", "split": "val"},)
+  config.data.train = ({"dataset_dir": "runs/main/data/babyai_unlocklocal_video/1.0.0", "split": "train"},)
+  config.data.val = ({"dataset_dir": "runs/main/data/babyai_unlocklocal_video/1.0.0", "split": "val"},)
   # OPEN in the paper (METHOD.md §2): the frame gap k. BabyAI moves one cell / 90° per action,
   # so k = 1 makes one latent per bot action; Meta-World's small 4-D deltas need a few frames.
   config.data.frame_gap = 1
