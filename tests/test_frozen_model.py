@@ -8,12 +8,12 @@ import pytest
 
 from experiments.configs import train_lam as train_lam_config
 from hilam_jax import training
-from hilam_jax.lam import depth_anything_convert
+from hilam_jax.lam.uniskill import depth_anything_convert
 from hilam_jax.lam import interface
 from hilam_jax.lam import model as lam_model
 from hilam_jax.lam import trainer
-from hilam_jax.lam import uniskill_convert
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam.uniskill import convert as uniskill_convert
+from hilam_jax.lam.uniskill.idm import IDMConfig
 from experiments import uniskill_torch_reference as reference
 
 FRAME_GAP = 3  # not the tiny config's default (1): proves the checkpoint's config was read

@@ -24,11 +24,11 @@ import torch
 from safetensors import numpy as safetensors_numpy
 
 from hilam_jax.lam import interface
-from hilam_jax.lam import uniskill_dynamics
-from hilam_jax.lam import uniskill_fdm
-from hilam_jax.lam import uniskill_fdm_convert as convert
-from hilam_jax.lam.uniskill_convert import ConversionError
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam.uniskill import dynamics as uniskill_dynamics
+from hilam_jax.lam.uniskill import fdm as uniskill_fdm
+from hilam_jax.lam.uniskill import fdm_convert as convert
+from hilam_jax.lam.uniskill.convert import ConversionError
+from hilam_jax.lam.uniskill.idm import IDMConfig
 from experiments import uniskill_torch_reference as reference
 from tests.test_uniskill_idm import FAST_COMPILE, compiled
 

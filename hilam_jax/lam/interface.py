@@ -263,7 +263,7 @@ def load_frozen_model(spec: str, step: Optional[int] = None) -> FrozenDynamicsMo
     from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top  (trainer imports us)
     return trainer.load_frozen_lam(path, step)
   require_uniskill_parts(spec, path, step)
-  from hilam_jax.lam import uniskill_dynamics  # pylint: disable=g-import-not-at-top  (imports us)
+  from hilam_jax.lam.uniskill import dynamics as uniskill_dynamics  # pylint: disable=g-import-not-at-top  (imports us)
   return uniskill_dynamics.UniSkillDynamics.from_converted(path)
 
 
@@ -280,7 +280,7 @@ def frozen_model_fingerprint(spec: str, step: Optional[int] = None) -> dict[str,
     from hilam_jax.lam import trainer  # pylint: disable=g-import-not-at-top
     return trainer.checkpoint_fingerprint(path, step)
   require_uniskill_parts(spec, path, step)
-  from hilam_jax.lam import uniskill_dynamics  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import dynamics as uniskill_dynamics  # pylint: disable=g-import-not-at-top
   parts = {}
   for part, rel in UNISKILL_PARTS.items():
     with open(os.path.join(path, rel)) as f:

@@ -32,10 +32,10 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from data_pipeline import run_info
-from hilam_jax.lam import uniskill_convert as common
-from hilam_jax.lam import uniskill_fdm
-from hilam_jax.lam.uniskill_convert import ConversionError, KeyRule
-from hilam_jax.lam.uniskill_fdm import UNetConfig, VAEConfig
+from hilam_jax.lam.uniskill import convert as common
+from hilam_jax.lam.uniskill import fdm as uniskill_fdm
+from hilam_jax.lam.uniskill.convert import ConversionError, KeyRule
+from hilam_jax.lam.uniskill.fdm import UNetConfig, VAEConfig
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"

@@ -42,13 +42,13 @@ import numpy as np
 
 from data_pipeline import run_info
 from hilam_jax import config_io
-from hilam_jax.lam import depth_anything
-from hilam_jax.lam import depth_anything_convert
+from hilam_jax.lam.uniskill import depth_anything
+from hilam_jax.lam.uniskill import depth_anything_convert
 from hilam_jax.lam import interface
-from hilam_jax.lam import uniskill_convert
-from hilam_jax.lam import uniskill_fdm
-from hilam_jax.lam import uniskill_fdm_convert
-from hilam_jax.lam import uniskill_idm
+from hilam_jax.lam.uniskill import convert as uniskill_convert
+from hilam_jax.lam.uniskill import fdm as uniskill_fdm
+from hilam_jax.lam.uniskill import fdm_convert as uniskill_fdm_convert
+from hilam_jax.lam.uniskill import idm as uniskill_idm
 
 DYNAMICS_FILE = "dynamics.json"  # optional DynamicsConfig overrides in a converted directory
 SCHEDULER_FILE = os.path.join("scheduler", "scheduler_config.json")  # optional, diffusers layout

@@ -32,10 +32,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from data_pipeline import run_info
-from hilam_jax.lam import depth_anything
-from hilam_jax.lam import uniskill_convert as common
-from hilam_jax.lam.depth_anything import DepthConfig
-from hilam_jax.lam.uniskill_convert import ConversionError, KeyRule
+from hilam_jax.lam.uniskill import depth_anything
+from hilam_jax.lam.uniskill import convert as common
+from hilam_jax.lam.uniskill.depth_anything import DepthConfig
+from hilam_jax.lam.uniskill.convert import ConversionError, KeyRule
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
