@@ -40,7 +40,7 @@ def main(argv):
   from experiments.configs import train_lam
   from hilam_jax import logs
   from data_pipeline import run_info
-  from hilam_jax.lam import interface
+  from hilam_jax.lam import frozen_lam
   from hilam_jax.lam import labeling
   from hilam_jax.lam import model as lam_model
   from hilam_jax.lam import trainer
@@ -53,8 +53,8 @@ def main(argv):
     module = lam_model.LatentActionModel(lam_model.LAMConfig.from_dict(dict(config.lam)))
     frames = jnp.zeros((1, *config.data.image_size, 3), jnp.uint8)
     params = module.init(jax.random.key(0), frames, frames)["params"]
-    lam = interface.FrozenLAM(module, params, config.data.frame_gap,
-                              tuple(config.data.image_size))
+    lam = frozen_lam.FrozenLAM(module, params, config.data.frame_gap,
+                               tuple(config.data.image_size))
   batch = _BATCH.value
   results = {"batch_size": batch, "image_size": list(lam.image_size),
              "latent_dim": lam.latent_dim, "frame_gap": lam.frame_gap}

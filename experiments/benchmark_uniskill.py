@@ -67,8 +67,8 @@ ROWS = {"both": ("idm", "depth+idm"), "only": ("depth+idm",), "none": ("idm",)}
 
 
 def _configs(small: bool):
-  from hilam_jax.lam.depth_anything import DepthConfig  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill_idm import IDMConfig  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill.depth_anything import DepthConfig  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill.idm import IDMConfig  # pylint: disable=g-import-not-at-top
   return (IDMConfig.tiny(), DepthConfig.tiny()) if small else (IDMConfig(), DepthConfig())
 
 
@@ -96,7 +96,8 @@ def build_weights(workdir: str, small: bool) -> None:
   converted with our converters into workdir/converted/{idm,depth}."""
   import transformers  # pylint: disable=g-import-not-at-top
   from experiments import uniskill_torch_reference as reference  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import depth_anything_convert, uniskill_convert  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import convert as uniskill_convert  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import depth_anything_convert  # pylint: disable=g-import-not-at-top
   idm_config, _ = _configs(small)
   reference.save_state_dict(reference.make_reference(idm_config, SEED),
                             os.path.join(workdir, "idm.pth"))
@@ -142,7 +143,7 @@ def torch_side(workdir: str, small: bool, row: str, threads: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import depth_anything  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import depth_anything  # pylint: disable=g-import-not-at-top
   depth_model = transformers.DepthAnythingForDepthEstimation.from_pretrained(
       os.path.join(workdir, "depth_hf")).eval()
   processor = DPTImageProcessorPil(  # UniSkill's training-time settings (UNISKILL.md)
@@ -176,7 +177,10 @@ def flax_side(workdir: str, row: str, dtype_name: str):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import depth_anything, depth_anything_convert, uniskill_convert, uniskill_idm  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import convert as uniskill_convert  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import depth_anything  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import depth_anything_convert  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import idm as uniskill_idm  # pylint: disable=g-import-not-at-top
   dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[dtype_name]
   idm_config, variables = uniskill_convert.load_idm(os.path.join(workdir, "converted", "idm"))
   params = {"idm": jax.device_put(variables)}

@@ -1,4 +1,4 @@
-"""Converts UniSkill's released PyTorch weights to Flax. Logic: `hilam_jax.lam.uniskill_convert`.
+"""Converts UniSkill's released PyTorch weights to Flax. Logic: `hilam_jax.lam.uniskill.convert`.
 
   python -m experiments.convert_uniskill --idm=UniSkill_final_weight/idm.pth \
       --depth=Depth-Anything-V2-Small-hf --unet=UniSkill_final_weight/unet \
@@ -34,8 +34,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not (_IDM.value or _DEPTH.value or _UNET.value or _VAE.value):
     raise app.UsageError("nothing to convert: give --idm, --depth, --unet and/or --vae")
-  from hilam_jax.lam import depth_anything_convert  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam import uniskill_dynamics  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import depth_anything_convert  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam.uniskill import dynamics as uniskill_dynamics  # pylint: disable=g-import-not-at-top
   manifests = uniskill_dynamics.convert_release(
       _OUT_DIR.value, idm=_IDM.value, depth=_DEPTH.value, unet=_UNET.value, vae=_VAE.value,
       idm_config=json.loads(_IDM_CONFIG.value))

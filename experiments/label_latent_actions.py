@@ -16,12 +16,12 @@ def main(argv):
   launch.init_distributed()
   # pylint: disable=g-import-not-at-top
   from hilam_jax import logs
-  from hilam_jax.lam import interface
+  from hilam_jax.lam import frozen_models
   from hilam_jax.lam import labeling
   logs.quiet_library_logs()
   config = _CONFIG.value
-  lam = interface.load_frozen_model(config.frozen_model, config.lam_step)
-  fingerprint = interface.frozen_model_fingerprint(config.frozen_model, config.lam_step)
+  lam = frozen_models.load_frozen_model(config.frozen_model, config.lam_step)
+  fingerprint = frozen_models.frozen_model_fingerprint(config.frozen_model, config.lam_step)
   stats = labeling.label_datasets(
       lam, [dict(d) for d in config.datasets], config.out_dir, batch_size=config.batch_size,
       fingerprint=fingerprint, max_shards=config.max_shards)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam.uniskill.idm import IDMConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -121,10 +121,10 @@ def _train_lam(config: Any, paths: Paths, data: dict) -> dict:
 
 
 def _label(config: Any, paths: Paths, data: dict) -> dict:
-  from hilam_jax.lam import interface, labeling  # pylint: disable=g-import-not-at-top
+  from hilam_jax.lam import frozen_models, labeling  # pylint: disable=g-import-not-at-top
   spec = frozen_model_spec(config, paths)
-  lam = interface.load_frozen_model(spec)
-  fingerprint = interface.frozen_model_fingerprint(spec)
+  lam = frozen_models.load_frozen_model(spec)
+  fingerprint = frozen_models.frozen_model_fingerprint(spec)
   out = {}
   for key, folder in (("video", paths.labels_video), ("demos", paths.labels_demos)):
     datasets = [{"dataset_dir": data[key], "split": s} for s in ("train", "val")]

@@ -18,10 +18,10 @@ import torch
 from safetensors import numpy as safetensors_numpy
 
 from experiments import uniskill_torch_reference as reference
-from hilam_jax.lam import depth_anything as da
-from hilam_jax.lam import depth_anything_convert as convert
-from hilam_jax.lam.depth_anything import DepthConfig
-from hilam_jax.lam.uniskill_convert import ConversionError
+from hilam_jax.lam.uniskill import depth_anything as da
+from hilam_jax.lam.uniskill import depth_anything_convert as convert
+from hilam_jax.lam.uniskill.depth_anything import DepthConfig
+from hilam_jax.lam.uniskill.convert import ConversionError
 
 transformers = pytest.importorskip("transformers")
 TOLERANCE = 1e-4  # max |flax - torch| / max |torch|
@@ -217,7 +217,7 @@ def test_launch_script_converts_without_torch(released, tmp_path):
           f"sys.argv = ['convert_uniskill', '--depth={released['folder']}', '--out_dir={out_dir}']\n"
           "try:\n  app.run(convert_uniskill.main)\n"
           "except SystemExit as e:\n  assert not e.code, e.code\n"
-          "from hilam_jax.lam import depth_anything_convert as c\n"
+          "from hilam_jax.lam.uniskill import depth_anything_convert as c\n"
           f"c.load({os.path.join(out_dir, 'depth')!r})\n"
           "assert 'torch' not in sys.modules, 'torch was imported'\n")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -8,12 +8,13 @@ import pytest
 
 from experiments.configs import train_lam as train_lam_config
 from hilam_jax import training
-from hilam_jax.lam import depth_anything_convert
-from hilam_jax.lam import interface
+from hilam_jax.lam import frozen_lam
+from hilam_jax.lam import frozen_models
 from hilam_jax.lam import model as lam_model
 from hilam_jax.lam import trainer
-from hilam_jax.lam import uniskill_convert
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam.uniskill import convert as uniskill_convert
+from hilam_jax.lam.uniskill import depth_anything_convert
+from hilam_jax.lam.uniskill.idm import IDMConfig
 from experiments import uniskill_torch_reference as reference
 
 FRAME_GAP = 3  # not the tiny config's default (1): proves the checkpoint's config was read
@@ -52,8 +53,8 @@ def _frames(seed, image_size):
 
 @pytest.mark.parametrize("form", ["lam:{}", "{}"])
 def test_lam_specs_load_that_workdirs_latest_checkpoint(lam_workdir, form):
-  model = interface.load_frozen_model(form.format(lam_workdir))
-  assert isinstance(model, interface.FrozenLAM)
+  model = frozen_models.load_frozen_model(form.format(lam_workdir))
+  assert isinstance(model, frozen_lam.FrozenLAM)
   assert model.frame_gap == FRAME_GAP and model.image_size == (56, 56)
   frames = _frames(0, model.image_size)
   latest = trainer.load_frozen_lam(lam_workdir)
@@ -64,12 +65,12 @@ def test_lam_specs_load_that_workdirs_latest_checkpoint(lam_workdir, form):
 
 def test_step_reaches_the_checkpoint(lam_workdir):
   frames = _frames(1, (56, 56))
-  model = interface.load_frozen_model(f"lam:{lam_workdir}", step=1)
+  model = frozen_models.load_frozen_model(f"lam:{lam_workdir}", step=1)
   np.testing.assert_array_equal(model.encode(*frames),
                                 trainer.load_frozen_lam(lam_workdir, 1).encode(*frames))
-  assert (interface.frozen_model_fingerprint(f"lam:{lam_workdir}", 1)
+  assert (frozen_models.frozen_model_fingerprint(f"lam:{lam_workdir}", 1)
           == trainer.checkpoint_fingerprint(lam_workdir, 1))
-  assert (interface.frozen_model_fingerprint(lam_workdir)
+  assert (frozen_models.frozen_model_fingerprint(lam_workdir)
           != trainer.checkpoint_fingerprint(lam_workdir, 1))
 
 
@@ -78,25 +79,25 @@ def test_step_reaches_the_checkpoint(lam_workdir):
     ("runs/a", ("lam", "runs/a")), ("gs://bucket/run", ("lam", "gs://bucket/run")),
     ("lam:gs://bucket/run", ("lam", "gs://bucket/run")), ("./a:b", ("lam", "./a:b"))])
 def test_parse(spec, expected):
-  assert interface.parse_frozen_model(spec) == expected
+  assert frozen_models.parse_frozen_model(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["lamm:runs/a", "idm:/x", "UniSkill:/x"])
 def test_unknown_scheme_names_the_accepted_forms(spec):
   with pytest.raises(ValueError, match=r"unknown scheme.*'lam:<train_lam workdir>'.*"
                                        r"'uniskill:<converted dir>'"):
-    interface.load_frozen_model(spec)
+    frozen_models.load_frozen_model(spec)
 
 
 @pytest.mark.parametrize("spec", ["", "lam:", "uniskill:", None])
 def test_empty_specs_are_refused(spec):
   with pytest.raises(ValueError):
-    interface.parse_frozen_model(spec)
+    frozen_models.parse_frozen_model(spec)
 
 
 def test_uniskill_without_parts_names_every_missing_part(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
-    interface.load_frozen_model(f"uniskill:{tmp_path}")
+    frozen_models.load_frozen_model(f"uniskill:{tmp_path}")
   for part in ("idm", "depth", "fdm_unet", "fdm_vae"):
     assert part in str(error.value)
   assert "IDM + depth" in str(error.value) and "FDM" in str(error.value)
@@ -107,22 +108,22 @@ def test_uniskill_with_a_converted_idm_only_names_depth_and_fdm(tmp_path):
   reference.save_state_dict(reference.make_reference(config), tmp_path / "idm.pth")
   out_dir = tmp_path / "converted"
   uniskill_convert.convert_idm(str(tmp_path / "idm.pth"), str(out_dir / "idm"), config)
-  assert interface.missing_uniskill_parts(str(out_dir)) == {
+  assert frozen_models.missing_uniskill_parts(str(out_dir)) == {
       "depth": "depth/manifest.json", "fdm_unet": "unet/manifest.json",
       "fdm_vae": "vae/manifest.json"}
   with pytest.raises(FileNotFoundError, match=r"missing part\(s\) depth .*fdm_unet .*fdm_vae"
                      ) as error:
-    interface.load_frozen_model(f"uniskill:{out_dir}")
+    frozen_models.load_frozen_model(f"uniskill:{out_dir}")
   assert "idm (" not in str(error.value).split("UniSkillDynamics")[0]
   with pytest.raises(ValueError, match="step"):
-    interface.load_frozen_model(f"uniskill:{out_dir}", step=3)
+    frozen_models.load_frozen_model(f"uniskill:{out_dir}", step=3)
   # With a converted Depth-Anything too, only the FDM's parts are missing.
   from tests import test_depth_anything  # pylint: disable=g-import-not-at-top
   test_depth_anything.transformers.DepthAnythingForDepthEstimation(
       test_depth_anything.tiny_hf_config()).save_pretrained(str(tmp_path / "hf"))
   depth_anything_convert.convert(str(tmp_path / "hf"), str(out_dir / "depth"))
   with pytest.raises(FileNotFoundError, match=r"missing part\(s\) fdm_unet .*fdm_vae") as error:
-    interface.load_frozen_model(f"uniskill:{out_dir}")
+    frozen_models.load_frozen_model(f"uniskill:{out_dir}")
   assert "depth (" not in str(error.value).split("UniSkillDynamics")[0]
 
 

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from hilam_jax import lam
-from hilam_jax.lam import interface as lam_interface
+from hilam_jax.lam import frozen_lam
 from hilam_jax.skill import chunking
 from hilam_jax.skill import losses as skill_losses
 from hilam_jax.skill import model as skill_model
@@ -264,7 +264,7 @@ def test_reconstruction_gradient_reaches_model_not_frozen_lam():
   # The frozen LAM's parameters receive no gradient through the path skill_loss uses.
   z = jnp.asarray(rng.randn(3, CONFIG.latent_dim), jnp.float32)
   frames = batch["frame_t"][0, :3]
-  lam_grads = jax.grad(lambda lp: jnp.sum(lam_interface._per_sample_loss(  # pylint: disable=protected-access
+  lam_grads = jax.grad(lambda lp: jnp.sum(frozen_lam._per_sample_loss(  # pylint: disable=protected-access
       lam_module, lp, frames, z, batch["frame_tk"][0, :3])))(frozen.params)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(lam_grads))
 

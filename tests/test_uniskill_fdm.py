@@ -23,12 +23,12 @@ import pytest
 import torch
 from safetensors import numpy as safetensors_numpy
 
-from hilam_jax.lam import interface
-from hilam_jax.lam import uniskill_dynamics
-from hilam_jax.lam import uniskill_fdm
-from hilam_jax.lam import uniskill_fdm_convert as convert
-from hilam_jax.lam.uniskill_convert import ConversionError
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam import frozen_models
+from hilam_jax.lam.uniskill import dynamics as uniskill_dynamics
+from hilam_jax.lam.uniskill import fdm as uniskill_fdm
+from hilam_jax.lam.uniskill import fdm_convert as convert
+from hilam_jax.lam.uniskill.convert import ConversionError
+from hilam_jax.lam.uniskill.idm import IDMConfig
 from experiments import uniskill_torch_reference as reference
 from tests.test_uniskill_idm import FAST_COMPILE, compiled
 
@@ -251,7 +251,7 @@ def _frames(seed, batch=2, size=IDM.image_size):
 
 @pytest.fixture(scope="module")
 def dynamics(converted_dir):
-  return interface.load_frozen_model(f"uniskill:{converted_dir['dir']}")
+  return frozen_models.load_frozen_model(f"uniskill:{converted_dir['dir']}")
 
 
 @pytest.fixture(scope="module")
@@ -275,14 +275,14 @@ def test_load_frozen_model_builds_uniskill_dynamics(dynamics, converted_dir):
   z = compiled(jax.jit(dynamics.encode), frame_t, frame_tk)(frame_t, frame_tk)
   assert z.shape == (2, 8) and np.isfinite(z).all()
   assert np.abs(np.asarray(z)[0] - np.asarray(z)[1]).max() > 1e-4  # depends on the frames
-  fingerprint = interface.frozen_model_fingerprint(f"uniskill:{converted_dir['dir']}")
-  assert set(fingerprint["parts"]) == set(interface.UNISKILL_PARTS)
+  fingerprint = frozen_models.frozen_model_fingerprint(f"uniskill:{converted_dir['dir']}")
+  assert set(fingerprint["parts"]) == set(frozen_models.UNISKILL_PARTS)
   unet_manifest = json.load(open(os.path.join(converted_dir["dir"], "unet", "manifest.json")))
   assert fingerprint["parts"]["fdm_unet"]["source_sha256"] == unet_manifest["source"]["sha256"]
   assert fingerprint["parts"]["fdm_unet"]["params_sha256"] == unet_manifest["params_sha256"]
   assert fingerprint["dynamics"]["frame_gap"] == 4
   with pytest.raises(ValueError, match="step"):
-    interface.frozen_model_fingerprint(f"uniskill:{converted_dir['dir']}", step=1)
+    frozen_models.frozen_model_fingerprint(f"uniskill:{converted_dir['dir']}", step=1)
 
 
 def test_reconstruction_loss_is_a_frozen_deterministic_function_of_z(dynamics, loss_and_grads):
@@ -363,7 +363,7 @@ def test_launch_script_converts_unet_and_vae(fdm, tmp_path):
   printed = result.stdout
   assert f"unet: read {convert.BIN_FILE} (torch .bin" in printed
   assert f"vae: read {convert.SAFETENSORS_FILE} (safetensors" in printed
-  assert interface.missing_uniskill_parts(out_dir).keys() == {"idm", "depth"}
+  assert frozen_models.missing_uniskill_parts(out_dir).keys() == {"idm", "depth"}
   for part, library in (("unet", fdm["unet_bin"]), ("vae", fdm["vae_st"])):
     with open(os.path.join(out_dir, part, convert.MANIFEST_FILE)) as f:
       assert json.load(f)["params_sha256"] == library["manifest"]["params_sha256"]
@@ -449,7 +449,7 @@ def test_random_release_converts_into_a_loadable_directory(tmp_path):
   manifests = uniskill_dynamics.convert_release(
       out, **{k: release[k] for k in ("idm", "depth", "unet", "vae", "idm_config", "dynamics")})
   assert sorted(manifests) == ["depth", "idm", "unet", "vae"]
-  model = interface.load_frozen_model(f"uniskill:{out}")
+  model = frozen_models.load_frozen_model(f"uniskill:{out}")
   assert model.config.fdm_resolution == release["dynamics"]["fdm_resolution"]
   z = np.asarray(model.encode(*_frames(0, size=model.image_size[0])))
   assert z.shape == (2, IDM.skill_dim) and np.isfinite(z).all()

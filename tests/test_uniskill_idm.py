@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from hilam_jax.lam import uniskill_convert
-from hilam_jax.lam import uniskill_idm
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam.uniskill import convert as uniskill_convert
+from hilam_jax.lam.uniskill import idm as uniskill_idm
+from hilam_jax.lam.uniskill.idm import IDMConfig
 from experiments import uniskill_torch_reference as reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -343,7 +343,8 @@ def test_launch_script_converts_and_loading_never_imports_torch(converted, tmp_p
   assert "180 keys" in proc.stdout
   script = (
       "import sys\n"
-      "from hilam_jax.lam import uniskill_convert, uniskill_idm\n"
+      "from hilam_jax.lam.uniskill import convert as uniskill_convert\n"
+      "from hilam_jax.lam.uniskill import idm as uniskill_idm\n"
       f"config, variables = uniskill_convert.load_idm({os.path.join(out_dir, 'idm')!r})\n"
       "print(uniskill_idm.num_parameters(variables))\n"
       "assert 'torch' not in sys.modules, 'torch was imported'\n")

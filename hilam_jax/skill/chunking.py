@@ -34,9 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hilam_jax.skill.chunking_common import clip_grad_factor
+from hilam_jax.skill.chunking_common import EMA_PROB_MAX
+from hilam_jax.skill.chunking_common import EMA_PROB_MIN
+from hilam_jax.skill.chunking_common import ste_value
+
 IMPLS = ("reference", "fused", "pallas")
-EMA_PROB_MIN = 1e-4        # P_j is clipped to [EMA_PROB_MIN, 1 - EMA_PROB_MIN] in the EMA.
-EMA_PROB_MAX = 1.0 - 1e-4
 _NORM_EPS = 1e-12          # as torch.nn.functional.normalize in H-Net
 
 
@@ -228,18 +231,6 @@ def _ema_combine(left, right):
   return a1 * a2, a2 * u1 + u2
 
 
-def clip_grad_factor(p_raw):
-  """d clip(p, EMA_PROB_MIN, EMA_PROB_MAX) / dp, with jnp.clip's 0.5 at exact ties."""
-  inside = (p_raw > EMA_PROB_MIN) & (p_raw < EMA_PROB_MAX)
-  tie = (p_raw == EMA_PROB_MIN) | (p_raw == EMA_PROB_MAX)
-  return jnp.where(inside, 1.0, jnp.where(tie, 0.5, 0.0))
-
-
-def ste_value(confidence):
-  """Forward value of STE(c) = c + stop_gradient(1 - c) (1 up to rounding)."""
-  return confidence + (1.0 - confidence)
-
-
 def _dechunk_fused_forward(chunk_out, boundary_prob, confidence, boundary_index, chunk_index):
   p_raw = _gather_rows(boundary_prob.astype(jnp.float32), boundary_index, 0.0)   # [B, C]
   prob = jnp.clip(p_raw, EMA_PROB_MIN, EMA_PROB_MAX)
@@ -377,6 +368,7 @@ def chunk(x, routing: RoutingOutput, capacity: int, *, impl="fused") -> ChunkOut
   if impl == "fused":
     chunks = _chunk_fused(x, boundary_index)
   else:
+    # Lazy: Pallas (jax.experimental.pallas with its TPU and Triton parts) adds ~0.3 s to an import.
     from hilam_jax.skill import chunking_pallas  # pylint: disable=g-import-not-at-top
     chunks = chunking_pallas.chunk_pallas(x, boundary_index)
   return ChunkOutput(chunks=chunks, chunk_mask=jnp.arange(capacity)[None, :] < num[:, None],
@@ -399,6 +391,7 @@ def dechunk(chunk_out, routing: RoutingOutput, chunk: ChunkOutput, mask, *, impl
   if impl == "fused":
     return _dechunk_fused(chunk_out, routing.boundary_prob, routing.confidence,
                           chunk.boundary_index, chunk_index)
+  # Lazy, as in `chunk`.
   from hilam_jax.skill import chunking_pallas  # pylint: disable=g-import-not-at-top
   return chunking_pallas.dechunk_pallas(chunk_out, routing.boundary_prob, routing.confidence,
                                         chunk.boundary_index, chunk_index)

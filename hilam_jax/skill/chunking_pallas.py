@@ -37,7 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
-from hilam_jax.skill import chunking
+from hilam_jax.skill import chunking_common as common
 
 _HI = jax.lax.Precision.HIGHEST
 TILE_MIN = 16  # Triton's tl.dot needs every operand dimension >= 16
@@ -166,7 +166,7 @@ def _dechunk_fwd_kernel(zhat_ref, p_row_ref, c_col_ref, bidx_col_ref, cidx_col_r
                         axis=1, keepdims=True)
 
   def body(j, prev):                                            # prev [1, D]
-    prob = jnp.clip(praw_ref[0, pl.ds(j, 1), :], chunking.EMA_PROB_MIN, chunking.EMA_PROB_MAX)
+    prob = jnp.clip(praw_ref[0, pl.ds(j, 1), :], common.EMA_PROB_MIN, common.EMA_PROB_MAX)
     zhat_j = zhat_ref[0, pl.ds(j, 1), :].astype(jnp.float32)
     z = prob * zhat_j + (1.0 - prob) * prev
     zbar_ref[0, pl.ds(j, 1), :] = z
@@ -174,7 +174,7 @@ def _dechunk_fwd_kernel(zhat_ref, p_row_ref, c_col_ref, bidx_col_ref, cidx_col_r
 
   jax.lax.fori_loop(0, capacity, body, jnp.zeros((1, dim), jnp.float32))
   ztilde = _dot(_onehot(length, capacity, cidx_col_ref[0], axis=1), zbar_ref[0])  # [L, D]
-  out_ref[0] = (ztilde * chunking.ste_value(c_col_ref[0])).astype(out_ref.dtype)
+  out_ref[0] = (ztilde * common.ste_value(c_col_ref[0])).astype(out_ref.dtype)
 
 
 def _dechunk_bwd_kernel(dout_ref, zhat_ref, zbar_ref, praw_ref, c_col_ref, cidx_col_ref,
@@ -187,7 +187,7 @@ def _dechunk_bwd_kernel(dout_ref, zhat_ref, zbar_ref, praw_ref, c_col_ref, cidx_
   c = c_col_ref[0]                                              # [L, 1]
   ztilde = _dot(_onehot(length, capacity, cidx_col_ref[0], axis=1), zbar_ref[0])
   dc_ref[0] = jnp.sum(dout * ztilde, axis=1, keepdims=True)
-  dztilde = dout * chunking.ste_value(c)
+  dztilde = dout * common.ste_value(c)
   # dzbar [C, D] (scatter-add as a matmul); dzhat_ref holds it until row j is overwritten.
   dzhat_ref[0] = _dot(_onehot(capacity, length, cidx_row_ref[0], axis=0), dztilde)
 
@@ -195,12 +195,12 @@ def _dechunk_bwd_kernel(dout_ref, zhat_ref, zbar_ref, praw_ref, c_col_ref, cidx_
     g_next, decay_next = carry                                  # [1, D], [1, 1]
     j = capacity - 1 - i
     p_raw = praw_ref[0, pl.ds(j, 1), :]                         # [1, 1]
-    prob = jnp.clip(p_raw, chunking.EMA_PROB_MIN, chunking.EMA_PROB_MAX)
+    prob = jnp.clip(p_raw, common.EMA_PROB_MIN, common.EMA_PROB_MAX)
     g = dzhat_ref[0, pl.ds(j, 1), :] + decay_next * g_next
     prev = zbar_ref[0, pl.ds(jnp.maximum(j - 1, 0), 1), :] * (j > 0).astype(jnp.float32)
     zhat_j = zhat_ref[0, pl.ds(j, 1), :].astype(jnp.float32)
     dprob = jnp.sum(g * (zhat_j - prev), axis=1, keepdims=True)
-    dprob_ref[0, pl.ds(j, 1), :] = dprob * chunking.clip_grad_factor(p_raw)
+    dprob_ref[0, pl.ds(j, 1), :] = dprob * common.clip_grad_factor(p_raw)
     dzhat_ref[0, pl.ds(j, 1), :] = prob * g
     return g, 1.0 - prob
 

@@ -37,6 +37,7 @@ from absl import logging
 from data_pipeline import run_info
 from data_pipeline import statistics
 from hilam_jax import training
+from hilam_jax.lam import frozen_models
 from hilam_jax.lam import interface
 from hilam_jax.lam import labeling
 from hilam_jax.skill import losses
@@ -299,7 +300,7 @@ def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, l
 
 
 def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
-  """The frozen model for L_rec: `config.frozen_model` (`interface.load_frozen_model` spec),
+  """The frozen model for L_rec: `config.frozen_model` (`frozen_models.load_frozen_model` spec),
   else the LAM the label manifest names.
 
   Its frame gap k and latent size must be those of the labels (else the pairs would not be the
@@ -313,8 +314,8 @@ def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
     if not checkpoint_dir:
       raise ValueError(f"lambda_rec > 0: set config.frozen_model (the label manifest of "
                        f"{config.data.labels_dir} names no LAM checkpoint)")
-    spec = f"{interface.LAM_SCHEME}:{os.path.dirname(checkpoint_dir)}"
-  lam = interface.load_frozen_model(spec)
+    spec = f"{frozen_models.LAM_SCHEME}:{os.path.dirname(checkpoint_dir)}"
+  lam = frozen_models.load_frozen_model(spec)
   check_lam_matches_labels(lam, manifest)
   logging.info("L_rec: frozen model %s (k = %d, image size %s)", spec, lam.frame_gap,
                lam.image_size)

@@ -3,7 +3,7 @@
 UniSkill (arXiv 2505.08787) encodes a frame pair (I_t, I_{t+k}) into a 64-d skill latent from the
 RGB frames and their Depth-Anything-V2 depth maps; one more head maps the latent to the single
 768-d token that conditions its diffusion FDM. This module reproduces the released `idm.pth`
-architecture (../shared/UNISKILL.md) so that `uniskill_convert` can load it:
+architecture (../shared/UNISKILL.md) so that `uniskill.convert` can load it:
 
   RGB    ImageNet normalisation -> ResNet-18 trunk (no avgpool/fc, frozen BatchNorm running
          statistics) -> bilinear x2 upsampling -> N tokens x C_rgb
@@ -17,7 +17,7 @@ architecture (../shared/UNISKILL.md) so that `uniskill_convert` can load it:
          latent_norm -> latent_proj = the FDM's conditioning token
 
 The parameter tree mirrors the PyTorch names (`visual_encoder/layer1_0/conv1`,
-`transformer/layers_3/spatial_attn/query`, ...); `uniskill_convert` holds the key-by-key map.
+`transformer/layers_3/spatial_attn/query`, ...); `uniskill.convert` holds the key-by-key map.
 This module never imports torch.
 
 Dimension glossary:

@@ -4,7 +4,7 @@ Stable Diffusion VAE encoder, for converted frozen weights.
 UniSkill's FDM is a Stable Diffusion 1.x `UNet2DConditionModel` with 8 input channels (the noisy
 VAE latent of I_{t+k} concatenated with the VAE latent of I_t), conditioned through
 cross-attention on one token, the IDM's 64-d skill mapped to 768 (../shared/UNISKILL.md). This
-module computes what diffusers' PyTorch classes compute, so `uniskill_fdm_convert` can load a
+module computes what diffusers' PyTorch classes compute, so `uniskill.fdm_convert` can load a
 `save_pretrained` folder:
 
   UNet   sinusoidal timestep embedding (diffusers' flip_sin_to_cos / freq_shift) -> Dense, SiLU,
@@ -20,7 +20,7 @@ module computes what diffusers' PyTorch classes compute, so `uniskill_fdm_conver
 
 Parameter names are the PyTorch module paths with "." as "_" down to a block
 (`down_blocks_0_resnets_1/conv1`, `mid_block_attentions_0/transformer_blocks_0/attn2/to_k`,
-`encoder_mid_block_attentions_0/group_norm`); `uniskill_fdm_convert` holds the key-by-key map. Layout is NHWC; a
+`encoder_mid_block_attentions_0/group_norm`); `uniskill.fdm_convert` holds the key-by-key map. Layout is NHWC; a
 Transformer2D's tokens are the H x W positions in row-major order, as torch's
 `permute(0, 2, 3, 1).reshape(B, H * W, C)`. GroupNorm groups and epsilons are read from the
 config (diffusers fixes the VAE's epsilon at 1e-6, the Transformer2D's GroupNorm epsilon at 1e-6

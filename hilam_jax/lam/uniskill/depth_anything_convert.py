@@ -13,7 +13,7 @@ to q_proj/... only in memory and writes the released names back).
                                   output's sha256, package versions
 
 and `load(out_dir)` reads them back (sha256 and every shape checked). For UniSkill the folder is
-`<converted dir>/depth` (`interface.UNISKILL_PARTS`).
+`<converted dir>/depth` (`frozen_models.UNISKILL_PARTS`).
 
 Per key: Conv2d weight [O, I, kh, kw] -> kernel [kh, kw, I, O]; ConvTranspose2d weight
 [I, O, f, f] -> kernel [I, f, f, O]; Linear weight [out, in] -> kernel [in, out]; LayerNorm
@@ -32,10 +32,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from data_pipeline import run_info
-from hilam_jax.lam import depth_anything
-from hilam_jax.lam import uniskill_convert as common
-from hilam_jax.lam.depth_anything import DepthConfig
-from hilam_jax.lam.uniskill_convert import ConversionError, KeyRule
+from hilam_jax.lam.uniskill import depth_anything
+from hilam_jax.lam.uniskill import convert as common
+from hilam_jax.lam.uniskill.depth_anything import DepthConfig
+from hilam_jax.lam.uniskill.convert import ConversionError, KeyRule
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

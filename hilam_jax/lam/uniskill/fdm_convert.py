@@ -9,8 +9,8 @@ was read (`source.weights_file`, `source.weights_format`) and the converter prin
   convert_unet(folder, out_dir) -> <out_dir>/{unet_params.msgpack, manifest.json}
   convert_vae(folder, out_dir)  -> <out_dir>/{vae_params.msgpack, manifest.json}
 
-(for UniSkill: <converted dir>/unet and <converted dir>/vae, `interface.UNISKILL_PARTS`), and
-`load_unet` / `load_vae` read them back, checking the params file's sha256 and every shape.
+(for UniSkill: <converted dir>/unet and <converted dir>/vae, `frozen_models.UNISKILL_PARTS`),
+and `load_unet` / `load_vae` read them back, checking the params file's sha256 and every shape.
 
 The key maps are exhaustive and strict: a key missing from the file, a key the map does not
 know, a shape other than the config implies, or a non-float tensor is a `ConversionError` naming
@@ -32,10 +32,10 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from data_pipeline import run_info
-from hilam_jax.lam import uniskill_convert as common
-from hilam_jax.lam import uniskill_fdm
-from hilam_jax.lam.uniskill_convert import ConversionError, KeyRule
-from hilam_jax.lam.uniskill_fdm import UNetConfig, VAEConfig
+from hilam_jax.lam.uniskill import convert as common
+from hilam_jax.lam.uniskill import fdm as uniskill_fdm
+from hilam_jax.lam.uniskill.convert import ConversionError, KeyRule
+from hilam_jax.lam.uniskill.fdm import UNetConfig, VAEConfig
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "diffusion_pytorch_model.safetensors"

@@ -45,9 +45,9 @@ import numpy as np
 from flax import serialization
 
 from data_pipeline import run_info
-from hilam_jax.lam import uniskill_idm
+from hilam_jax.lam.uniskill import idm as uniskill_idm
 from hilam_jax.training import checkpoint
-from hilam_jax.lam.uniskill_idm import IDMConfig
+from hilam_jax.lam.uniskill.idm import IDMConfig
 
 VARIABLES_FILE = "idm_variables.msgpack"
 MANIFEST_FILE = "manifest.json"

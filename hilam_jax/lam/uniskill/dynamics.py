@@ -42,13 +42,13 @@ import numpy as np
 
 from data_pipeline import run_info
 from hilam_jax import config_io
-from hilam_jax.lam import depth_anything
-from hilam_jax.lam import depth_anything_convert
+from hilam_jax.lam.uniskill import depth_anything
+from hilam_jax.lam.uniskill import depth_anything_convert
 from hilam_jax.lam import interface
-from hilam_jax.lam import uniskill_convert
-from hilam_jax.lam import uniskill_fdm
-from hilam_jax.lam import uniskill_fdm_convert
-from hilam_jax.lam import uniskill_idm
+from hilam_jax.lam.uniskill import convert as uniskill_convert
+from hilam_jax.lam.uniskill import fdm as uniskill_fdm
+from hilam_jax.lam.uniskill import fdm_convert as uniskill_fdm_convert
+from hilam_jax.lam.uniskill import idm as uniskill_idm
 
 DYNAMICS_FILE = "dynamics.json"  # optional DynamicsConfig overrides in a converted directory
 SCHEDULER_FILE = os.path.join("scheduler", "scheduler_config.json")  # optional, diffusers layout
@@ -235,10 +235,10 @@ def _per_sample_loss(static: _Static, params: dict, frame_t: jax.Array, z: jax.A
 class UniSkillDynamics(interface.FrozenDynamicsModel):
   """UniSkill's IDM (+ Depth-Anything depth) and diffusion FDM, frozen.
 
-  Build with `from_converted(dir)` (what `interface.load_frozen_model('uniskill:<dir>')` does) or
-  from the parts' (config, variables) pairs. Parameters are copied into jax arrays held by the
-  object and pass through `stop_gradient`; the methods are jitted pure functions, usable inside a
-  caller's jit / grad.
+  Build with `from_converted(dir)` (what `frozen_models.load_frozen_model('uniskill:<dir>')`
+  does) or from the parts' (config, variables) pairs. Parameters are copied into jax arrays held
+  by the object and pass through `stop_gradient`; the methods are jitted pure functions, usable
+  inside a caller's jit / grad.
   """
 
   def __init__(self, idm: tuple[uniskill_idm.IDMConfig, dict],
@@ -276,7 +276,7 @@ class UniSkillDynamics(interface.FrozenDynamicsModel):
   @classmethod
   def from_converted(cls, converted_dir: str,
                      config: Optional[DynamicsConfig] = None) -> "UniSkillDynamics":
-    """Loads every part of a converted directory (`interface.UNISKILL_PARTS`). The config is
+    """Loads every part of a converted directory (`frozen_models.UNISKILL_PARTS`). The config is
     `config`, else `<dir>/dynamics.json` (DynamicsConfig fields) if present, else the defaults;
     the schedule comes from `<dir>/scheduler/scheduler_config.json` when that exists and the
     config does not come from the caller."""
@@ -332,7 +332,7 @@ def convert_release(out_dir: str, *, idm: Optional[str] = None, depth: Optional[
                     dynamics: Optional[dict] = None) -> dict[str, dict]:
   """Converts the given parts of UniSkill's release into `out_dir`/<part> (strict, pickle-free;
   `uniskill_convert`, `depth_anything_convert`, `uniskill_fdm_convert`) and returns
-  {part: manifest}. With all four, `out_dir` is what `interface.load_frozen_model(
+  {part: manifest}. With all four, `out_dir` is what `frozen_models.load_frozen_model(
   "uniskill:<out_dir>")` loads; the IDM alone serves `UniSkillDynamics`-free labeling with given
   depth (`uniskill_idm.idm_skill`).
 
