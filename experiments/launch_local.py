@@ -8,12 +8,15 @@
 Every process gets `--coordinator_address=127.0.0.1:<free port> --num_processes=N
 --process_id=i` (the flags of `experiments/launch.py`); `{process_id}` in the script's
 arguments is replaced by i. Output lines are prefixed with "[i]". If one process fails, the
-others are stopped; the exit code is the first failure's (0 when all succeed).
+others are stopped: SIGTERM, then SIGKILL for any still running --stop_grace_seconds later (a
+process waiting in a collective for the failed one cannot act on SIGTERM); the exit code is the
+first failure's (0 when all succeed) and stderr names that process.
 """
 import os
 import subprocess
 import sys
 import threading
+import time
 
 from absl import app
 from absl import flags
@@ -25,6 +28,9 @@ _DEVICES = flags.DEFINE_integer(
     "devices_per_process", 0, "Forced CPU devices per process (XLA_FLAGS "
     "--xla_force_host_platform_device_count; JAX_PLATFORMS=cpu); 0: leave the devices alone.")
 _PORT = flags.DEFINE_integer("port", 0, "Coordinator port on 127.0.0.1 (0: a free one).")
+_GRACE = flags.DEFINE_float(
+    "stop_grace_seconds", 10.0, "After a process fails, the others get SIGTERM, and SIGKILL if "
+    "still running this many seconds later.")
 
 
 def _pump(index: int, stream) -> None:
@@ -58,9 +64,16 @@ def main(argv):
     processes.append(process)
     pumps.append(pump)
   code = 0
+  kill_at = None  # when the processes still running after a failure get SIGKILL
   try:
     remaining = list(processes)
     while remaining:
+      if kill_at is not None and time.monotonic() >= kill_at:
+        for other in remaining:
+          print(f"process {processes.index(other)} still running {_GRACE.value:g} s after "
+                "SIGTERM: killing it", file=sys.stderr)
+          other.kill()
+        kill_at = float("inf")
       for process in list(remaining):
         try:
           rc = process.wait(timeout=0.5)
@@ -73,6 +86,7 @@ def main(argv):
                 file=sys.stderr)
           for other in remaining:
             other.terminate()
+          kill_at = time.monotonic() + _GRACE.value
   except KeyboardInterrupt:
     for process in processes:
       process.terminate()

@@ -60,13 +60,48 @@ def test_launch_local_starts_one_job_of_n_processes(tmp_path):
 
 
 def test_launch_local_stops_everything_when_a_process_fails(tmp_path):
+  """Process 1 of 2 crashes once the job is up (--fail_process=1); process 0, asked for 100,000
+  steps of 0.05 s, would wait for it in its next collective. The launcher names process 1, exits
+  with its code, and stops process 0 within the grace period (SIGTERM, then SIGKILL)."""
   import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.launch_local", "--num_processes=2", "--",
-       "tests.training_worker", "--num_steps=-1", "--no_such_flag"],
-      cwd=repo, capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
-  assert "exited with" in result.stderr
+  for i in range(2):
+    (tmp_path / f"p{i}").mkdir()
+  with open(tmp_path / "out.txt", "w") as out:
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "experiments.launch_local", "--num_processes=2",
+         "--stop_grace_seconds=2", "--", "tests.training_worker",
+         f"--train_dir={tmp_path}/p{{process_id}}", "--num_steps=100000", "--step_seconds=0.05",
+         "--fail_process=1"],
+        cwd=repo, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  # Whatever happens, nothing of the job outlives the test (the workers share its session).
+  guard = threading.Timer(300, lambda: os.killpg(launcher.pid, signal.SIGKILL))
+  guard.start()
+  try:
+    errors, failure, failed_at = [], None, None
+    for line in launcher.stderr:
+      errors.append(line)
+      if "exited with" in line:
+        failure, failed_at = line, time.monotonic()
+        break
+    assert failed_at is not None, "".join(errors) + (tmp_path / "out.txt").read_text()[-3000:]
+    code = launcher.wait(timeout=60)
+    stopped_after = time.monotonic() - failed_at
+    errors += launcher.stderr.readlines()
+  finally:
+    guard.cancel()
+    if launcher.poll() is None:
+      os.killpg(launcher.pid, signal.SIGKILL)
+      launcher.wait()
+  report = "".join(errors)
+  assert failure.startswith("process 1 exited with 1: stopping the others"), report
+  assert "process 0 exited with" not in report, report
+  assert code == 1, report
+  # Grace period 2 s (then SIGKILL) and 0.5 s polls; without the stop, process 0 would sit in
+  # its collective until gloo's 30 s timeout.
+  assert stopped_after < 12, (stopped_after, report)

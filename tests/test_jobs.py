@@ -84,10 +84,22 @@ def test_bad_graphs_are_refused_before_running(graph, message):
     jobs.run_jobs(graph, num_workers=0)
 
 
-def test_worker_env_is_set_in_workers():
-  results = jobs.run_jobs([jobs.Job("env", _env, {"key": "OMP_NUM_THREADS"})], num_workers=1,
-                          worker_env=jobs.single_thread_env())
-  assert results["env"] == "1"
+def test_worker_env_is_set_in_workers(monkeypatch):
+  # The parent's values differ from single_thread_env's (the test run may set some of them).
+  monkeypatch.setenv("OMP_NUM_THREADS", "7")
+  monkeypatch.delenv("HILAM_TF_DATA_AUTOTUNE", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  monkeypatch.setenv("HILAM_TEST_UNTOUCHED", "kept")
+  keys = ("OMP_NUM_THREADS", "HILAM_TF_DATA_AUTOTUNE", "XLA_FLAGS", "HILAM_TEST_UNTOUCHED")
+  graph = [jobs.Job(k, _env, {"key": k}) for k in keys]
+  assert jobs.run_jobs(graph, num_workers=1) == {  # without worker_env: the parent's
+      "OMP_NUM_THREADS": "7", "HILAM_TF_DATA_AUTOTUNE": None,
+      "XLA_FLAGS": "--xla_cpu_enable_fast_math=false", "HILAM_TEST_UNTOUCHED": "kept"}
+  assert jobs.run_jobs(graph, num_workers=1, worker_env=jobs.single_thread_env()) == {
+      "OMP_NUM_THREADS": "1", "HILAM_TF_DATA_AUTOTUNE": "0",
+      "XLA_FLAGS": "--xla_cpu_enable_fast_math=false --xla_cpu_multi_thread_eigen=false "
+                   "intra_op_parallelism_threads=1",
+      "HILAM_TEST_UNTOUCHED": "kept"}
 
 
 def _sleep_and_log(path: str, name: str, seconds: float) -> None:

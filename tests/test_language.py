@@ -1,4 +1,7 @@
 """Language encoders: Flax MiniLM parity with sentence-transformers, bucketing, cache, hash encoder."""
+import os
+import zlib
+
 import numpy as np
 import pytest
 
@@ -114,14 +117,49 @@ def test_cached_encoder_embeds_each_string_once():
   assert cached.embed([]).shape == (0, 32) and len(cached) == 4 and len(counting.calls) == 2
 
 
-def test_hash_encoder_deterministic_and_normalised():
+def _projection_rows(num_buckets=4096, dim=384, seed=0):
+  return np.random.default_rng(seed).standard_normal((num_buckets, dim)).astype(np.float32)
+
+
+def _bucket(trigram, num_buckets=4096):
+  return zlib.crc32(trigram.encode("utf-8")) % num_buckets
+
+
+def test_hash_encoder_is_the_documented_closed_form():
+  """The sum of the seeded Gaussian rows of the crc32 buckets of the trigrams of "<<text>>"
+  (lower-cased), L2-normalised; the trigrams are written out here."""
+  rows = _projection_rows()
+  want = {
+      "Ab": ["<<a", "<ab", "ab>", "b>>"],
+      "": ["<<>", "<>>"],
+      "aaaa": ["<<a", "<aa", "aaa", "aaa", "aa>", "a>>"],  # a repeated trigram counts twice
+  }
+  got = make_encoder("hash").embed(list(want))
+  assert got.shape == (3, 384) and got.dtype == np.float32
+  for row, trigrams in zip(got, want.values()):
+    vector = np.sum([rows[_bucket(t)] for t in trigrams], axis=0)
+    np.testing.assert_allclose(row, vector / np.linalg.norm(vector), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(HashEncoder().embed(["aB", b"ab"]), got[[0, 0]])  # case, bytes
+  small = HashEncoder(dim=16, num_buckets=64, seed=3).embed(["x"])
+  vector = sum(_projection_rows(64, 16, 3)[_bucket(t, 64)] for t in ("<<x", "<x>", "x>>"))
+  np.testing.assert_allclose(small[0], vector / np.linalg.norm(vector), rtol=1e-5, atol=1e-6)
+
+
+def test_hash_encoder_same_in_every_process_and_discriminative():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
   texts = ["pick up the red ball", "grab the red ball", "open the door on the left", ""]
-  a = make_encoder("hash").embed(texts)
-  b = HashEncoder().embed(texts)
-  assert a.shape == (4, 384) and a.dtype == np.float32
-  np.testing.assert_array_equal(a, b)
-  np.testing.assert_allclose(np.linalg.norm(a, axis=-1), 1.0, atol=1e-6)
-  assert a[0] @ a[1] > a[0] @ a[2]  # shared trigrams -> closer
-  assert make_encoder("hash", dim=16).embed(["x"]).shape == (1, 16)
+  here = HashEncoder().embed(texts)
+  script = ("import sys; from hilam_jax.language import HashEncoder; "
+            f"sys.stdout.write(HashEncoder().embed({texts!r}).tobytes().hex())")
+  for hash_seed in ("1", "2"):  # str hashes differ between these processes; crc32 must not
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}).stdout
+    np.testing.assert_array_equal(np.frombuffer(bytes.fromhex(out), np.float32).reshape(4, 384),
+                                  here)
+  np.testing.assert_allclose(np.linalg.norm(here, axis=-1), 1.0, atol=1e-6)
+  cosine = here @ here.T
+  assert cosine[0, 1] > cosine[0, 2]  # shared trigrams -> closer
+  assert np.all(cosine[~np.eye(4, dtype=bool)] < 0.99)  # different texts, different vectors
   with pytest.raises(ValueError, match="registered"):
     make_encoder("no-such-encoder")

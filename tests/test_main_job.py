@@ -59,8 +59,15 @@ def test_main_job_runs_every_stage_and_writes_the_report(main_job):
   ceiling = results["skills"]["result"]["ceiling"]
   assert set(ceiling["video"]) == {"z0", "z0_zscore"}
   assert set(ceiling["demos"]) == {"z0", "z0_zscore", "action"}
-  assert all(0 <= rows["exact_l2"]["f1"] <= 1 for signals in ceiling.values()
-             for rows in signals.values())
+  for signals in ceiling.values():
+    for rows in signals.values():
+      # Told each episode's true count, the exact segmenter predicts that many boundaries, so
+      # P = R = F1 = matched / true boundaries.
+      exact = rows["exact_l2"]
+      assert exact["predicted"] == exact["ground_truth"] == rows["boundaries"], rows
+      found = exact["true_positives"] / rows["boundaries"] if rows["boundaries"] else 0.0
+      np.testing.assert_allclose([exact["precision"], exact["recall"], exact["f1"]], found,
+                                 rtol=1e-12)
   assert "jax" in results["versions"] and results["seeds"] == [0]
   # Every policy run's validation curve is in the report's convergence section.
   assert results["convergence"] and all(c["eval_loss"] for c in results["convergence"].values())
@@ -144,9 +151,14 @@ def test_benchmark_script_runs(main_job, mode):
   out = _run(["experiments.benchmark_pipeline", f"--mode={mode}", f"--dataset_dir={dataset_dir}",
               "--batch_size=8", "--num_batches=3", "--shuffle_buffer=32"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
-  assert result["frames_per_second"] > 0 and result["peak_rss_mb"] > 0
-  assert result["example_shapes"]["observation/image_primary" if mode != "plain" else "image"][
-      0] == 8
+  # 3 batches of 8 frames (the warm-up excluded) in the seconds it reports.
+  assert (result["batches"], result["batch_size"]) == (3, 8)
+  assert result["frames_per_second"] == pytest.approx(3 * 8 / result["seconds"], rel=1e-9)
+  shapes = result["example_shapes"]
+  assert shapes["observation/image_primary" if mode != "plain" else "image"] == [8, 56, 56, 3]
+  assert shapes["action"] == ([8] if mode == "plain" else [8, 10])  # action_horizon=10
+  assert ("next_observation/image_primary" in shapes) == (mode == "pairs")
+  assert result["peak_rss_mb"] > 200  # MB (ru_maxrss is KiB): TensorFlow alone takes more
 
 
 def test_teardown_benchmark_runs(main_job):
@@ -155,10 +167,15 @@ def test_teardown_benchmark_runs(main_job):
   out = _run(["experiments.benchmark_teardown", f"--run_dir={run_dir}", "--pairs=1",
               "--num_steps=3"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
+  assert result["num_steps"] == 3 and result["run_dir"] == run_dir
   for arm in ("on", "off"):
-    (run,) = result["runs"][arm]
-    assert run["train_s"] > 0 and run["tail_s"] >= 0
-  assert result["train_ratio_off_over_on"] > 0
+    (run,) = result["runs"][arm]  # one pair: one run per arm, the median is that run
+    assert run["train_s"] > 0 and run["tail_s"] >= 0  # start < final evaluation <= return
+    assert result["median"][arm] == run
+  on, off = result["runs"]["on"][0], result["runs"]["off"][0]
+  assert result["train_ratio_off_over_on"] == pytest.approx(off["train_s"] / on["train_s"])
+  assert result["tail_ratio_off_over_on"] == pytest.approx(
+      off["tail_s"] / max(on["tail_s"], 1e-9))
 
 
 def test_all_dataset_families_registered():
@@ -173,7 +190,11 @@ def test_policy_latency_benchmark_runs():
               "--num_calls=20", "--skill_dim=8"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
   assert result["num_calls"] == 20
-  assert result["act_ms_median"]["hilam"] > 0 and result["act_ms_median"]["baku"] > 0
+  for policy in ("baku", "hilam"):
+    assert result["act_ms_median"][policy] <= result["act_ms_p90"][policy]
+  assert set(result["forward_ms_median"]) == {"baku_network", "hilam_high_network",
+                                              "hilam_low_network"}
+  assert result["hilam_meets_target"] == (result["act_ms_median"]["hilam"] <= result["target_ms"])
   assert result["params"]["hilam"] > result["params"]["baku"]
 
 

@@ -98,14 +98,18 @@ def test_convergence_reads_every_run_including_linked_ones(tmp_path):
 
 def test_cells_cover_methods_fractions_seeds_and_ablations():
   config = main_config.get_config("default")
+  config.methods, config.fractions, config.seeds = ("baku", "hilam"), (0.1, 1.0), (0, 1)
+  config.ablations, config.ablation_fractions = ("hilam_s1_z0",), (0.1,)
   cells = experiment.cells(config)
-  assert len(cells) == len(set(cells))
-  expected = {(m, f, s) for m in config.methods for f in config.fractions for s in config.seeds}
-  expected |= {(m, f, s) for m in config.ablations for f in config.ablation_fractions
-               for s in config.seeds}
-  assert set(cells) == expected
-  config.ablation_fractions = ()
-  assert {f for m, f, _ in experiment.cells(config) if m in config.ablations} == {1.0}
+  assert len(cells) == 10  # 2 methods x 2 fractions x 2 seeds + 1 ablation x 1 fraction x 2 seeds
+  assert set(cells) == {
+      ("baku", 0.1, 0), ("baku", 0.1, 1), ("baku", 1.0, 0), ("baku", 1.0, 1),
+      ("hilam", 0.1, 0), ("hilam", 0.1, 1), ("hilam", 1.0, 0), ("hilam", 1.0, 1),
+      ("hilam_s1_z0", 0.1, 0), ("hilam_s1_z0", 0.1, 1)}
+  # No ablation fractions given: the ablations run at the largest fraction only.
+  config.fractions, config.ablation_fractions = (0.5, 0.1, 0.3), ()
+  assert sorted(c for c in experiment.cells(config) if c[0] == "hilam_s1_z0") == [
+      ("hilam_s1_z0", 0.5, 0), ("hilam_s1_z0", 0.5, 1)]
 
 
 def test_planner_shares_pretraining_within_a_seed(tmp_path):

@@ -147,6 +147,9 @@ def main(argv):
   parser.add_argument("--checkpoint_dir", default=None)
   parser.add_argument("--train_dir", default=None)
   parser.add_argument("--step_seconds", type=float, default=0.0)
+  parser.add_argument("--fail_process", type=int, default=None,
+                      help="This process index raises once the job is up (a crash in one "
+                      "process of a multi-process run).")
   # A multi-process run (hilam_jax.training.distributed): all three or none.
   parser.add_argument("--coordinator_address", default=None)
   parser.add_argument("--num_processes", type=int, default=None)
@@ -154,6 +157,8 @@ def main(argv):
   args = parser.parse_args(argv[1:])
   from hilam_jax.training import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  if args.fail_process is not None and jax.process_index() == args.fail_process:
+    raise RuntimeError(f"process {args.fail_process} fails on purpose (--fail_process)")
   if args.train_dir:
     train_resumable(args.train_dir, args.num_steps, args.step_seconds)
     return

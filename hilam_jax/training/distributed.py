@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any, Mapping, Optional
 
 import jax
@@ -81,6 +82,28 @@ def explicit_settings(coordinator_address: Optional[str] = None,
   return address, count, index
 
 
+def _exit_at_once_on_uncaught_exception() -> None:
+  """An uncaught exception ends this process right after its traceback is printed.
+
+  Otherwise JAX's exit handler (`jax.distributed.shutdown`) waits at a barrier for every other
+  process, for up to 300 s, while they wait for this one in their next collective: nothing
+  exits, and whichever process times out first looks like the one that failed. Interrupts
+  (Ctrl-C, `preemption.Preempted`) keep the normal exit, where the barrier is what lets every
+  process stop together.
+  """
+  previous = sys.excepthook
+
+  def hook(kind, value, traceback):
+    previous(kind, value, traceback)
+    if not issubclass(kind, KeyboardInterrupt):
+      logging.flush()
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(1)  # pylint: disable=protected-access
+
+  sys.excepthook = hook
+
+
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None) -> dict[str, Any]:
   """Joins the multi-process job described by the arguments / environment (module docstring).
@@ -106,6 +129,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                                  process_id=index)
     else:
       jax.distributed.initialize()
+    _exit_at_once_on_uncaught_exception()
   _initialized = {"mode": mode, "process_index": jax.process_index(),
                   "process_count": jax.process_count(),
                   "local_device_count": jax.local_device_count(),
