@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
+import numpy as np
+
 
 def heldout_split(episode_ids: Sequence[str]) -> tuple[list[str], list[str]]:
   """(validation ids, test ids): sha256(episode id) even -> validation, odd -> test.
@@ -29,3 +31,12 @@ def heldout_split(episode_ids: Sequence[str]) -> tuple[list[str], list[str]]:
     val, test = sorted(by_hash[:half]), sorted(by_hash[half:])
   return val, test
 
+
+
+def heldout_test_mask(episode_ids: Sequence[str | bytes]) -> np.ndarray:
+  """bool [N]: True where an item's episode id (str, or bytes as the RLDS readers give them) is
+  in the test half of `heldout_split` over the distinct ids, False where it is in validation."""
+  ids = [e.decode() if isinstance(e, bytes) else str(e) for e in episode_ids]
+  _, test = heldout_split(sorted(set(ids)))
+  test = set(test)
+  return np.array([e in test for e in ids], bool)

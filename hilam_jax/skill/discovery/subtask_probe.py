@@ -1,11 +1,14 @@
 """Linear probes from per-frame features (z̄^1, z̄^2, z^0, a trailing mean of z^0) to the
-ground-truth subtask of the frame, at two granularities (`PROBE_LABELS`: target and type).
+ground-truth subtask of the frame, at two granularities (`PROBE_LABELS`: target and type); the
+probe itself is `hilam_jax.probing.fit_linear_probe` (balanced classes).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from hilam_jax.probing import fit_linear_probe, probe_predict, probe_scores
 
 
 COLOURS = ("red", "green", "blue", "purple", "yellow", "grey")
@@ -45,67 +48,6 @@ def trailing_mean(latents: np.ndarray, window: int) -> np.ndarray:
   t = np.arange(len(z))
   start = np.maximum(t - int(window) + 1, 0)
   return ((csum[t + 1] - csum[start]) / (t + 1 - start)[:, None]).astype(np.float32)
-
-
-def fit_linear_probe(features: np.ndarray, labels: np.ndarray, l2: float = 1e-3,
-                     max_iter: int = 500, balanced: bool = True) -> dict[str, np.ndarray]:
-  """Multinomial logistic regression (L-BFGS on weighted mean cross-entropy + l2 ||W||^2).
-
-  Features are standardised with their training mean / std (stored in the result). With
-  `balanced`, every class carries the same total weight (weights n / (K n_c)), so a rare class
-  (a 1-frame Pickup among 40-frame GoNextTo segments) is not ignored; balanced accuracy is the
-  matching score.
-
-  Args:
-    features: float [N, D].
-    labels: [N] hashable class labels (strings or ints).
-
-  Returns:
-    {"classes" [K], "mean" [D], "std" [D], "weights" [D, K], "bias" [K]}.
-  """
-  from scipy import optimize  # pylint: disable=g-import-not-at-top
-  x = np.asarray(features, np.float64)
-  classes, y = np.unique(np.asarray(labels), return_inverse=True)
-  mean, std = x.mean(0), x.std(0) + 1e-6
-  x = (x - mean) / std
-  n, d = x.shape
-  k = len(classes)
-  onehot = np.eye(k)[y]
-  counts = np.bincount(y, minlength=k)
-  weight = (n / (k * counts))[y] if balanced else np.ones(n)  # [N], mean 1
-
-  def loss(theta):
-    w, b = theta[:d * k].reshape(d, k), theta[d * k:]
-    logits = x @ w + b
-    logits -= logits.max(1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    p = np.exp(logp)
-    value = -np.sum(weight[:, None] * onehot * logp) / n + l2 * np.sum(w * w)
-    grad_logits = weight[:, None] * (p - onehot) / n
-    grad = np.concatenate([(x.T @ grad_logits + 2 * l2 * w).ravel(), grad_logits.sum(0)])
-    return value, grad
-
-  theta = np.zeros(d * k + k)
-  if k > 1:
-    theta = optimize.minimize(loss, theta, jac=True, method="L-BFGS-B",
-                              options={"maxiter": max_iter}).x
-  return {"classes": classes, "mean": mean, "std": std,
-          "weights": theta[:d * k].reshape(d, k), "bias": theta[d * k:]}
-
-
-def probe_predict(probe: Mapping[str, np.ndarray], features: np.ndarray) -> np.ndarray:
-  """Predicted class labels [N] of a `fit_linear_probe` result."""
-  x = (np.asarray(features, np.float64) - probe["mean"]) / probe["std"]
-  return probe["classes"][np.argmax(x @ probe["weights"] + probe["bias"], axis=1)]
-
-
-def probe_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Accuracy and balanced accuracy (mean per-class recall over the classes present)."""
-  predicted, labels = np.asarray(predicted), np.asarray(labels)
-  classes = np.unique(labels)
-  recalls = [float(np.mean(predicted[labels == c] == c)) for c in classes]
-  return {"accuracy": float(np.mean(predicted == labels)) if len(labels) else 0.0,
-          "balanced_accuracy": float(np.mean(recalls)) if recalls else 0.0}
 
 
 def probe_report(features: Mapping[str, Mapping[str, np.ndarray]],
