@@ -132,7 +132,7 @@ _CHANGE_POINTS = flags.DEFINE_list(
     "ruptures baselines (binseg, pelt). PELT reruns per penalty: its calibration costs minutes "
     "of CPU per seed, so the study uses binary segmentation by default.")
 _TRUTH = flags.DEFINE_enum("ground_truth", "initial", ["initial", "leaf"],
-                           "Subtasks to score against (discovery.GROUND_TRUTHS).")
+                           "Subtasks to score against (discovery.inputs.GROUND_TRUTHS).")
 _EVAL_DIR = flags.DEFINE_string("eval_name", "eval",
                                 "Sub-folder of each setting for its evaluation (e.g. eval_leaf "
                                 "to score the same skills against another ground truth).")

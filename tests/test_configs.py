@@ -53,3 +53,37 @@ def test_every_skill_study_setting_builds_a_valid_model_config():
       # A non-causal model must not train on the next-latent (or the FDM) loss.
       if not model.causal:
         assert config.lambda_latent == 0 and config.lambda_rec == 0, name
+
+
+TRAINER_FIELDS = ("seed", "batch_size", "compute_dtype", "num_steps", "learning_rate",
+                  "warmup_steps", "weight_decay", "grad_clip", "log_every", "eval_every",
+                  "num_eval_batches", "checkpoint_every")
+# The trainer hyper-parameters of the three training configs, as they were before the block was
+# shared (hilam_jax.training.hyperparams): (config, variant) -> values of TRAINER_FIELDS.
+PINNED_TRAINER_FIELDS = {
+    ("train_lam", "babyai"): (0, 32, "float32", 2000, 1e-3, 200, 1e-4, 1.0, 50, 500, 20, 500),
+    ("train_lam", "metaworld"): (0, 32, "float32", 2000, 1e-3, 200, 1e-4, 1.0, 50, 500, 20, 500),
+    ("train_lam", "tiny"): (0, 8, "float32", 6, 1e-3, 2, 1e-4, 1.0, 2, 4, 2, 4),
+    ("train_skill_model", "babyai"): (0, 32, "float32", 2000, 1e-3, 100, 1e-4, 1.0, 50, 500, 10,
+                                      500),
+    ("train_skill_model", "metaworld"): (0, 32, "float32", 800, 1e-3, 100, 1e-4, 1.0, 50, 500, 10,
+                                         500),
+    ("train_skill_model", "tiny"): (0, 4, "float32", 4, 1e-3, 1, 1e-4, 1.0, 2, 4, 1, 2),
+    ("policy", "baku"): (0, 64, "float32", 2000, 3e-4, 100, 1e-4, 1.0, 50, 1000, 5, 1000),
+    ("policy", "flat_latent"): (0, 64, "float32", 2000, 3e-4, 100, 1e-4, 1.0, 50, 1000, 5, 1000),
+    ("policy", "high"): (0, 64, "float32", 2000, 3e-4, 100, 1e-4, 1.0, 50, 1000, 5, 1000),
+    ("policy", "low"): (0, 64, "float32", 2000, 3e-4, 100, 1e-4, 1.0, 50, 1000, 5, 1000),
+    ("policy", "tiny"): (0, 8, "float32", 6, 3e-4, 1, 1e-4, 1.0, 2, 4, 1, 4),
+}
+
+
+@pytest.mark.parametrize("name,variant", sorted(PINNED_TRAINER_FIELDS))
+def test_trainer_hyperparameters_are_pinned(name, variant):
+  if name == "policy":
+    from hilam_jax.policy import config as policy_config  # pylint: disable=g-import-not-at-top
+    config = policy_config.default_config(variant)
+  else:
+    config = importlib.import_module(f"experiments.configs.{name}").get_config(variant)
+  got = tuple(config[field] for field in TRAINER_FIELDS)
+  assert got == PINNED_TRAINER_FIELDS[(name, variant)]
+  assert [type(v) for v in got] == [type(v) for v in PINNED_TRAINER_FIELDS[(name, variant)]]

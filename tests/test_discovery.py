@@ -7,9 +7,15 @@ import pytest
 import tensorflow as tf
 
 from data_pipeline.standardize import babyai as babyai_std
+from data_pipeline import episode_split
 from data_pipeline import registry
-from hilam_jax.skill import discovery
 from hilam_jax.skill import trainer
+from hilam_jax.skill.discovery import baselines
+from hilam_jax.skill.discovery import boundaries
+from hilam_jax.skill.discovery import ceilings
+from hilam_jax.skill.discovery import stages
+from hilam_jax.skill.discovery import subtask_probe
+from hilam_jax.skill.discovery import summary
 
 
 def _b(length, frames):
@@ -31,26 +37,26 @@ def _piecewise(rng, starts, length, dim=4, noise=0.05, scale=2.0):
 
 
 def test_chunk_lengths_by_hand():
-  boundaries = {"a": np.array([1, 0, 0, 1, 0, 1], bool),   # starts 0, 3, 5 -> 3, 2, 1
-                "b": np.array([0, 0, 0, 0], bool),         # frame 0 starts a chunk anyway
-                "c": np.zeros(0, bool)}
-  lengths = discovery.chunk_lengths(boundaries)
+  marked = {"a": np.array([1, 0, 0, 1, 0, 1], bool),   # starts 0, 3, 5 -> 3, 2, 1
+            "b": np.array([0, 0, 0, 0], bool),         # frame 0 starts a chunk anyway
+            "c": np.zeros(0, bool)}
+  lengths = boundaries.chunk_lengths(marked)
   np.testing.assert_array_equal(lengths, [3, 2, 1, 4])
   assert lengths.sum() == 10  # every frame in exactly one chunk
-  assert lengths.mean() == discovery.mean_chunk_length(boundaries)
-  assert discovery.chunk_lengths({}).shape == (0,)
+  assert lengths.mean() == boundaries.mean_chunk_length(marked)
+  assert boundaries.chunk_lengths({}).shape == (0,)
 
 
 def test_heldout_split_is_a_stable_balanced_partition():
   ids = [f"ep{i}" for i in range(1000)]
-  val, test = discovery.heldout_split(ids)
+  val, test = episode_split.heldout_split(ids)
   assert set(val) | set(test) == set(ids) and not set(val) & set(test)
   assert 430 < len(val) < 570  # parity of a hash: about half
-  val2, test2 = discovery.heldout_split(ids[::-1] + [f"new{i}" for i in range(50)])
+  val2, test2 = episode_split.heldout_split(ids[::-1] + [f"new{i}" for i in range(50)])
   assert set(val) <= set(val2) and set(test) <= set(test2)  # adding episodes moves none
   # Tiny sets still get both halves.
   for n in (2, 3):
-    v, t = discovery.heldout_split([f"x{i}" for i in range(n)])
+    v, t = episode_split.heldout_split([f"x{i}" for i in range(n)])
     assert v and t and len(v) + len(t) == n
 
 
@@ -66,22 +72,22 @@ def test_change_points_recover_planted_changes(method):
   planted = {e: s for e, s in planted.items() if np.min(np.diff([0] + s + [60])) >= 4}
   latents = {e: _piecewise(rng, s, 60) for e, s in planted.items()}
   truth = {e: _b(60, [0] + s) for e, s in planted.items()}
-  baseline = discovery.ChangePointBaseline(latents, method)
+  baseline = baselines.ChangePointBaseline(latents, method)
   target = sum(len(s) for s in planted.values())
-  penalty = discovery.calibrate_penalty(baseline.boundaries, target)
+  penalty = baselines.calibrate_penalty(baseline.boundaries, target)
   found = baseline.boundaries(penalty)
-  assert discovery.count_boundaries(found) == target
-  assert discovery.precision_recall_f1(found, truth, tolerance=0)["f1"] == 1.0
+  assert boundaries.count_boundaries(found) == target
+  assert boundaries.precision_recall_f1(found, truth, tolerance=0)["f1"] == 1.0
   # A larger penalty finds fewer change points; a tiny one cuts nearly everywhere.
-  assert discovery.count_boundaries(baseline.boundaries(penalty * 1e3)) < target
-  assert discovery.count_boundaries(baseline.boundaries(1e-6)) > 10 * target
+  assert boundaries.count_boundaries(baseline.boundaries(penalty * 1e3)) < target
+  assert boundaries.count_boundaries(baseline.boundaries(1e-6)) > 10 * target
 
 
 def test_calibrate_penalty_hits_a_monotone_count():
   def make(penalty):  # 100 frames, boundaries at every t >= 1 with 100/t > penalty
     return {"a": np.array([True] + [100.0 / t > penalty for t in range(1, 100)])}
   for target in (0, 7, 50):
-    assert discovery.count_boundaries(make(discovery.calibrate_penalty(make, target))) == target
+    assert boundaries.count_boundaries(make(baselines.calibrate_penalty(make, target))) == target
 
 
 # ---------------------------------------------------------------- budgets on val, scores on test
@@ -95,7 +101,7 @@ def test_baselines_take_their_parameters_from_validation_only():
   # the validation threshold puts a boundary almost everywhere.
   latents.update({e: 10 * rng.normal(size=(40, 3)) for e in test_ids})
   truth = {e: _b(40, [0, 10, 20, 30]) for e in val_ids + test_ids}
-  out = discovery.baselines_at_budget(latents, truth, val_ids, test_ids, chunk_length=10.0,
+  out = stages.baselines_at_budget(latents, truth, val_ids, test_ids, chunk_length=10.0,
                                       rate=0.25, tolerance=0, change_point_methods=("binseg",))
   assert out["latent_delta"]["val_rate"] == pytest.approx(0.25, abs=0.02)
   assert out["latent_delta"]["test_rate"] > 0.9
@@ -111,7 +117,7 @@ def test_evaluate_stage_heldout_budgets_by_hand():
   truth = {e: _b(60, [0, 20, 40]) for e in val_ids + test_ids}  # GT chunk length 20
   predicted = {"v": _b(60, [0, 10, 20, 30, 40, 50]),  # model chunk length 10 on val
                "t": _b(60, [0, 19, 45])}              # test: 1 of 2 within ±2
-  r = discovery.evaluate_stage_heldout(predicted, latents, truth, val_ids, test_ids,
+  r = stages.evaluate_stage_heldout(predicted, latents, truth, val_ids, test_ids,
                                        tolerance=2, change_point_methods=())
   assert r["mean_chunk_length"] == 10.0 and r["gt_mean_chunk_length"] == 20.0
   assert r["model"]["precision"] == 0.5 and r["model"]["recall"] == 0.5
@@ -140,10 +146,10 @@ def test_probe_separable_labels_and_shuffled_labels():
 
   feats, labels = episodes(20)
   ids = sorted(feats)
-  r = discovery.probe_report({"x": feats}, labels, ids[:10], ids[10:])
+  r = subtask_probe.probe_report({"x": feats}, labels, ids[:10], ids[10:])
   assert r["x"]["accuracy"] > 0.97 and r["x"]["balanced_accuracy"] > 0.97
   feats, labels = episodes(20, shuffle=True)
-  r = discovery.probe_report({"x": feats}, labels, ids[:10], ids[10:])
+  r = subtask_probe.probe_report({"x": feats}, labels, ids[:10], ids[10:])
   assert r["x"]["accuracy"] < 0.35  # chance is 0.25
   assert r["majority"]["accuracy"] < 0.35
 
@@ -156,23 +162,23 @@ def test_balanced_probe_does_not_ignore_a_rare_class():
   x[y == "rare", 0] += 2.5
   ids = {"a": slice(0, 2000), "b": slice(2000, 4000)}
   feats, labels = {e: x[s] for e, s in ids.items()}, {e: y[s] for e, s in ids.items()}
-  r = discovery.probe_report({"x": feats}, labels, ["a"], ["b"])
+  r = subtask_probe.probe_report({"x": feats}, labels, ["a"], ["b"])
   assert r["x"]["balanced_accuracy"] > 0.8  # unweighted, it predicts "common" everywhere (0.5)
-  probe = discovery.fit_linear_probe(x[:2000], y[:2000], balanced=False)
-  pred = discovery.probe_predict(probe, x[2000:])
-  assert discovery.probe_scores(pred, y[2000:])["balanced_accuracy"] < 0.75
+  probe = subtask_probe.fit_linear_probe(x[:2000], y[:2000], balanced=False)
+  pred = subtask_probe.probe_predict(probe, x[2000:])
+  assert subtask_probe.probe_scores(pred, y[2000:])["balanced_accuracy"] < 0.75
 
 
 def test_trailing_mean_by_hand_and_subtask_type():
   z = np.arange(5, dtype=np.float32)[:, None]
-  np.testing.assert_allclose(discovery.trailing_mean(z, 2)[:, 0], [0, 0.5, 1.5, 2.5, 3.5])
-  np.testing.assert_allclose(discovery.trailing_mean(z, 1), z)
-  assert discovery.subtask_type("GoNextTo(red ball, PutNext)") == "GoNextTo"
-  assert discovery.subtask_type("Pickup") == "Pickup"
-  assert discovery.subtask_target("GoNextTo(red ball, PutNext)") == "GoNextTo(ball, PutNext)"
-  assert discovery.subtask_target("GoNextTo(purple door (behind))") == "GoNextTo(door)"
-  assert discovery.subtask_target("Open(Unlock)") == "Open(Unlock)"
-  assert discovery.subtask_target("grasp") == "grasp"
+  np.testing.assert_allclose(subtask_probe.trailing_mean(z, 2)[:, 0], [0, 0.5, 1.5, 2.5, 3.5])
+  np.testing.assert_allclose(subtask_probe.trailing_mean(z, 1), z)
+  assert subtask_probe.subtask_type("GoNextTo(red ball, PutNext)") == "GoNextTo"
+  assert subtask_probe.subtask_type("Pickup") == "Pickup"
+  assert subtask_probe.subtask_target("GoNextTo(red ball, PutNext)") == "GoNextTo(ball, PutNext)"
+  assert subtask_probe.subtask_target("GoNextTo(purple door (behind))") == "GoNextTo(door)"
+  assert subtask_probe.subtask_target("Open(Unlock)") == "Open(Unlock)"
+  assert subtask_probe.subtask_target("grasp") == "grasp"
 
 
 def test_current_subtask_name_from_done_steps():
@@ -209,11 +215,11 @@ def test_summarize_seeds_mean_and_std():
     return {"results": {"stage1": stage}, "probe": {"z2": {"accuracy": f1,
                                                            "balanced_accuracy": f1}},
             "probe_type": None}
-  s = discovery.summarize_seeds([seed(0.2), seed(0.4), seed(0.6)])
+  s = summary.summarize_seeds([seed(0.2), seed(0.4), seed(0.6)])
   assert s["seeds"] == 3
   assert s["stage1"]["model"]["f1"] == pytest.approx((0.4, 0.2))
   assert s["probe"]["z2"]["accuracy"] == pytest.approx((0.4, 0.2))
-  assert "± 0.200" in discovery.format_table(s)
+  assert "± 0.200" in summary.format_table(s)
 
 
 def test_zscore_normalization_is_stored_and_reapplied(tmp_path):
@@ -240,7 +246,7 @@ def test_zscore_normalization_is_stored_and_reapplied(tmp_path):
 
 def test_segment_costs_by_brute_force():
   x = np.random.default_rng(5).normal(size=(7, 3))
-  cost = discovery.segment_costs(x)
+  cost = ceilings.segment_costs(x)
   for a in range(8):
     for b in range(8):
       if b <= a:
@@ -249,7 +255,7 @@ def test_segment_costs_by_brute_force():
         np.testing.assert_allclose(cost[a, b], np.sum((x[a:b] - x[a:b].mean(0)) ** 2),
                                    rtol=1e-9, atol=1e-12)
   boundary = _b(7, [0, 2, 5])
-  np.testing.assert_allclose(discovery.segmentation_cost(x, boundary),
+  np.testing.assert_allclose(ceilings.segmentation_cost(x, boundary),
                              cost[0, 2] + cost[2, 5] + cost[5, 7], rtol=1e-12)
 
 
@@ -258,7 +264,7 @@ def test_segment_costs_by_brute_force():
 def test_optimal_segmentation_equals_ruptures_dynp(length, count, dim):
   import ruptures
   x = np.random.default_rng(length * 10 + count).normal(size=(length, dim))
-  ours = discovery.optimal_segmentation(x if dim > 1 else x[:, 0], count)
+  ours = ceilings.optimal_segmentation(x if dim > 1 else x[:, 0], count)
   assert ours.shape == (length,) and ours[0]
   k = min(count, length - 1)
   assert int(np.sum(ours[1:])) == k
@@ -268,8 +274,8 @@ def test_optimal_segmentation_equals_ruptures_dynp(length, count, dim):
   ref = _b(length, [0] + [b for b in reference if b < length])
   # Continuous random data: the optimum is unique, so the starts agree, not only the cost.
   np.testing.assert_array_equal(ours, ref)
-  np.testing.assert_allclose(discovery.segmentation_cost(x, ours),
-                             discovery.segmentation_cost(x, ref), rtol=1e-12)
+  np.testing.assert_allclose(ceilings.segmentation_cost(x, ours),
+                             ceilings.segmentation_cost(x, ref), rtol=1e-12)
 
 
 def test_ceilings_find_planted_segments_and_their_optimality():
@@ -278,7 +284,7 @@ def test_ceilings_find_planted_segments_and_their_optimality():
   signal = {e: _piecewise(rng, s, 40) for e, s in planted.items()}
   truth = {e: _b(40, [0] + s) for e, s in planted.items()}
   noise = {e: rng.normal(size=(40, 4)) for e in planted}
-  out = discovery.oracle_count_ceilings({"planted": signal, "noise": noise}, truth, tolerance=0)
+  out = ceilings.oracle_count_ceilings({"planted": signal, "noise": noise}, truth, tolerance=0)
   assert out["planted"]["boundaries"] == 6 and out["planted"]["episodes"] == 3
   exact = out["planted"]["exact_l2"]
   assert exact["f1"] == 1.0 and exact["gt_optimal_share"] == 1.0
@@ -292,13 +298,13 @@ def test_ceilings_find_planted_segments_and_their_optimality():
 
 
 def test_count_segmenters_clip_and_place():
-  np.testing.assert_array_equal(discovery.evenly_spaced_boundaries(10, 1), _b(10, [0, 5]))
-  np.testing.assert_array_equal(discovery.evenly_spaced_boundaries(3, 9), _b(3, [0, 1, 2]))
-  assert discovery.evenly_spaced_boundaries(0, 2).shape == (0,)
+  np.testing.assert_array_equal(ceilings.evenly_spaced_boundaries(10, 1), _b(10, [0, 5]))
+  np.testing.assert_array_equal(ceilings.evenly_spaced_boundaries(3, 9), _b(3, [0, 1, 2]))
+  assert ceilings.evenly_spaced_boundaries(0, 2).shape == (0,)
   x = np.zeros((8, 2))
   x[3:] += 1.0
   x[6:] += 5.0
-  np.testing.assert_array_equal(discovery.top_change_boundaries(x, 1), _b(8, [0, 6]))
-  np.testing.assert_array_equal(discovery.top_change_boundaries(x, 2), _b(8, [0, 3, 6]))
-  np.testing.assert_array_equal(discovery.binseg_count_boundaries(x, 2), _b(8, [0, 3, 6]))
-  assert discovery.optimal_segmentation(np.zeros((0, 2)), 3).shape == (0,)
+  np.testing.assert_array_equal(ceilings.top_change_boundaries(x, 1), _b(8, [0, 6]))
+  np.testing.assert_array_equal(ceilings.top_change_boundaries(x, 2), _b(8, [0, 3, 6]))
+  np.testing.assert_array_equal(ceilings.binseg_count_boundaries(x, 2), _b(8, [0, 3, 6]))
+  assert ceilings.optimal_segmentation(np.zeros((0, 2)), 3).shape == (0,)

@@ -4,6 +4,7 @@ BabyAI runs in this process. Meta-World runs in spawned workers (this process im
 for the JPEG comparison, which is exactly the situation the workers must survive).
 """
 import json
+import math
 import multiprocessing
 import os
 
@@ -53,17 +54,51 @@ def test_wilson_interval_hand_computed():
 
 
 def test_seed_interval_hand_computed():
-  # [0.8, 0.86, 0.82]: mean 0.82667, sd 0.030551, t_0.975(2) = 4.3027 -> half 0.075893.
+  # [0.8, 0.86, 0.82]: mean 0.82667, sd 0.030551, t_0.975(2) = 4.30265 -> half 0.075892.
   out = stats.seed_interval([0.8, 0.86, 0.82])
   np.testing.assert_allclose([out["mean"], out["std"], out["ci_low"], out["ci_high"]],
                              [0.826667, 0.030551, 0.750774, 0.902559], atol=1e-5)
   assert out["num_seeds"] == 3 and out["values"] == [0.8, 0.86, 0.82]
   assert np.isnan(stats.seed_interval([0.5])["ci_low"])
-  # Beyond the table: the expansion is within 3e-3 of t_0.975(df) (scipy: 2.2010, 2.0423).
-  assert abs(stats.t_quantile_975(11) - 2.2010) < 3e-3
-  assert abs(stats.t_quantile_975(30) - 2.0423) < 3e-4
+  assert abs(stats.t_quantile_975(11) - 2.2010) < 1e-4
+  assert abs(stats.t_quantile_975(30) - 2.0423) < 1e-4
   with pytest.raises(ValueError):
     stats.seed_interval([])
+
+
+def _wilson_closed_form(k, n, z=1.959963984540054):
+  p = k / n
+  denominator = 1 + z * z / n
+  center = (p + z * z / (2 * n)) / denominator
+  half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+  return max(0.0, center - half), min(1.0, center + half)
+
+
+def test_wilson_interval_equals_the_closed_form():
+  # The score interval without continuity correction, written out (z = the 97.5% normal
+  # quantile), for every k of small n (k = 0, k = n, n = 1 included) and spread k of large n.
+  cases = [(k, n) for n in range(1, 41) for k in range(n + 1)]
+  cases += [(k, n) for n in (100, 999, 12345) for k in (0, 1, n // 7, n // 2, n - 1, n)]
+  for k, n in cases:
+    np.testing.assert_allclose(stats.wilson_interval(k, n), _wilson_closed_form(k, n),
+                               rtol=0, atol=1e-12, err_msg=f"{k}/{n}")
+
+
+def test_t_quantile_equals_closed_forms():
+  # Student-t quantiles in closed form: df 1 (Cauchy), 2, 4; and the normal limit.
+  p = 0.975
+  assert abs(stats.t_quantile_975(1) - math.tan(math.pi * (p - 0.5))) < 1e-12
+  assert abs(stats.t_quantile_975(2) - (2 * p - 1) / math.sqrt(2 * p * (1 - p))) < 1e-12
+  alpha = 4 * p * (1 - p)
+  q = math.cos(math.acos(math.sqrt(alpha)) / 3) / math.sqrt(alpha)
+  assert abs(stats.t_quantile_975(4) - 2 * math.sqrt(q - 1)) < 1e-12
+  assert abs(stats.t_quantile_975(10 ** 7) - 1.959963984540054) < 1e-6
+  # The 4-decimal table the module used to carry, df 1..10.
+  table = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)
+  for df, value in enumerate(table, 1):
+    assert abs(stats.t_quantile_975(df) - value) < 5e-5
+  with pytest.raises(ValueError):
+    stats.t_quantile_975(0)
 
 
 def test_eval_result_to_dict():

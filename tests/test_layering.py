@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = (
     ("data_pipeline",),
     ("hilam_jax", "hilam_jax.config_io", "hilam_jax.logs", "hilam_jax.benchmarking",
-     "hilam_jax.training", "hilam_jax.language"),
+     "hilam_jax.probing", "hilam_jax.training", "hilam_jax.language"),
     ("hilam_jax.lam",),
     ("hilam_jax.skill",),
     ("hilam_jax.policy",),

@@ -21,7 +21,8 @@ def test_aggregate_mean_t_interval_and_pooled_wilson():
   cell = experiment.aggregate(evaluations)["baku"]["0.1"]
   assert cell["seeds"] == [0, 1, 2] and cell["values"] == [0.37, 0.52, 0.52]
   mean, std = np.mean([0.37, 0.52, 0.52]), np.std([0.37, 0.52, 0.52], ddof=1)
-  half = 4.3027 * std / math.sqrt(3)  # t_0.975 with 2 degrees of freedom
+  # t_0.975 with 2 degrees of freedom in closed form: (2p - 1) / sqrt(2p(1 - p)) = 4.30265.
+  half = 0.95 / math.sqrt(2 * 0.975 * 0.025) * std / math.sqrt(3)
   np.testing.assert_allclose([cell["mean"], cell["ci_low"], cell["ci_high"]],
                              [mean, mean - half, mean + half], rtol=1e-6)
   assert cell["success_rate"] == cell["mean"]

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from data_pipeline import episode_split
 from data_pipeline import reader
 from data_pipeline import traj_transforms as tt
 from data_pipeline.generators import babyai
@@ -19,9 +20,13 @@ from experiments.configs import generate_babyai
 from experiments.configs import train_skill_model as skill_config
 from hilam_jax import training
 from hilam_jax.lam import labeling
-from hilam_jax.skill import discovery
 from hilam_jax.skill import extract
 from hilam_jax.skill import trainer
+from hilam_jax.skill.discovery import baselines
+from hilam_jax.skill.discovery import boundaries
+from hilam_jax.skill.discovery import evaluate
+from hilam_jax.skill.discovery import inputs
+from hilam_jax.skill.discovery import stages
 
 LATENT_DIM = 4
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,43 +43,43 @@ def _b(length, frames):
 
 def test_match_is_one_to_one_and_greedy_by_distance():
   # Two predictions near one true boundary: one match.
-  assert discovery.match_boundaries([9, 11], [10], 2) == 1
+  assert boundaries.match_boundaries([9, 11], [10], 2) == 1
   # Greedy closest first: 5 pairs with 6 (d=1) before 5 could take 3 (d=2); then 3 - 2 pairs.
-  assert discovery.match_boundaries([3, 5], [2, 6], 2) == 2
-  assert discovery.match_boundaries([5], [2, 8], 2) == 0  # both 3 frames away
-  assert discovery.match_boundaries([5], [7], 2) == 1      # exactly at the tolerance
+  assert boundaries.match_boundaries([3, 5], [2, 6], 2) == 2
+  assert boundaries.match_boundaries([5], [2, 8], 2) == 0  # both 3 frames away
+  assert boundaries.match_boundaries([5], [7], 2) == 1      # exactly at the tolerance
 
 
 def test_precision_recall_f1_by_hand():
   true = {"a": _b(20, [0, 5, 12]), "b": _b(10, [0, 4])}
   pred = {"a": _b(20, [0, 6, 7, 18]), "b": _b(10, [0])}
-  r = discovery.precision_recall_f1(pred, true, tolerance=2)
+  r = boundaries.precision_recall_f1(pred, true, tolerance=2)
   # frame 0 ignored: pred a {6, 7, 18}, true a {5, 12}, true b {4}: one match (6 or 7 with 5).
   assert (r["true_positives"], r["predicted"], r["ground_truth"]) == (1, 3, 3)
   assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == pytest.approx(1 / 3)
   assert r["f1"] == pytest.approx(1 / 3)
-  r0 = discovery.precision_recall_f1(pred, true, tolerance=0)
+  r0 = boundaries.precision_recall_f1(pred, true, tolerance=0)
   assert r0["true_positives"] == 0 and r0["f1"] == 0.0
-  r3 = discovery.precision_recall_f1({"a": _b(20, [0, 9])}, {"a": _b(20, [0, 12])}, tolerance=3)
+  r3 = boundaries.precision_recall_f1({"a": _b(20, [0, 9])}, {"a": _b(20, [0, 12])}, tolerance=3)
   assert r3["f1"] == 1.0
 
 
 def test_fixed_length_baseline_by_hand():
-  np.testing.assert_array_equal(np.flatnonzero(discovery.fixed_length_boundaries(10, 3.0)),
+  np.testing.assert_array_equal(np.flatnonzero(baselines.fixed_length_boundaries(10, 3.0)),
                                 [0, 3, 6, 9])
-  np.testing.assert_array_equal(np.flatnonzero(discovery.fixed_length_boundaries(10, 2.5)),
+  np.testing.assert_array_equal(np.flatnonzero(baselines.fixed_length_boundaries(10, 2.5)),
                                 [0, 2, 5, 8])  # round(2.5) = 2 (banker's), 5, round(7.5) = 8
   b = {"a": _b(12, [0, 4, 8])}
-  assert discovery.mean_chunk_length(b) == 4.0
-  assert discovery.boundary_rate(b) == pytest.approx(2 / 11)
+  assert boundaries.mean_chunk_length(b) == 4.0
+  assert boundaries.boundary_rate(b) == pytest.approx(2 / 11)
 
 
 def test_delta_baseline_matches_rate_by_hand():
   z = np.array([[0.], [0.], [5.], [5.], [6.], [10.]], np.float32)  # changes 0, 5, 0, 1, 4
-  b, threshold = discovery.delta_threshold_boundaries({"a": z}, rate=0.4)
+  b, threshold = baselines.delta_threshold_boundaries({"a": z}, rate=0.4)
   np.testing.assert_array_equal(np.flatnonzero(b["a"]), [0, 2, 5])  # the 2 largest of 5
   assert 1.0 <= threshold < 4.0
-  assert discovery.boundary_rate(b) == pytest.approx(0.4)
+  assert boundaries.boundary_rate(b) == pytest.approx(0.4)
 
 
 def test_evaluate_stage_gives_baselines_the_same_budget():
@@ -83,7 +88,7 @@ def test_evaluate_stage_gives_baselines_the_same_budget():
   z = np.zeros((30, 2), np.float32)
   z[10:] += 3.0
   z[20:] += 3.0
-  r = discovery.evaluate_stage(pred, {"a": z}, true, tolerance=1)
+  r = stages.evaluate_stage(pred, {"a": z}, true, tolerance=1)
   assert r["model"]["f1"] == 1.0
   assert r["mean_chunk_length"] == 10.0
   assert r["fixed_length"]["f1"] == 1.0          # boundaries 0, 10, 20
@@ -332,12 +337,12 @@ def test_evaluate_script_end_to_end(extracted, tiny_data, tmp_path):
   assert report["heldout"]["validation_episodes"] >= 1 and report["heldout"]["test_episodes"] >= 1
   # The script reports what the metric computes on the extracted boundaries and the ground truth
   # of the test half (recomputed here independently of run_evaluation's plumbing).
-  truth = discovery.read_ground_truth(dataset_dir, "val")[0]
+  truth = inputs.read_ground_truth(dataset_dir, "val")[0]
   for stage in ("s1", "s2"):
     predicted = extract.load_skills_dict(out_dir, f"boundary/{stage}")
-    _, test_ids = discovery.heldout_split(sorted(set(predicted) & set(truth)))
+    _, test_ids = episode_split.heldout_split(sorted(set(predicted) & set(truth)))
     assert test_ids and report["results"][f"stage{stage[1]}"]["test_episodes"] == len(test_ids)
-    want = discovery.precision_recall_f1(
+    want = boundaries.precision_recall_f1(
         {e: predicted[e] for e in test_ids},
         {e: truth[e][:len(predicted[e])] for e in test_ids}, 2)
     got = report["results"][f"stage{stage[1]}"]["model"]
@@ -362,8 +367,8 @@ def test_ceiling_script_end_to_end(tiny_data, tmp_path):
   assert "exact_l2" in result.stdout
   report = json.load(open(os.path.join(out_dir, "ceiling.json")))
   latents = labeling.read_labels(labels_dir)
-  truth = discovery.read_ground_truth(dataset_dir, "val", ground_truth="leaf")[0]
-  _, test_ids = discovery.heldout_split(sorted(set(truth) & set(latents)))
+  truth = inputs.read_ground_truth(dataset_dir, "val", ground_truth="leaf")[0]
+  _, test_ids = episode_split.heldout_split(sorted(set(truth) & set(latents)))
   want = sum(int(np.sum(truth[e][:len(latents[e])][1:])) for e in test_ids)
   assert report["test_episodes"] == len(test_ids) and want > 0
   for signal in ("z0", "z0_zscore", "action"):
@@ -374,7 +379,7 @@ def test_ceiling_script_end_to_end(tiny_data, tmp_path):
   # The exact fit places exactly the true count on every signal, actions included.
   assert report["results"]["action"]["exact_l2"]["predicted"] == want
   with pytest.raises(ValueError, match="ground_truth"):
-    discovery.run_ceilings(labels_dir, dataset_dir, str(tmp_path / "x"), ground_truth="all")
+    evaluate.run_ceilings(labels_dir, dataset_dir, str(tmp_path / "x"), ground_truth="all")
 
 
 def test_skill_study_script_end_to_end(tiny_data, tmp_path):
@@ -397,8 +402,8 @@ def test_skill_study_script_end_to_end(tiny_data, tmp_path):
                                        "skill_discovery.json")))
   assert report["ground_truth"] == "leaf"
   # Scored against the leaf boundaries, which refine the initial ones.
-  leaf = discovery.read_ground_truth(dataset_dir, "val", ground_truth="leaf")[0]
-  initial = discovery.read_ground_truth(dataset_dir, "val")[0]
+  leaf = inputs.read_ground_truth(dataset_dir, "val", ground_truth="leaf")[0]
+  initial = inputs.read_ground_truth(dataset_dir, "val")[0]
   assert sum(b[1:].sum() for b in leaf.values()) > sum(b[1:].sum() for b in initial.values())
   assert report["results"]["stage1"]["model"]["ground_truth"] > 0
   lines = open(os.path.join(out_dir, "study_eval_leaf.md")).read().splitlines()

@@ -29,6 +29,7 @@ Rerunning with the same workdir resumes from the latest checkpoint; `num_steps` 
 import ml_collections
 
 from hilam_jax.skill import model as skill_model
+from hilam_jax.training import hyperparams
 
 
 def _model(config: skill_model.SkillModelConfig) -> dict:
@@ -41,7 +42,6 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown train_skill_model variant {arg!r}; variants: babyai, metaworld, "
                      "tiny")
   config = ml_collections.ConfigDict()
-  config.seed = 0
 
   config.data = ml_collections.ConfigDict()
   config.data.labels_dir = "runs/labels_babyai"
@@ -84,23 +84,13 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # k and Dz).
   config.frozen_model = ml_collections.config_dict.placeholder(str)
 
-  config.batch_size = 32
-  # "float32" or "bfloat16" compute (parameters and optimizer state stay float32:
-  # hilam_jax.training.precision); bfloat16 is for TPUs / recent GPUs, slower on this CPU.
-  config.compute_dtype = "float32"
-  config.num_steps = 2000
-  config.learning_rate = 1e-3
+  config.update(hyperparams.trainer_config(
+      batch_size=32, num_steps=2000, learning_rate=1e-3, warmup_steps=100, eval_every=500,
+      num_eval_batches=10, checkpoint_every=500))
   # Per-level multipliers of the rate, outermost level first, comma-separated (one per entry of
   # model.widths), or "hnet" (H-Net's modulation sqrt(N^s D^S / D^s), innermost 1); "": one
   # rate everywhere.
   config.level_lr_multipliers = ""
-  config.warmup_steps = 100
-  config.weight_decay = 1e-4
-  config.grad_clip = 1.0
-  config.log_every = 50
-  config.eval_every = 500
-  config.num_eval_batches = 10
-  config.checkpoint_every = 500
 
   if arg == "metaworld":
     # Labels of runs/lam_metaworld (k = 4, Dz = 16). Episodes have ~71 frames (67 latents) and

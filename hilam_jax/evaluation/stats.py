@@ -5,11 +5,13 @@ import dataclasses
 import math
 from typing import Any, Sequence
 
-Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+from scipy import stats as scipy_stats
 
 
-def wilson_interval(successes: int, num_trials: int, z: float = Z_95) -> tuple[float, float]:
-  """Wilson score interval of a binomial proportion; (0, 1) when there are no trials.
+def wilson_interval(successes: int, num_trials: int,
+                    confidence: float = 0.95) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion (no continuity correction; scipy's
+  `binomtest(...).proportion_ci(method="wilson")`); (0, 1) when there are no trials.
 
   Unlike the normal approximation it stays inside [0, 1] and is not degenerate at 0/n or n/n
   (0/10 -> [0, 0.278]), which matters for the small trial counts of simulator evaluations.
@@ -18,12 +20,9 @@ def wilson_interval(successes: int, num_trials: int, z: float = Z_95) -> tuple[f
     raise ValueError(f"successes={successes} outside [0, num_trials={num_trials}]")
   if num_trials == 0:
     return 0.0, 1.0
-  n, p = num_trials, successes / num_trials
-  denominator = 1.0 + z * z / n
-  center = (p + z * z / (2 * n)) / denominator
-  half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-  # Clamp float error at the ends (0/n and n/n give exactly 0 and 1 analytically).
-  return max(0.0, center - half), min(1.0, center + half)
+  interval = scipy_stats.binomtest(int(successes), int(num_trials)).proportion_ci(
+      confidence_level=confidence, method="wilson")
+  return float(interval.low), float(interval.high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +77,11 @@ class EvalResult:
             f"over {self.num_episodes} episodes, mean length {self.mean_episode_length:.1f}")
 
 
-# Two-sided 95% Student-t quantiles t_{0.975}(df), df = 1..10.
-_T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281)
-
-
 def t_quantile_975(df: int) -> float:
-  """t_{0.975}(df): the table for df <= 10, the Cornish-Fisher expansion beyond (error < 3e-3)."""
+  """t_{0.975}(df), the two-sided 95% Student-t quantile (scipy)."""
   if df < 1:
     raise ValueError(f"df={df}")
-  if df <= len(_T_975):
-    return _T_975[df - 1]
-  z = Z_95
-  return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+  return float(scipy_stats.t.ppf(0.975, df))
 
 
 def seed_interval(values: Sequence[float]) -> dict[str, Any]:

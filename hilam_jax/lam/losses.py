@@ -28,15 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from hilam_jax.lam import model as lam_model
+from hilam_jax.training.train_state import unwrap_params  # also losses.unwrap_params of interface
 
 Batch = dict[str, jax.Array]
-
-
-def unwrap_params(params: Any) -> Any:
-  """Accepts the inner params dict or a {"params": ...} variables dict; returns the inner one."""
-  if isinstance(params, (dict, flax.core.FrozenDict)) and set(params.keys()) == {"params"}:
-    return params["params"]
-  return params
 
 
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:

@@ -1,25 +1,25 @@
 """Do the latent actions carry action information? Probes and reconstruction gain on held-out data.
 
 Measured on the pairs (t, t+k) of held-out episodes (a dataset's val split):
-  * action probe: a small MLP trained on z^0 to predict the true action (the action at t for
-    discrete actions with k = 1; the mean of actions t..t+k-1 for continuous ones), against the
-    same probe on a z-free baseline of the same dimension (PCA of the 8x8-pooled frame difference
-    I_{t+k} - I_t) and against chance (majority class / predicting the mean). Probe train and test
-    pairs come from disjoint episodes.
+  * action probe: the linear probe of `hilam_jax.probing` (the one of the skill-discovery
+    evaluation; unweighted classes, as the score is accuracy) fitted on z^0 to predict the true
+    action (the action at t for discrete actions with k = 1; the mean of actions t..t+k-1 for
+    continuous ones), against the same probe on a z-free baseline of the same dimension (PCA of
+    the 8x8-pooled frame difference I_{t+k} - I_t) and against chance (majority class /
+    predicting the mean). The probe is fitted on the pairs of the validation half of the episodes
+    and scored on the test half (`data_pipeline.episode_split.heldout_split`).
   * reconstruction: the frozen FDM's error with z versus with z ablated (z of another pair of the
     batch), and the copy-frame-t error as a floor reference; z_gain = 1 - mse(z) / mse(ablated).
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from data_pipeline import dataset as dp
+from data_pipeline import episode_split
+from hilam_jax import probing
 from hilam_jax.lam import interface
 
 
@@ -76,73 +76,24 @@ def _pca(train: np.ndarray, test: np.ndarray, dim: int) -> tuple[np.ndarray, np.
   return (train - mean) @ basis, (test - mean) @ basis
 
 
-def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  mean, std = train.mean(0), train.std(0) + 1e-6
-  return (train - mean) / std, (test - mean) / std
-
-
-def train_probe(x_train, y_train, x_test, y_test, *, discrete: bool, num_classes: int = 0,
-                hidden: int = 64, steps: int = 1000, seed: int = 0) -> float:
-  """Fits a 1-hidden-layer MLP probe (full-batch Adam); returns test accuracy or R^2."""
-  x_train, x_test = _standardize(x_train, x_test)
-  key = jax.random.key(seed)
-  k1, k2 = jax.random.split(key)
-  dim_in = x_train.shape[1]
-  dim_out = num_classes if discrete else y_train.shape[1]
-  params = {"w1": jax.random.normal(k1, (dim_in, hidden)) / np.sqrt(dim_in),
-            "b1": jnp.zeros(hidden),
-            "w2": jax.random.normal(k2, (hidden, dim_out)) / np.sqrt(hidden),
-            "b2": jnp.zeros(dim_out)}
-  if not discrete:
-    y_mean, y_std = y_train.mean(0), y_train.std(0) + 1e-6
-    y_train_n = (y_train - y_mean) / y_std
-
-  def forward(p, x):
-    return jax.nn.gelu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-
-  def loss_fn(p):
-    out = forward(p, x_train)
-    if discrete:
-      return optax.softmax_cross_entropy_with_integer_labels(out, y_train).mean()
-    return jnp.mean((out - y_train_n) ** 2)
-
-  tx = optax.adamw(3e-3, weight_decay=1e-4)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(p, s):
-    grads = jax.grad(loss_fn)(p)
-    updates, s = tx.update(grads, s, p)
-    return optax.apply_updates(p, updates), s
-
-  for _ in range(steps):
-    params, opt_state = step(params, opt_state)
-  prediction = np.asarray(forward(params, x_test))
+def train_probe(x_train, y_train, x_test, y_test, *, discrete: bool,
+                max_iter: int = 500) -> float:
+  """Fits the linear probe (`probing.fit_linear_probe`: classes unweighted, or least squares on
+  continuous targets) on the train pairs; returns the test accuracy or R^2."""
+  probe = probing.fit_linear_probe(x_train, y_train, max_iter=max_iter, balanced=False,
+                                   regression=not discrete)
+  prediction = probing.probe_predict(probe, x_test)
   if discrete:
-    return float(np.mean(prediction.argmax(-1) == y_test))
-  prediction = prediction * y_std + y_mean
-  return r_squared(y_test, prediction)
-
-
-def r_squared(y: np.ndarray, prediction: np.ndarray) -> float:
-  """Mean over output dims of 1 - SSE / SST (0 = predicting the mean, 1 = perfect)."""
-  sse = ((y - prediction) ** 2).sum(0)
-  sst = ((y - y.mean(0)) ** 2).sum(0) + 1e-12
-  return float(np.mean(1.0 - sse / sst))
-
-
-def _split_by_episode(episode_ids: np.ndarray, test_fraction: float = 0.3) -> np.ndarray:
-  """bool [N]: True for pairs whose episode falls in the probe's test part (hash of the id)."""
-  def bucket(episode_id):
-    return int(hashlib.sha256(episode_id).hexdigest()[:8], 16) / 0xFFFFFFFF
-  return np.array([bucket(e) < test_fraction for e in episode_ids])
+    return probing.probe_scores(prediction, y_test)["accuracy"]
+  return probing.r_squared(y_test, prediction)
 
 
 def evaluate(lam: interface.FrozenDynamicsModel, dataset: dict, *, max_pairs: int = 20_000,
-             probe_steps: int = 1000, pairs: dict[str, np.ndarray] | None = None
+             probe_steps: int = 500, pairs: dict[str, np.ndarray] | None = None
              ) -> dict[str, Any]:
   """All quality figures of a LAM on one held-out dataset split (`pairs`: the split's
-  `collect_pairs` output if the caller has it already, e.g. to plot the same latents)."""
+  `collect_pairs` output if the caller has it already, e.g. to plot the same latents;
+  `probe_steps`: the probe solver's iteration cap)."""
   if pairs is None:
     pairs = collect_pairs(lam, dataset, max_pairs=max_pairs)
   action = pairs["action"]
@@ -153,14 +104,14 @@ def evaluate(lam: interface.FrozenDynamicsModel, dataset: dict, *, max_pairs: in
     target = action[:, 0].astype(np.int32)
   else:
     target = action.reshape(len(action), lam.frame_gap, -1).mean(1).astype(np.float32)
-  test = _split_by_episode(pairs["episode_id"])
+  test = episode_split.heldout_test_mask(pairs["episode_id"])
   if test.all() or not test.any():
     raise ValueError("need episodes on both sides of the probe split; use more pairs")
   z_train, z_test = pairs["z"][~test], pairs["z"][test]
   d_train, d_test = _pca(pairs["diff"][~test], pairs["diff"][test], lam.latent_dim)
   y_train, y_test = target[~test], target[test]
   num_classes = int(target.max()) + 1 if discrete else 0
-  kwargs = dict(discrete=discrete, num_classes=num_classes, steps=probe_steps)
+  kwargs = dict(discrete=discrete, max_iter=probe_steps)
   result = {
       "pairs": int(len(target)), "probe_train_pairs": int((~test).sum()),
       "probe_test_pairs": int(test.sum()), "frame_gap": lam.frame_gap,
@@ -173,7 +124,7 @@ def evaluate(lam: interface.FrozenDynamicsModel, dataset: dict, *, max_pairs: in
     counts = np.bincount(y_train, minlength=num_classes)
     result["chance"] = float(np.mean(y_test == counts.argmax()))
   else:
-    result["chance"] = r_squared(y_test, np.broadcast_to(y_train.mean(0), y_test.shape))
+    result["chance"] = probing.r_squared(y_test, np.broadcast_to(y_train.mean(0), y_test.shape))
   mse, ablated, copy = pairs["mse"].mean(), pairs["mse_ablated"].mean(), pairs["mse_copy"].mean()
   result.update({"recon_mse": float(mse), "recon_mse_z_ablated": float(ablated),
                  "recon_mse_copy_frame_t": float(copy), "z_gain": float(1.0 - mse / ablated),

@@ -30,6 +30,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from hilam_jax.policy import baku
+from hilam_jax.training import hyperparams
 
 VARIANTS = ("baku", "flat_latent", "high", "low", "tiny")
 
@@ -72,7 +73,6 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown train_policy variant {arg!r}; variants: {', '.join(VARIANTS)}")
   config = ml_collections.ConfigDict()
-  config.seed = 0
   config.role = "flat"              # flat | high | low (module docstring of policy/trainer.py)
 
   config.data = ml_collections.ConfigDict()
@@ -123,19 +123,9 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   config.body_lr_multiplier = 1.0
   config.model = model("small", proprio_dim=4)
 
-  config.batch_size = 64
-  # "float32" or "bfloat16" compute (parameters and optimizer state stay float32:
-  # hilam_jax.training.precision); bfloat16 is for TPUs / recent GPUs, slower on this CPU.
-  config.compute_dtype = "float32"
-  config.num_steps = 2000
-  config.learning_rate = 3e-4
-  config.warmup_steps = 100
-  config.weight_decay = 1e-4
-  config.grad_clip = 1.0
-  config.log_every = 50
-  config.eval_every = 1000
-  config.num_eval_batches = 5
-  config.checkpoint_every = 1000
+  config.update(hyperparams.trainer_config(
+      batch_size=64, num_steps=2000, learning_rate=3e-4, warmup_steps=100, eval_every=1000,
+      num_eval_batches=5, checkpoint_every=1000))
 
   if arg in ("baku", "tiny"):
     config.data.ignore_action = 6

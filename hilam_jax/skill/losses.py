@@ -28,21 +28,14 @@ Metrics (float32 scalars, log the dict as is):
 """
 from typing import Any, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 
 from hilam_jax.skill import chunking
 from hilam_jax.skill import model as skill_model
+from hilam_jax.training.train_state import unwrap_params
 
 Batch = dict[str, jax.Array]
-
-
-def unwrap_params(params: Any) -> Any:
-  """Accepts the inner params dict or a {"params": ...} variables dict; returns the inner one."""
-  if isinstance(params, (dict, flax.core.FrozenDict)) and set(params.keys()) == {"params"}:
-    return params["params"]
-  return params
 
 
 def _masked_mean(values: jax.Array, weight: jax.Array) -> jax.Array:

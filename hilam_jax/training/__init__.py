@@ -17,7 +17,8 @@ from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch
                                      replicated_sharding, shard_batch, shard_batches)
 from hilam_jax.training.metrics import MetricWriter, Progress
 from hilam_jax.training.train_state import (TrainState, abstract_train_state, create_train_state,
-                                            make_eval_step, make_optimizer, make_train_step)
+                                            make_eval_step, make_optimizer, make_train_step,
+                                            unwrap_params)
 
 __all__ = [
     "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "CorruptCheckpointError",
@@ -28,4 +29,5 @@ __all__ = [
     "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
     "per_process_batch", "replicated_sharding",
     "restore_params", "run_eval", "run_training", "shard_batch", "shard_batches", "train_loop",
+    "unwrap_params",
 ]

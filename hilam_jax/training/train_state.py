@@ -25,6 +25,13 @@ Metrics = dict[str, jax.Array]
 LossFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Mapping[str, jax.Array]]]
 
 
+def unwrap_params(params: Any) -> Any:
+  """Accepts the inner params dict or a {"params": ...} variables dict; returns the inner one."""
+  if isinstance(params, (dict, flax.core.FrozenDict)) and set(params.keys()) == {"params"}:
+    return params["params"]
+  return params
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training; a pytree, replicated over the mesh.
