@@ -1,0 +1,80 @@
+"""Smoke tests of the benchmark scripts (not timed: each runs a few steps and its figures are
+checked against the quantities it reports), on the smoke-size main job's outputs where they need
+data."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from data_pipeline import registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, timeout=600):
+  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.fixture
+def main_job(smoke_main_job):
+  """The whole experiment at smoke size, run once per test run (conftest.smoke_main_job)."""
+  return smoke_main_job
+
+
+@pytest.mark.parametrize("mode", ["plain", "ours", "noaug", "pairs"])
+def test_benchmark_script_runs(main_job, mode):
+  with open(os.path.join(main_job, "stages", "1_data.json")) as f:
+    dataset_dir = json.load(f)["result"]["demos"]  # the action-labelled demos
+  out = _run(["experiments.benchmark_pipeline", f"--mode={mode}", f"--dataset_dir={dataset_dir}",
+              "--batch_size=8", "--num_batches=3", "--shuffle_buffer=32"])
+  result = json.loads(out.stdout.split("RESULT ", 1)[1])
+  # 3 batches of 8 frames (the warm-up excluded) in the seconds it reports.
+  assert (result["batches"], result["batch_size"]) == (3, 8)
+  assert result["frames_per_second"] == pytest.approx(3 * 8 / result["seconds"], rel=1e-9)
+  shapes = result["example_shapes"]
+  assert shapes["observation/image_primary" if mode != "plain" else "image"] == [8, 56, 56, 3]
+  assert shapes["action"] == ([8] if mode == "plain" else [8, 10])  # action_horizon=10
+  assert ("next_observation/image_primary" in shapes) == (mode == "pairs")
+  assert result["peak_rss_mb"] > 200  # MB (ru_maxrss is KiB): TensorFlow alone takes more
+
+
+def test_teardown_benchmark_runs(main_job):
+  run_dir = sorted(glob.glob(os.path.join(main_job, "policies", "demos_*", "s*", "baku")))[0]
+  out = _run(["experiments.benchmark_teardown", f"--run_dir={run_dir}", "--pairs=1",
+              "--num_steps=3"])
+  result = json.loads(out.stdout.split("RESULT ", 1)[1])
+  assert result["num_steps"] == 3 and result["run_dir"] == run_dir
+  for arm in ("on", "off"):
+    (run,) = result["runs"][arm]  # one pair: one run per arm, the median is that run
+    assert run["train_s"] > 0 and run["tail_s"] >= 0  # start < final evaluation <= return
+    assert result["median"][arm] == run
+  on, off = result["runs"]["on"][0], result["runs"]["off"][0]
+  assert result["train_ratio_off_over_on"] == pytest.approx(off["train_s"] / on["train_s"])
+  assert result["tail_ratio_off_over_on"] == pytest.approx(
+      off["tail_s"] / max(on["tail_s"], 1e-9))
+
+
+def test_all_dataset_families_registered():
+  names = registry.registered_names()
+  for expected in ("babyai_*", "metaworld_*", "video_*", "bridge", "libero_spatial_no_noops",
+                   "libero_object_no_noops", "libero_goal_no_noops", "libero_10_no_noops"):
+    assert expected in names
+
+
+def test_policy_latency_benchmark_runs():
+  out = _run(["experiments.benchmark_policy", "--model_size=tiny", "--lang_encoder=hash",
+              "--num_calls=20", "--skill_dim=8"])
+  result = json.loads(out.stdout.split("RESULT ", 1)[1])
+  assert result["num_calls"] == 20
+  for policy in ("baku", "hilam"):
+    assert result["act_ms_median"][policy] <= result["act_ms_p90"][policy]
+  assert set(result["forward_ms_median"]) == {"baku_network", "hilam_high_network",
+                                              "hilam_low_network"}
+  assert result["hilam_meets_target"] == (result["act_ms_median"]["hilam"] <= result["target_ms"])
+  assert result["params"]["hilam"] > result["params"]["baku"]
