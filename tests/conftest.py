@@ -157,6 +157,14 @@ def smoke_main_job(tmp_path_factory, worker_id):
   return str(workdir)
 
 
+def run_module(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+  """`python -m <args>` from the repository root; asserts it exits 0 (its stderr's tail shown)."""
+  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
 def relocated_copy(workdir: str, destination: str, *, drop: tuple[str, ...] = ()) -> str:
   """A copy of a main-job workdir at `destination` that the main job resumes as its own: the
   stage results (stages/*.json), which name the workdir's paths, are rewritten to the copy's.

@@ -4,35 +4,20 @@ data."""
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from data_pipeline import registry
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(args, timeout=600):
-  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-@pytest.fixture
-def main_job(smoke_main_job):
-  """The whole experiment at smoke size, run once per test run (conftest.smoke_main_job)."""
-  return smoke_main_job
+from tests.conftest import run_module
 
 
 @pytest.mark.parametrize("mode", ["plain", "ours", "noaug", "pairs"])
-def test_benchmark_script_runs(main_job, mode):
-  with open(os.path.join(main_job, "stages", "1_data.json")) as f:
+def test_benchmark_script_runs(smoke_main_job, mode):
+  with open(os.path.join(smoke_main_job, "stages", "1_data.json")) as f:
     dataset_dir = json.load(f)["result"]["demos"]  # the action-labelled demos
-  out = _run(["experiments.benchmark_pipeline", f"--mode={mode}", f"--dataset_dir={dataset_dir}",
-              "--batch_size=8", "--num_batches=3", "--shuffle_buffer=32"])
+  out = run_module(["experiments.benchmark_pipeline", f"--mode={mode}",
+                    f"--dataset_dir={dataset_dir}", "--batch_size=8", "--num_batches=3",
+                    "--shuffle_buffer=32"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
   # 3 batches of 8 frames (the warm-up excluded) in the seconds it reports.
   assert (result["batches"], result["batch_size"]) == (3, 8)
@@ -44,10 +29,10 @@ def test_benchmark_script_runs(main_job, mode):
   assert result["peak_rss_mb"] > 200  # MB (ru_maxrss is KiB): TensorFlow alone takes more
 
 
-def test_teardown_benchmark_runs(main_job):
-  run_dir = sorted(glob.glob(os.path.join(main_job, "policies", "demos_*", "s*", "baku")))[0]
-  out = _run(["experiments.benchmark_teardown", f"--run_dir={run_dir}", "--pairs=1",
-              "--num_steps=3"])
+def test_teardown_benchmark_runs(smoke_main_job):
+  run_dir = sorted(glob.glob(os.path.join(smoke_main_job, "policies", "demos_*", "s*", "baku")))[0]
+  out = run_module(["experiments.benchmark_teardown", f"--run_dir={run_dir}", "--pairs=1",
+                    "--num_steps=3"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
   assert result["num_steps"] == 3 and result["run_dir"] == run_dir
   for arm in ("on", "off"):
@@ -68,8 +53,8 @@ def test_all_dataset_families_registered():
 
 
 def test_policy_latency_benchmark_runs():
-  out = _run(["experiments.benchmark_policy", "--model_size=tiny", "--lang_encoder=hash",
-              "--num_calls=20", "--skill_dim=8"])
+  out = run_module(["experiments.benchmark_policy", "--model_size=tiny", "--lang_encoder=hash",
+                    "--num_calls=20", "--skill_dim=8"])
   result = json.loads(out.stdout.split("RESULT ", 1)[1])
   assert result["num_calls"] == 20
   for policy in ("baku", "hilam"):

@@ -12,26 +12,14 @@ import pytest
 
 from hilam_jax.evaluation import stats
 from tests.conftest import relocated_copy
+from tests.conftest import run_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(args, timeout=600):
-  result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
-@pytest.fixture
-def main_job(smoke_main_job):
-  """The whole experiment at smoke size, run once per test run (conftest.smoke_main_job)."""
-  return smoke_main_job
-
-
-def test_main_job_runs_every_stage_and_writes_the_report(main_job):
+def test_main_job_runs_every_stage_and_writes_the_report(smoke_main_job):
   from hilam_jax import experiment
-  with open(os.path.join(main_job, "report", "results.json")) as f:
+  with open(os.path.join(smoke_main_job, "report", "results.json")) as f:
     results = json.load(f)
   success = results["policies"]["success"]
   assert set(success) == set(experiment.METHODS)
@@ -71,24 +59,24 @@ def test_main_job_runs_every_stage_and_writes_the_report(main_job):
   # Every policy run's validation curve is in the report's convergence section.
   assert results["convergence"] and all(c["eval_loss"] for c in results["convergence"].values())
   for name in ("report.md", "success_vs_demos.png", "training_curves.png"):
-    with open(os.path.join(main_job, "report", name), "rb") as f:
+    with open(os.path.join(smoke_main_job, "report", name), "rb") as f:
       head = f.read(8)
     assert head == b"\x89PNG\r\n\x1a\n" if name.endswith(".png") else head
-  videos = os.listdir(os.path.join(main_job, "evaluation", "hilam_1", "s0", "videos"))
+  videos = os.listdir(os.path.join(smoke_main_job, "evaluation", "hilam_1", "s0", "videos"))
   assert videos and all(v.endswith(".gif") for v in videos)
-  with open(os.path.join(main_job, "run_info.json")) as f:
+  with open(os.path.join(smoke_main_job, "run_info.json")) as f:
     info = json.load(f)
   from experiments.configs import main as main_config
   assert info["config"]["level"] == main_config.LEVEL
   assert "tensorflow-datasets" in info["versions"]
 
 
-def test_main_job_resumes_without_redoing_stages(main_job, tmp_path):
-  workdir = relocated_copy(main_job, str(tmp_path / "main"))
+def test_main_job_resumes_without_redoing_stages(smoke_main_job, tmp_path):
+  workdir = relocated_copy(smoke_main_job, str(tmp_path / "main"))
   stages = sorted(os.listdir(os.path.join(workdir, "stages")))
   before = {s: os.path.getmtime(os.path.join(workdir, "stages", s)) for s in stages}
-  out = _run(["experiments.main", "--config=experiments/configs/main.py:smoke",
-              f"--workdir={workdir}"])
+  out = run_module(["experiments.main", "--config=experiments/configs/main.py:smoke",
+                    f"--workdir={workdir}"])
   assert out.stderr.count("done before, reusing") == len(stages) == 6
   assert before == {s: os.path.getmtime(os.path.join(workdir, "stages", s)) for s in stages}
 
@@ -110,14 +98,15 @@ def _timeless(value):
   return value
 
 
-def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(main_job, tmp_path):
+def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(smoke_main_job,
+                                                                       tmp_path):
   """kill -9 of the whole job (scheduler and policy workers) once its first policy run has
   finished, then the same command: the report's success rates, every policy run's validation
   curve and the skill-discovery figures equal the uninterrupted run's exactly (same machine,
   same computation). The killed job starts from a copy of the uninterrupted one whose policy
   stage and everything after it are removed (stages 1-5 are the same computation; their own
   kill -9 resumes are tested with their trainers)."""
-  workdir = relocated_copy(main_job, str(tmp_path / "main"), drop=(
+  workdir = relocated_copy(smoke_main_job, str(tmp_path / "main"), drop=(
       "policies", "evaluation", "report", os.path.join("stages", "6_policies.json")))
   command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/main.py:smoke",
              f"--workdir={workdir}"]
@@ -131,9 +120,9 @@ def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(main_jo
     job.wait()
   assert job.returncode == -signal.SIGKILL, open(tmp_path / "killed.log").read()[-3000:]
   assert not os.path.exists(os.path.join(workdir, "report", "results.json"))
-  _run(command[2:], timeout=1800)
+  run_module(command[2:], timeout=1800)
   results = []
-  for directory in (main_job, workdir):
+  for directory in (smoke_main_job, workdir):
     with open(os.path.join(directory, "report", "results.json")) as f:
       results.append(_timeless(json.loads(f.read().replace(directory, "<workdir>"))))
   reference, resumed = results
