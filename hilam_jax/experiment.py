@@ -1,8 +1,12 @@
-"""The main job: HiLAM's data-efficiency experiment on BabyAI, end to end, resumable.
+"""The main job: HiLAM's data-efficiency experiment in one world, end to end, resumable.
 
-  1 data       BabyAI bot episodes from the simulator: a large ACTION-FREE video set (seed 1)
-               and a separate set of action-labelled demonstrations (seed 0), disjoint env
-               seeds, both with ground-truth subtask boundaries, rendered with the level's view
+The world (`config.world`: a benchmark's adapter in hilam_jax/worlds) supplies the data, the
+policies' action head, cameras and proprio, and the evaluation harness; this module calls only
+that interface (`worlds.World`).
+
+  1 data       the world's episodes (`World.generate`): a large ACTION-FREE video set and a
+               separate set of action-labelled demonstrations, disjoint env seeds, both
+               recorded with the same camera settings (and ground-truth subtask boundaries)
   2 lam        stage-0 latent action model on the video
   3 labels     latent actions z^0 for the video and for the demos (separate folders)
   4 skill      H-Net skill model on the video's latent actions
@@ -13,8 +17,9 @@
                then for every demo fraction: BAKU (demos only), flat z^0 / z̄^2 fine-tuned,
                HiLAM (frozen pi^h, pi^l fine-tuned with an action head on pi^h's predicted
                skill), HiLAM without pretraining (pi^h, pi^l pretrained on the fraction's own
-               demo video); each evaluated in the BabyAI simulator on held-out seeds (sampled
-               actions), with pi^l's use of its skill measured for the hierarchical methods
+               demo video); each evaluated in the world's simulator on held-out seeds
+               (`World.evaluate`), with pi^l's use of its skill measured for the hierarchical
+               methods (categorical actions)
   7 report     report.md (mean and 95% t-interval across seeds, per-seed values, the paper's
                orderings as paired differences), plots, training curves, results.json
 
@@ -36,6 +41,7 @@ import ml_collections
 
 from data_pipeline import run_info
 from hilam_jax import jobs
+from hilam_jax import worlds
 
 METHODS = ("baku", "flat_z0", "flat_z2", "hilam", "hilam_no_pretrain")
 ABLATIONS = ("hilam_s1_z0", "hilam_s2_s1")
@@ -99,10 +105,10 @@ def _copy(config: Any) -> ml_collections.ConfigDict:
 
 def _generate(config: Any, paths: Paths) -> dict:
   from data_pipeline import summary  # pylint: disable=g-import-not-at-top
-  from data_pipeline.generators import babyai  # pylint: disable=g-import-not-at-top
+  world = worlds.get_world(config.world)
   out = {}
   for key in ("video", "demos"):
-    generation = babyai.generate(config[key], paths.data)
+    generation = world.generate(config[key], paths.data)
     out[key] = generation["dataset_dir"]
     summary_dir = os.path.join(paths.root, "summary", key)
     stats = summary.write_summary(generation["dataset_dir"], summary_dir)
@@ -211,17 +217,21 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: in
                   condition: dict | None = None, init_from: str | None = None, num_steps: int,
                   condition_dim: int = 0, pretraining: bool = False
                   ) -> ml_collections.ConfigDict:
-  """A `train_policy` config for one run of the experiment (the shared regime: config.policy).
-  A pretraining run (latent targets) warms up over `policy.pretrain_warmup_fraction` of its
-  steps when that is set, `policy.warmup_fraction` otherwise."""
+  """A `train_policy` config for one run of the experiment (the shared regime: config.policy;
+  cameras, proprio and the ignored action: the world's). A pretraining run (latent targets)
+  warms up over `policy.pretrain_warmup_fraction` of its steps when that is set,
+  `policy.warmup_fraction` otherwise."""
   from hilam_jax.policy import config as policy_defaults  # pylint: disable=g-import-not-at-top
   p = config.policy
+  world = worlds.get_world(config.world)
   c = policy_defaults.default_config("baku")
   c.seed = seed
   c.role = role
   c.data.train = ({"dataset_dir": dataset},)
   c.data.val = ({"dataset_dir": dataset},)
   c.data.episode_fraction = fraction
+  c.data.cameras = world.cameras
+  c.data.ignore_action = world.action.ignore  # never a target (pretraining has no action head)
   c.data.labels = labels or {}
   c.data.shuffle_buffer = p.shuffle_buffer
   c.data.augment = p.augment
@@ -230,7 +240,8 @@ def policy_config(config: Any, *, role: str, dataset: str, heads: dict, seed: in
   c.chunk = p.chunk
   c.head_hidden = tuple(p.head_hidden)
   c.heads = heads
-  c.model = policy_defaults.model(p.model_size, proprio_dim=4, condition_dim=condition_dim,
+  c.model = policy_defaults.model(p.model_size, proprio_dim=world.proprio_dim,
+                                  condition_dim=condition_dim,
                                   condition_mode=p.condition_mode, **dict(p.model_overrides))
   if condition:
     for k, v in condition.items():
@@ -290,45 +301,44 @@ def build_policy(spec: dict, *, high_every: int = 1, sample_seed: int | None = N
   return policies.HierarchicalPolicy(high, low, high_every=high_every, sample_seed=sample_seed)
 
 
-def evaluate_job(out_dir: str, spec: dict, eval_config: dict, level: str, demos_dir: str,
-                 high_every: int, cache_dir: str | None = None) -> dict:
-  """Success rate of one trained method in the simulator (cached: result.json). A `jobs.Job`.
+def evaluate_job(out_dir: str, spec: dict, eval_config: dict, world: str, level: str,
+                 demos_dir: str, high_every: int, cache_dir: str | None = None) -> dict:
+  """Success rate of one trained method in the world's simulator (cached: result.json). A
+  `jobs.Job`.
 
-  Actions are sampled from the policy (BabyAI's convention for imitation policies; greedy
-  argmax can repeat an action that changes nothing until the step limit) with the evaluation
-  seed, or greedy if eval_config["actions"] == "argmax".
+  Actions are sampled from the policy with the evaluation seed (categorical actions), or taken
+  as predicted if eval_config["actions"] == "argmax"; the world renders as its demos were
+  recorded (`World.check_settings`) and runs its harness (`World.evaluate`).
   """
   done = os.path.join(out_dir, "result.json")
   finished = run_info.read_done_json(done)  # None also if it does not parse: evaluated again
   if finished is not None:
     return finished
   _worker_setup(cache_dir)
-  from data_pipeline.sim import babyai as sim  # pylint: disable=g-import-not-at-top
-  from hilam_jax.evaluation import babyai as babyai_eval  # pylint: disable=g-import-not-at-top
+  adapter = worlds.get_world(world)
   e = eval_config
   sample_seed = e["seed"] if e["actions"] == "sample" else None
   policy = build_policy(spec, high_every=high_every, sample_seed=sample_seed)
-  # Render exactly as the demonstrations were generated (view, tile size).
-  render = sim.render_settings(demos_dir)
-  babyai_eval.check_render_settings(demos_dir, level, render["view"], render["tile_size"])
+  settings = adapter.check_settings(demos_dir, level)
   start = time.perf_counter()
-  result = babyai_eval.evaluate_babyai(
-      policy, level, num_episodes=e["num_episodes"], num_envs=e["num_envs"], seed=e["seed"],
-      max_steps=e["max_steps"], view=render["view"], tile_size=render["tile_size"],
-      video_dir=os.path.join(out_dir, "videos"), num_videos=e["num_videos"]).to_dict()
+  result = adapter.evaluate(policy, level=level, settings=settings, eval_config=e,
+                            video_dir=os.path.join(out_dir, "videos"))
   result["seconds"] = round(time.perf_counter() - start, 1)
   result["actions"] = e["actions"]
   result.pop("episodes", None)
-  if spec["kind"] == "hierarchical":
-    result["skill_use"] = skill_use(spec, demos_dir, num_batches=e["skill_use_batches"])
+  if spec["kind"] == "hierarchical" and adapter.action.kind == "categorical":
+    result["skill_use"] = skill_use(spec, demos_dir, adapter,
+                                    num_batches=e["skill_use_batches"])
   run_info.write_json_atomic(done, result)
   logging.info("%s: success %.3f [%.3f, %.3f] over %d episodes", out_dir, result["success_rate"],
                result["ci_low"], result["ci_high"], result["num_episodes"])
   return result
 
 
-def skill_use(spec: dict, demos_dir: str, *, num_batches: int, batch_size: int = 64) -> dict:
-  """How much HiLAM's fine-tuned pi^l depends on its skill, on the demos' val split.
+def skill_use(spec: dict, demos_dir: str, world: worlds.World, *, num_batches: int,
+              batch_size: int = 64) -> dict:
+  """How much HiLAM's fine-tuned pi^l depends on its skill, on the demos' val split (worlds
+  with categorical actions; the world's ignored action is never a target).
 
   For val frames o_t with pi^h's skill z = pi^h(o_t) (the skill pi^l acts on at test time) and
   the skill of another frame of the batch z' (a shuffled row), reports pi^l's action accuracy
@@ -347,10 +357,11 @@ def skill_use(spec: dict, demos_dir: str, *, num_batches: int, batch_size: int =
   rng = np.random.default_rng(0)
   correct, correct_shuffled, tv, count = 0.0, 0.0, 0.0, 0
   for batch in itertools.islice(pipe.as_numpy_iterator(), num_batches):
-    obs = {k: batch["observation"][k] for k in ("image_primary", "proprio")}
-    instructions = list(batch["language_instruction"])
+    obs = {k: batch["observation"][k] for k in world.observation_keys()}
+    instructions = list(batch[world.instruction_key])
     action = np.asarray(batch["action"]).reshape(len(instructions), -1)[:, 0]
-    valid = action != 6  # BabyAI's terminal placeholder 'done' is never a target
+    valid = (action != world.action.ignore if world.action.ignore is not None
+             else np.ones(action.shape, bool))
     skill = high.skill(obs, instructions, "skill")
     shuffled = skill[rng.permutation(len(skill))]
     probs = [_softmax(low.predict(obs, instructions, condition=z)["action"][:, 0])
@@ -384,6 +395,7 @@ class Planner:
     self.jobs: dict[str, jobs.Job] = {}
     self.cache_dir = os.path.join(paths.root, "jax_cache")
     self.zscored = zscored_targets(config.policy.get("latent_targets", None))
+    self.world = worlds.get_world(config.world)
 
   def _latent_head(self, target: str, name: str = "latent") -> dict:
     head = {"kind": "latent", "dim": self.dims[target], "target": target}
@@ -392,7 +404,7 @@ class Planner:
     return {name: head}
 
   def _action_head(self) -> dict:
-    return {"action": {"kind": "categorical", "dim": 7, "target": "action"}}
+    return self.world.action.heads()
 
   def _train(self, name: str, workdir: str, cfg, deps: tuple[str, ...] = ()) -> str:
     if name not in self.jobs:
@@ -405,7 +417,6 @@ class Planner:
     cfg = policy_config(self.config, dataset=self.data["demos"], heads=self._action_head(),
                         num_steps=finetune_steps(self.config.policy, kwargs["fraction"]),
                         **kwargs)
-    cfg.data.ignore_action = 6  # BabyAI's terminal placeholder 'done'
     if cfg.init_from:  # a pretrained body: fine-tuned at this multiple of the heads' rate
       cfg.body_lr_multiplier = float(self.config.policy.get("finetune_body_lr_multiplier", 1.0))
     return cfg
@@ -483,9 +494,11 @@ class Planner:
     eval_config = {"num_episodes": e.num_episodes, "num_envs": e.num_envs, "seed": e.seed,
                    "max_steps": e.max_steps, "num_videos": e.num_videos if seed == 0 else 0,
                    "actions": e.actions, "skill_use_batches": e.skill_use_batches}
+    self.world.check_eval_config(eval_config)
     self.jobs[name] = jobs.Job(name, evaluate_job, {
         "out_dir": self.paths.evaluation_dir(method, fraction, seed), "spec": spec,
-        "eval_config": eval_config, "level": self.config.level, "demos_dir": self.data["demos"],
+        "eval_config": eval_config, "world": self.world.name, "level": self.config.level,
+        "demos_dir": self.data["demos"],
         "high_every": self.config.policy.high_every, "cache_dir": self.cache_dir},
                                deps=(train_job,))
     return name
@@ -574,6 +587,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     raise ValueError(f"stop_after={config.stop_after!r}: expected '' or one of "
                      + ", ".join(repr(s) for s in STAGES))
   zscored_targets(config.policy.get("latent_targets", None))  # refused before any work
+  worlds.get_world(config.world)  # likewise an unknown world
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   paths = Paths(workdir)
@@ -593,7 +607,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   data, lam, labels, skill, skills = (done[k] for k in STAGES)
   policies = _stage(workdir, "6_policies", lambda: _policies_and_evaluation(config, paths, data))
   results = {
-      "level": config.level, "seed": config.seed, "seeds": list(config.seeds), "data": data, "lam": lam, "labels": labels,
+      "world": config.world, "level": config.level, "seed": config.seed,
+      "seeds": list(config.seeds), "data": data, "lam": lam, "labels": labels,
       "skill_model": skill, "skills": skills, "policies": policies["result"],
       "stage_seconds": {"lam": lam["seconds"], "labels": labels["seconds"],
                         "skill_model": skill["seconds"], "skills": skills["seconds"],

@@ -80,7 +80,7 @@ def test_an_evaluation_whose_result_does_not_parse_is_run_again(tmp_path):
   missing = str(tmp_path / "no_policy")
   with pytest.raises(FileNotFoundError, match="no_policy"):  # the evaluation is attempted
     experiment.evaluate_job(out_dir, {"kind": "flat", "workdir": missing},
-                            {"actions": "argmax", "seed": 0}, "level",
+                            {"actions": "argmax", "seed": 0}, "babyai", "level",
                             str(tmp_path / "demos"), high_every=1)
 
 

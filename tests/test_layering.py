@@ -18,7 +18,7 @@ LAYERS = (
     ("hilam_jax.skill",),
     ("hilam_jax.policy",),
     ("hilam_jax.evaluation",),
-    ("hilam_jax.experiment", "hilam_jax.report"),
+    ("hilam_jax.experiment", "hilam_jax.report", "hilam_jax.worlds"),
     ("experiments",),
 )
 # Within a layer, pairs that must not depend on each other: (importer prefix, forbidden prefix).
@@ -191,6 +191,7 @@ def test_the_check_sees_upward_imports(tmp_path, monkeypatch):
   assert "hilam_jax.policy.trainer" in imports_of(str(path))
   assert layer_of("hilam_jax.lam.trainer") < layer_of("hilam_jax.skill.model")
   assert layer_of("hilam_jax.experiment") > layer_of("hilam_jax.evaluation.babyai")
+  assert layer_of("hilam_jax.worlds.metaworld") == layer_of("hilam_jax.experiment")
   assert layer_of("hilam_jax.training.loop") < layer_of("hilam_jax.lam")
   assert layer_of("numpy") is None
   with pytest.raises(AssertionError):

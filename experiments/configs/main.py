@@ -57,6 +57,10 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # of the LAM and skill model (one of each per experiment)
   config.seeds = (0, 1, 2)  # training seeds of every policy run (pretraining included)
+  # The benchmark's adapter (hilam_jax.worlds: "babyai", "metaworld", "libero"): data generation,
+  # action head, cameras, proprio and evaluation harness. `level` is what it evaluates (here a
+  # BabyAI level); `video` and `demos` are that world's data specs.
+  config.world = "babyai"
   config.level = LEVEL
   # Stop after a stage (hilam_jax.experiment.STAGES): "data" (the datasets), "lam", "labels",
   # "skill_model" or "skills" (skill extraction, before any policy run); "": run everything.
