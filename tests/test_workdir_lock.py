@@ -8,6 +8,7 @@ by a dead process is taken over with a warning.
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +121,31 @@ def test_lock_in_process_is_reentrant_and_nested_workdirs_do_not_conflict(tmp_pa
   result = subprocess.run([sys.executable, "-c", probe, outer], capture_output=True, text=True,
                           env=env, cwd=REPO)
   assert result.returncode == 0, result
+
+
+def test_sigterm_exit_143_releases_the_lock(tmp_path):
+  """A launch script stopped by SIGTERM (`preemption.exit_on_preemption`, exit 143) empties the
+  lock file on its way out, and the next run takes the lock without a stale-lock warning."""
+  workdir = str(tmp_path / "run")
+  script = ("import sys, time\n"
+            "from hilam_jax import preemption\n"
+            "from hilam_jax.training import workdir_lock as w\n"
+            "@w.releases_workdir_locks\n"
+            "def main(argv):\n"
+            "  w.lock_workdir(sys.argv[1]); print('locked', flush=True); time.sleep(120)\n"
+            "preemption.exit_on_preemption(main)([])\n")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  child = subprocess.Popen([sys.executable, "-c", script, workdir], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+  try:
+    assert child.stdout.readline().strip() == "locked", child.stderr.read()
+    assert _holder(workdir) == child.pid
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=60)
+  finally:
+    if child.poll() is None:
+      child.kill()
+  assert child.returncode == 143, child.stderr.read()
+  assert _holder(workdir) is None
+  path = workdir_lock.lock_workdir(workdir)
+  workdir_lock.release_workdir(path)
