@@ -10,7 +10,10 @@ dataset's own tfds features), not through `builder.as_dataset`, for three reason
   * disjoint per-process shards at file level when there are enough files, at record level
     otherwise (a 1-file fixture split over 2 processes still covers every episode once);
   * corrupted records: the bad file is named, and `skip_corrupted=True` reads only each file's
-    intact prefix and counts what it skipped.
+    intact prefix and counts what it skipped;
+  * short shards: before reading, every shard file's record count is checked against the count
+    dataset_info.json records for it (`shardLengths`), so a missing, 0-byte or truncated file is
+    an error naming it, never silently fewer episodes (`check_shard_lengths`).
 """
 from __future__ import annotations
 
@@ -69,6 +72,69 @@ def scan_for_corruption(files: list[str], expected: list[int]) -> CorruptionRepo
     if count < num and path not in errors:
       errors[path] = f"file holds {count} records, metadata says {num}"
   return CorruptionReport(readable, dict(zip(files, expected)), errors)
+
+
+_record_counts: dict[tuple[str, int, int], int] = {}  # (path, size, mtime_ns) -> records
+
+
+def _stat(path: str) -> tuple[int, int]:
+  if "://" in path:
+    st = tf.io.gfile.stat(path)
+    return int(st.length), int(st.mtime_nsec)
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
+def count_records(path: str) -> int:
+  """Complete records in a TFRecord file, from its record headers only (no payload is read:
+  one 12-byte read and one seek per record); a record cut short is not counted. Cached in
+  memory per (path, size, mtime), so a file is scanned once per process unless it changes.
+
+  TFRecord framing: uint64 length, uint32 masked CRC of the length, payload, uint32 CRC.
+  """
+  size, mtime = _stat(path)
+  key = (path, size, mtime)
+  if key in _record_counts:
+    return _record_counts[key]
+  count, position = 0, 0
+  opener = tf.io.gfile.GFile if "://" in path else open
+  with opener(path, "rb") as f:
+    while position + 12 <= size:
+      header = f.read(12)
+      if len(header) < 12:
+        break
+      end = position + 12 + int.from_bytes(header[:8], "little") + 4
+      if end > size:
+        break
+      count, position = count + 1, end
+      f.seek(position)
+  _record_counts[key] = count
+  return count
+
+
+def check_shard_lengths(files: list[str], expected: list[int]) -> dict[str, tuple[int, int]]:
+  """{file: (expected, found)} for every shard file holding fewer records than the dataset
+  metadata says (a missing file counts 0); empty when all are complete."""
+  short = {}
+  for path, num in zip(files, expected):
+    try:
+      found = count_records(path)
+    except (OSError, tf.errors.NotFoundError):
+      found = 0
+    if found < num:
+      short[path] = (num, found)
+  return short
+
+
+def raise_for_short_shards(files: list[str], expected: list[int]) -> None:
+  """Raises CorruptedRecordError naming every shard file with fewer records than promised."""
+  short = check_shard_lengths(files, expected)
+  if short:
+    details = "; ".join(f"{f}: dataset_info.json says {num} records, the file holds {found}"
+                        for f, (num, found) in short.items())
+    raise schema.CorruptedRecordError(
+        f"incomplete shard files (missing, empty or truncated): {details}. Pass "
+        "skip_corrupted=True to skip and count the missing episodes.")
 
 
 def raise_for_corruption(files: list[str], expected: list[int]) -> None:
@@ -150,8 +216,10 @@ def read_trajectories(
       not change). None reads files in order.
     process_index, process_count: this process's disjoint share of the episodes.
     skip_corrupted: scan the files first and read only intact records; the skipped count is logged
-      and stored on the returned dataset as `num_skipped_records`. If False, a corrupted record
-      raises (via `iterate_numpy` / `raise_for_corruption`) an error naming the file.
+      and stored on the returned dataset as `num_skipped_records`. If False, a shard file with
+      fewer records than dataset_info.json says (missing, 0-byte, truncated) raises here, and a
+      corrupted record raises (via `iterate_numpy` / `raise_for_corruption`) an error naming
+      the file.
     num_parallel_reads: files read concurrently (interleave cycle length).
     deterministic: keep element order a function of the seeds only.
     source: an already opened `get_source(...)` (avoids reopening the builder).
@@ -175,6 +243,8 @@ def read_trajectories(
       tf.get_logger().warning(
           "dataset %s: skipping %d corrupted/unreadable records: %s", name, num_skipped,
           {os.path.basename(f): n for f, n in report.skipped.items()})
+  else:
+    raise_for_short_shards(source.files, source.shard_lengths)
 
   # Global index of each file's first record, for record-level process sharding.
   offsets = [sum(source.shard_lengths[:i]) for i in range(len(source.files))]

@@ -42,6 +42,7 @@ import ml_collections
 from data_pipeline import run_info
 from hilam_jax import jobs
 from hilam_jax import worlds
+from hilam_jax.training import workdir_lock
 
 METHODS = ("baku", "flat_z0", "flat_z2", "hilam", "hilam_no_pretrain")
 ABLATIONS = ("hilam_s1_z0", "hilam_s2_s1")
@@ -574,6 +575,7 @@ def _policies_and_evaluation(config: Any, paths: Paths, data: dict) -> dict:
 STAGES = ("data", "lam", "labels", "skill_model", "skills")
 
 
+@workdir_lock.releases_workdir_locks
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the whole experiment in `workdir`; returns the results dict.
 
@@ -588,6 +590,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                      + ", ".join(repr(s) for s in STAGES))
   zscored_targets(config.policy.get("latent_targets", None))  # refused before any work
   worlds.get_world(config.world)  # likewise an unknown world
+  workdir_lock.lock_workdir(workdir)  # a second main job on this workdir is refused here
   os.makedirs(workdir, exist_ok=True)
   run_info.write_run_info(workdir, config)
   paths = Paths(workdir)

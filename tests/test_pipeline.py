@@ -354,6 +354,56 @@ def test_corrupted_record_skip_and_count(toy_dataset, tmp_path):
   assert num_read + trajs.num_skipped_records == TOY_SHARDS * TOY_EPISODES_PER_SHARD
 
 
+def _emptied_shard_copy(toy_dataset, tmp_path, victim_index=1):
+  """A copy of the toy dataset whose train shard `victim_index` is truncated to 0 bytes on disk
+  (dataset_info.json still records its episodes)."""
+  copy = str(tmp_path / "empty_shard")
+  shutil.copytree(toy_dataset, copy)
+  victim = sorted(f for f in os.listdir(copy) if "-train." in f)[victim_index]
+  os.truncate(os.path.join(copy, victim), 0)
+  return copy, victim
+
+
+def test_empty_shard_is_an_error_naming_the_file_and_counts(toy_dataset, tmp_path):
+  copy, victim = _emptied_shard_copy(toy_dataset, tmp_path)
+  with pytest.raises(schema.CorruptedRecordError) as err:
+    for _ in reader.read_trajectories(copy):
+      pass
+  message = str(err.value)
+  assert victim in message, message
+  assert f"says {TOY_EPISODES_PER_SHARD} records, the file holds 0" in message, message
+  # The training pipeline too (it reads through read_trajectories).
+  with pytest.raises(schema.CorruptedRecordError, match=victim):
+    dp.make_dataset([dp.DatasetSpec(copy)], batch_size=1, repeat=False, shuffle_buffer=0)
+
+
+def test_truncated_shard_is_an_error(toy_dataset, tmp_path):
+  copy = str(tmp_path / "short_shard")
+  shutil.copytree(toy_dataset, copy)
+  victim = sorted(f for f in os.listdir(copy) if "-train." in f)[2]
+  path = os.path.join(copy, victim)
+  os.truncate(path, os.path.getsize(path) - 10)  # the last record cut short
+  with pytest.raises(schema.CorruptedRecordError,
+                     match=f"{victim}: dataset_info.json says {TOY_EPISODES_PER_SHARD} records, "
+                           f"the file holds {TOY_EPISODES_PER_SHARD - 1}"):
+    reader.read_trajectories(copy)
+
+
+def test_empty_shard_skip_corrupted_reads_the_others_and_reports_it(toy_dataset, tmp_path):
+  copy, victim = _emptied_shard_copy(toy_dataset, tmp_path)
+  trajs = reader.read_trajectories(copy, skip_corrupted=True)
+  ids = {t["episode_id"][0].decode() for t in trajs.as_numpy_iterator()}
+  assert trajs.num_skipped_records == TOY_EPISODES_PER_SHARD
+  assert len(ids) == (TOY_SHARDS - 1) * TOY_EPISODES_PER_SHARD
+  assert not any(victim in i for i in ids)
+
+
+def test_shard_record_count_matches_tfrecord_reader(toy_dataset):
+  source = reader.get_source(toy_dataset)
+  for path, num in zip(source.files, source.shard_lengths):
+    assert reader.count_records(path) == num == sum(1 for _ in tf.data.TFRecordDataset(path))
+
+
 def test_neutral_augmentation_is_identity_and_jitter_stays_close():
   rng = np.random.default_rng(0)
   images = tf.constant(rng.integers(0, 255, (3, 2, 16, 16, 3), dtype=np.uint8))

@@ -132,7 +132,7 @@ def test_refused_resume_leaves_the_workdir_as_it_was(trainer, toy_dataset, tmp_p
   with pytest.raises(training.ConfigMismatchError, match="Refusing to resume"):
     _train(trainer, _config(trainer, toy_dataset, str(tmp_path)), workdir)
   assert open(info, "rb").read() == before
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "run_info.json"]
+  assert sorted(os.listdir(workdir)) == [training.LOCK_NAME, "checkpoints", "run_info.json"]
 
 
 # ---------------------------------------------------------------- config.data.skip_corrupted

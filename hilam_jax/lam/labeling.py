@@ -32,6 +32,7 @@ from data_pipeline import reader
 from data_pipeline import traj_transforms as tt
 from data_pipeline import run_info
 from hilam_jax.lam import interface
+from hilam_jax.training import workdir_lock
 
 MANIFEST = "manifest.json"
 
@@ -118,6 +119,7 @@ def read_shard(path: str) -> dict[str, np.ndarray]:
   return {str(e): values[offsets[i]:offsets[i + 1]] for i, e in enumerate(ids)}
 
 
+@workdir_lock.releases_workdir_locks
 def label_datasets(lam: interface.FrozenDynamicsModel, datasets: Sequence[dict], out_dir: str, *,
                    batch_size: int = 256, fingerprint: dict | None = None,
                    max_shards: int | None = None) -> dict[str, Any]:
@@ -142,6 +144,7 @@ def label_datasets(lam: interface.FrozenDynamicsModel, datasets: Sequence[dict],
     if {k: previous.get(k) for k in identity} != json.loads(json.dumps(identity)):
       raise ValueError(f"{out_dir} holds labels from another LAM or dataset list; use a new "
                        "out_dir or delete it")
+  workdir_lock.lock_workdir(out_dir)  # process 0: one labeling run per out_dir
   jobs = plan_shards(datasets, out_dir)
   mine = [j for i, j in enumerate(jobs) if i % jax.process_count() == jax.process_index()]
   todo = [j for j in mine if not os.path.exists(j.out_path)]

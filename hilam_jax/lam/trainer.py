@@ -77,6 +77,7 @@ def to_model_batch(batch: dict) -> dict:
           "frame_tk": batch["next_observation"]["image_primary"]}
 
 
+@training.releases_workdir_locks
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains (or resumes) a LAM in `workdir`; returns the final eval metrics.
 
@@ -90,6 +91,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     raise ValueError(f"image_size {image_size} must be divisible by the LAM's total stride "
                      f"{lam_config.total_stride}")
   dp.check_datasets([dict(d) for d in (*config.data.train, *config.data.val)])
+  training.lock_workdir(workdir)  # before anything is written; refuses a second run
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), config, max_to_keep=2,

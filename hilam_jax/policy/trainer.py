@@ -316,6 +316,7 @@ def policy_loss(params, batch, rng, *, module, head_cfgs, high=None, train=True)
 # ----------------------------------------------------------------------------- training
 
 
+@training.releases_workdir_locks
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains (or resumes) one policy in `workdir`; returns the final validation metrics.
 
@@ -331,6 +332,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
                                 skip_corrupted=bool(config.data.get("skip_corrupted", False)))
   cfg = networks.model_config(config, target_statistics(config, episode_ids, arrays))
+  training.lock_workdir(workdir)  # before anything is written; refuses a second run
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},

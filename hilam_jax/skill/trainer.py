@@ -397,6 +397,7 @@ def level_update_scale(multipliers: tuple[float, ...] | None):
       lambda path, _: multipliers[parameter_level(path)], params)
 
 
+@training.releases_workdir_locks
 def train_and_evaluate(config: Any, workdir: str,
                        frozen_lam: Optional[interface.FrozenDynamicsModel] = None
                        ) -> dict[str, float]:
@@ -416,6 +417,7 @@ def train_and_evaluate(config: Any, workdir: str,
   check_inputs(config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   lr_multipliers = level_lr_multipliers(config, model_config)
+  training.lock_workdir(workdir)  # before anything is written; refuses a second run
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), config, max_to_keep=2,

@@ -6,6 +6,7 @@ checkpoint   orbax composite checkpoints (state, params, config, versions, extra
 metrics      TensorBoard writer (process 0) and a progress line with steps/s and ETA
 loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on interrupt and
              on SIGTERM (preemption)
+workdir_lock one run per workdir (`lock_workdir`, released by `releases_workdir_locks`)
 """
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
                                            ConfigMismatchError, CorruptCheckpointError,
@@ -19,6 +20,8 @@ from hilam_jax.training.metrics import MetricWriter, Progress
 from hilam_jax.training.train_state import (TrainState, abstract_train_state, create_train_state,
                                             make_eval_step, make_optimizer, make_train_step,
                                             unwrap_params)
+from hilam_jax.training.workdir_lock import (LOCK_NAME, WorkdirLockedError, lock_workdir,
+                                             release_workdir, releases_workdir_locks)
 
 __all__ = [
     "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "CorruptCheckpointError",
@@ -29,5 +32,6 @@ __all__ = [
     "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
     "per_process_batch", "replicated_sharding",
     "restore_params", "run_eval", "run_training", "shard_batch", "shard_batches", "train_loop",
-    "unwrap_params",
+    "unwrap_params", "LOCK_NAME", "WorkdirLockedError", "lock_workdir", "release_workdir",
+    "releases_workdir_locks",
 ]
