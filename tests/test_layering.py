@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests.conftest import parse_python
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first; a module's layer is that of its longest matching prefix.
@@ -50,7 +52,7 @@ def project_modules():
 
 def imports_of(path: str) -> set[str]:
   names = set()
-  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+  for node in ast.walk(parse_python(path)):
     if isinstance(node, ast.Import):
       names.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -102,7 +104,7 @@ def import_targets(path: str, module: str, modules) -> set[str]:
 
   is_package = os.path.basename(path) == "__init__.py"
   targets = set()
-  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+  for node in ast.walk(parse_python(path)):
     if isinstance(node, ast.Import):
       targets.update(resolve(alias.name) for alias in node.names)
     elif isinstance(node, ast.ImportFrom):

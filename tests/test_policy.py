@@ -15,6 +15,7 @@ from hilam_jax.policy import config as policy_defaults
 from hilam_jax.policy import networks
 from hilam_jax.policy import policies
 from hilam_jax.policy import trainer
+from tests.conftest import parse_python
 
 LATENT_DIM = 3
 
@@ -79,7 +80,7 @@ def _imported_modules(module) -> set[str]:
   import importlib
   path = importlib.import_module(module).__file__
   names = set()
-  for node in ast.walk(ast.parse(open(path).read())):
+  for node in ast.walk(parse_python(path)):
     if isinstance(node, ast.Import):
       names.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.module:
