@@ -159,11 +159,12 @@ def smoke_main_job(tmp_path_factory, worker_id):
 
 
 def parse_python(path: str) -> ast.Module:
-  """`ast.parse` of a source file, retried: CPython 3.11.7's AST constructor compares the
-  interpreter-wide recursion limit before and after it builds the tree, and fails with
-  "SystemError: AST constructor recursion depth mismatch" when another thread of the process
-  (a library's) changes the limit meanwhile (seen once in a full test run, not reproducible
-  alone; fixed upstream in later 3.11 releases). A retry parses the same text again."""
+  """`ast.parse` of a source file, retried on CPython 3.11.7's spurious "SystemError: AST
+  constructor recursion depth mismatch" (seen once in a full test run, in a worker that had
+  run many other tests; not reproduced alone). The constructor compares a recursion depth
+  taken before and after it builds the tree; the likely cause, not established, is another
+  thread changing the interpreter-wide recursion limit meanwhile. A retry parses the same
+  text again; any other error is raised."""
   with open(path, encoding="utf-8") as f:
     text = f.read()
   for attempt in range(5):
