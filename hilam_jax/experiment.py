@@ -166,7 +166,8 @@ def _extract_and_score_skills(config: Any, paths: Paths, data: dict) -> dict:
   out["discovery"] = report["results"]
   out["filmstrips"] = report["filmstrips"]
   # What any segmenter told the true subtask counts gets from z^0 (and, on the demos, from the
-  # true actions): how much of the boundaries the latents keep (docs/log/2026-12-03-skill-discovery-segment-ceilings.md).
+  # true actions): how much of the boundaries the latents keep
+  # (docs/log/2026-12-03-skill-discovery-segment-ceilings.md).
   out["ceiling"] = {key: discovery.run_ceilings(labels, data[key],
                                                 os.path.join(paths.discovery, f"ceiling_{key}"),
                                                 split="val")["results"]
