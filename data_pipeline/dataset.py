@@ -17,6 +17,7 @@ import dataclasses
 import os
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
+from absl import logging
 import tensorflow as tf
 
 from data_pipeline import frame_transforms
@@ -185,6 +186,7 @@ def make_dataset(
     episode_ids: Collection[str] | None = None,
     cache: str | None = None,
     autotune: bool | None = None,
+    fill_missing: bool = False,
 ) -> Pipeline:
   """A batched frame pipeline over a weighted mixture of datasets.
 
@@ -214,6 +216,10 @@ def make_dataset(
       first epoch's order; the frame shuffle buffer still mixes them. The batches do not depend
       on the choice.
     autotune: tf.data autotuning (`pipeline_options`; None: from the environment).
+    fill_missing: in a mixture, give every dataset the observations another one has
+      (`fill_missing_keys`: black frames for a missing camera, zeros for missing proprio) and
+      drop the other keys some dataset lacks (e.g. the actions of robot episodes mixed with
+      action-free video).
   """
   specs = [_as_spec(s) for s in datasets]
   if not specs:
@@ -242,6 +248,8 @@ def make_dataset(
   if len(frames) == 1:
     ds = frames[0]
   else:
+    if fill_missing:
+      frames = fill_missing_keys(frames, specs)
     _check_same_structure(frames, specs)
     weights = [s.weight for s in specs]
     if min(weights) < 0 or sum(weights) <= 0:
@@ -266,6 +274,52 @@ def make_dataset(
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   ds = ds.with_options(pipeline_options(deterministic, autotune)).prefetch(prefetch)
   return Pipeline(ds, sources, num_skipped)
+
+
+def _black_jpeg() -> bytes:
+  return tf.io.encode_jpeg(tf.zeros((8, 8, 3), tf.uint8)).numpy()
+
+
+def fill_missing_keys(frames: list[tf.data.Dataset],
+                      specs: list[DatasetSpec]) -> list[tf.data.Dataset]:
+  """Frame datasets of a mixture brought to one structure: an `observation/*` or
+  `next_observation/*` key that some datasets have is added to the others (an encoded image:
+  a black JPEG, resized with the rest at decoding; a decoded image or a numeric key: zeros of
+  the same shape); every other key that not all datasets have is dropped. Human video mixed
+  with robot episodes thereby reaches a policy with a black wrist camera and zero proprio
+  (the policy's inputs keep their shapes; docs/your_data.md)."""
+  flats = [schema.flatten_keys(ds.element_spec) for ds in frames]
+  union: dict[str, tf.TensorSpec] = {}
+  for flat in flats:
+    for key, spec in flat.items():
+      union.setdefault(key, spec)
+  fillable = {k: v for k, v in union.items()
+              if k.split("/")[0] in ("observation", "next_observation")}
+  for key, spec in fillable.items():
+    if not spec.shape.is_fully_defined():
+      raise ValueError(f"cannot fill {key!r} (shape {spec.shape}) into the datasets without it")
+  common = set.intersection(*(set(f) for f in flats)) | set(fillable)
+  black = _black_jpeg()
+  out = []
+  for ds, flat, spec in zip(frames, flats, specs):
+    added = sorted(set(fillable) - set(flat))
+    dropped = sorted(set(flat) - common)
+    if added or dropped:
+      logging.info("mixture: %s gets %s filled, %s dropped", spec.dataset_dir, added or "none",
+                   dropped or "none")
+
+    def fill(frame, added=tuple(added)):
+      flat_frame = {k: v for k, v in schema.flatten_keys(frame).items() if k in common}
+      for key in added:
+        want = fillable[key]
+        if want.dtype == tf.string:
+          flat_frame[key] = tf.fill(want.shape.as_list(), tf.constant(black))
+        else:
+          flat_frame[key] = tf.zeros(want.shape, want.dtype)
+      return frame_transforms.unflatten_keys(flat_frame)
+
+    out.append(ds.map(fill) if added or dropped else ds)
+  return out
 
 
 def check_datasets(datasets: Sequence[DatasetSpec | Mapping[str, Any]]) -> None:

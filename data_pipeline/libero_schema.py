@@ -40,6 +40,9 @@ LIBERO_DATASETS = (
     "libero_goal_no_noops",
     "libero_10_no_noops",
 )
+# LIBERO-90 in the same schema: not part of OpenVLA's release, written by its regeneration
+# script and RLDS builder for the `libero_90` suite (the paper's robot video).
+LIBERO_90 = "libero_90_no_noops"
 # Episodes in each release's train split.
 NUM_EPISODES = {
     "libero_spatial_no_noops": 432,
@@ -63,6 +66,10 @@ _INSTRUCTIONS = {
     "libero_goal_no_noops": (
         "open the middle drawer of the cabinet",
         "put the bowl on the stove",
+    ),
+    "libero_90_no_noops": (
+        "open the top drawer of the cabinet",
+        "put the black bowl on the plate",
     ),
     "libero_10_no_noops": (
         "put both the alphabet soup and the tomato sauce in the basket",

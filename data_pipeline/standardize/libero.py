@@ -24,12 +24,12 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
-from data_pipeline.libero_schema import LIBERO_DATASETS
+from data_pipeline.libero_schema import LIBERO_90, LIBERO_DATASETS
 from data_pipeline.registry import register
 from data_pipeline.schema import get_key
 
 
-@register(*LIBERO_DATASETS)
+@register(*LIBERO_DATASETS, LIBERO_90)
 def standardize_libero(episode: Mapping[str, Any],
                        dataset_name: str = "libero_*_no_noops") -> dict:
   """Raw LIBERO episode (steps dense [T], images encoded) -> common schema; pure TF.
