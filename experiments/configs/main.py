@@ -17,6 +17,14 @@ evaluate in the simulator and write the report. Rerunning the same command resum
   # smoke variant (tiny sizes, a few steps: the CI test)
   python -m experiments.main --config=experiments/configs/main.py:smoke --workdir=/tmp/main_smoke
 
+  # the paper's setting (LIBERO-90 robot video + human video, LIBERO-Long demos, UniSkill's
+  # frozen models; docs/your_data.md): the paths of what you downloaded are flags
+  python -m experiments.main --config=experiments/configs/main.py:libero_long \
+      --config.video.sources.libero_90.rlds=<rlds>/libero_90_no_noops/1.0.0 \
+      --config.video.sources.human.videos=<human video folder> \
+      --config.demos.sources.libero_10.rlds=<rlds>/libero_10_no_noops/1.0.0 \
+      --config.frozen_model=uniskill:<converted UniSkill folder> --workdir=runs/libero_long
+
   # only generate the datasets / stop before the policy runs
   python -m experiments.main --config.stop_after=data
   python -m experiments.main --config.stop_after=skills
@@ -34,7 +42,7 @@ from experiments.configs import benchmark_regime
 from experiments.configs import train_lam
 from experiments.configs import train_skill_model
 
-VARIANTS = ("default", "quick", "large", "smoke")
+VARIANTS = ("default", "quick", "large", "smoke", "libero_long", "libero_smoke")
 LEVEL = benchmark_regime.LEVEL
 
 
@@ -54,6 +62,8 @@ def _skill_objective(skill: ml_collections.ConfigDict) -> None:
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown main config variant {arg!r}; variants: {', '.join(VARIANTS)}")
+  if arg.startswith("libero"):
+    return _libero_config(arg)
   config = ml_collections.ConfigDict()
   config.seed = 0  # of the LAM and skill model (one of each per experiment)
   config.seeds = (0, 1, 2)  # training seeds of every policy run (pretraining included)
@@ -225,4 +235,113 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     config.eval.num_videos = 1
     config.eval.skill_use_batches = 1
     config.report.num_filmstrips = 1
+  return config
+
+
+def _libero_config(arg: str) -> ml_collections.ConfigDict:
+  """The paper's LIBERO-Long setting (`libero_long`) and its CPU smoke size (`libero_smoke`).
+
+  Video: LIBERO-90 robot episodes (OpenVLA's RLDS format, action labels unused) mixed with a
+  folder of human videos (converted once); demos: LIBERO-10 (Long) with the agent-view and wrist
+  cameras and proprio; latent actions and L_rec from UniSkill's frozen IDM / FDM
+  (`--config.frozen_model=uniskill:<dir>` of `experiments/convert_uniskill.py`; without it the
+  run trains its own LAM from config.lam). The releases have only a `train` split: 5% of their
+  shards are held out as `val` (data_pipeline/sources.py). BAKU at its LIBERO settings (paper
+  sizes, 128x128 images, 10-step chunks, augmentation); pretraining and fine-tuning 100k steps
+  each, as in the paper. Evaluation: the 10 LIBERO-Long tasks, 50 episodes each, the suite's
+  520-step cap. Sizes not measured here (no GPU): docs/your_data.md gives the expected costs.
+  """
+  config = get_config("default")
+  config.world = "libero"
+  config.level = "libero_10"
+  config.video = ml_collections.ConfigDict({
+      "sources": {
+          # Robot video: LIBERO-90 in the release's schema (action labels are not used).
+          "libero_90": {"rlds": ml_collections.config_dict.placeholder(str), "weight": 1.0},
+          # Human video: a folder of mp4 / webm / gif files (captions optional).
+          "human": {"videos": ml_collections.config_dict.placeholder(str), "weight": 1.0,
+                    "captions": ml_collections.config_dict.placeholder(str),
+                    "resize": (224, 224), "max_frames": 256, "frame_stride": 1,
+                    "val_fraction": 0.05},
+      },
+      "val_fraction": 0.05})
+  config.demos = ml_collections.ConfigDict({
+      "sources": {"libero_10": {"rlds": ml_collections.config_dict.placeholder(str)}},
+      "val_fraction": 0.05})
+  config.lam = train_lam.get_config("metaworld")  # only without frozen_model
+  config.lam.data.image_size = (128, 128)
+  config.skill = train_skill_model.get_config("babyai")
+  config.skill.data.window = 64
+  config.skill.data.window_hop = 32
+  config.skill.lambda_rec = 1.0  # the paper's L_rec through the frozen FDM
+  config.skill.num_steps = 20_000  # not measured
+  config.skill.eval_every = 2000
+  config.skill.checkpoint_every = 2000
+  _skill_objective(config.skill)
+  config.skill.data.normalize = "none"  # the frozen FDM of L_rec decodes raw latents
+
+  p = config.policy
+  p.model_size = "paper"
+  p.model_overrides = ml_collections.ConfigDict({})
+  p.condition_mode = "token"
+  p.image_size = (128, 128)
+  p.augment = True
+  p.chunk = 10
+  p.head_hidden = (256,)
+  p.batch_size = 64
+  p.learning_rate = 1e-4
+  p.warmup_fraction = 0.02
+  p.pretrain_steps = 100_000
+  p.finetune_steps = 100_000
+  p.min_finetune_steps = 100_000
+  p.demo_pretrain_steps = 20_000
+  p.log_every = 1000
+  p.shuffle_buffer = 20_000
+  config.fractions = (0.1, 1.0)
+  config.ablations = ("hilam_s1_z0",)
+  config.ablation_fractions = (1.0,)
+  config.num_workers = 1  # one accelerator
+  config.single_thread_workers = False
+  e = config.eval
+  e.num_episodes = 500  # 50 per task, from the suite's fixed initial states
+  e.max_steps = None  # the suite's (520 for LIBERO-Long)
+  e.num_envs = 10
+  e.actions = "argmax"
+  e.task_ids = ()  # (): all 10 tasks
+  e.render_size = 256
+  e.num_sim_workers = 2
+  e.offline = False  # True: no simulator run, held-out action errors instead
+  config.report.num_filmstrips = 0
+
+  if arg == "libero_smoke":
+    config.seeds = (0,)
+    config.skill = train_skill_model.get_config("tiny")
+    _skill_objective(config.skill)
+    config.skill.data.normalize = "none"
+    config.skill.lambda_rec = 1.0
+    config.skill.data.rec_positions = 1
+    config.lam = train_lam.get_config("tiny")
+    p.model_size = "tiny"
+    p.lang_encoder = "hash"
+    p.image_size = (32, 32)
+    p.augment = False
+    p.chunk = 2
+    p.head_hidden = (16,)
+    p.batch_size = 4
+    p.pretrain_steps = p.finetune_steps = p.min_finetune_steps = p.demo_pretrain_steps = 2
+    p.num_evals = 1
+    p.num_eval_batches = 1
+    p.shuffle_buffer = 32
+    config.fractions = (1.0,)
+    config.ablations = ()
+    e.num_episodes = 1
+    e.task_ids = (0,)
+    e.max_steps = 3
+    e.num_envs = 1
+    e.num_sim_workers = 1
+    e.render_size = 128
+    e.num_videos = 0
+    e.skill_use_batches = 1
+    config.num_workers = 2
+    config.single_thread_workers = True
   return config

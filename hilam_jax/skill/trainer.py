@@ -328,6 +328,13 @@ def check_lam_matches_labels(lam: interface.FrozenDynamicsModel, manifest: dict)
                      f"labels (k={manifest['frame_gap']}, Dz={manifest['latent_dim']})")
 
 
+def check_objective(config: Any) -> None:
+  """Refuses objective settings that cannot work together (before any data is read)."""
+  if config.lambda_rec and config.data.get("normalize", "none") == "zscore":
+    raise ValueError("data.normalize='zscore' with lambda_rec > 0 is not supported: the "
+                     "frozen FDM decodes raw latents")
+
+
 def check_inputs(config: Any) -> None:
   """The label folder has a manifest; with L_rec the datasets it names (the frames) exist."""
   manifest_path = os.path.join(config.data.labels_dir, labeling.MANIFEST)
@@ -439,9 +446,7 @@ def train_and_evaluate(config: Any, workdir: str,
   val_latents = load_split_latents(config.data.labels_dir, config.data.val_split)
   normalization = resolve_normalization(config, workdir, train_latents)
   if normalization is not None:
-    if config.lambda_rec:
-      raise ValueError("data.normalize='zscore' with lambda_rec > 0 is not supported: the "
-                       "frozen FDM decodes raw latents")
+    check_objective(config)
     logging.info("z-scoring latents per dimension (train std %s)",
                  np.round(normalization["std"], 3).tolist())
     train_latents = normalize_latents(train_latents, normalization)

@@ -53,4 +53,5 @@ WORLD = BabyAIWorld(
     proprio_dim=4,  # one-hot facing direction (sim.NUM_DIRECTIONS)
     cameras=("image_primary",),
     episode_cap=None,  # the level's own (env.unwrapped.max_steps)
+    simulator_modules=("minigrid",),
 )

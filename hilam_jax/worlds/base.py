@@ -72,6 +72,20 @@ class World:
   episode_cap: int | None = None
   has_generator: bool = True
 
+  # Python modules the evaluation harness needs (checked by `simulator_missing`), and the
+  # setup.py extra that installs them.
+  simulator_modules: tuple[str, ...] = ()
+  simulator_extra: str = "sim"
+
+  def simulator_missing(self) -> str | None:
+    """Why this world's simulator cannot run here (a module not installed), or None."""
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    missing = [m for m in self.simulator_modules if importlib.util.find_spec(m) is None]
+    if missing:
+      return (f"the {self.name} simulator is not installed (no module "
+              f"{', '.join(repr(m) for m in missing)}; pip install -e \".[{self.name}]\")")
+    return None
+
   def observation_keys(self) -> tuple[str, ...]:
     """The observation keys a policy of this world reads."""
     return self.cameras + ((self.proprio_key,) if self.proprio_dim else ())

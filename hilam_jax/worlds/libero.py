@@ -10,7 +10,9 @@ gripper qpos (8); actions: Δpos, Δaxis-angle, gripper (7) in [-1, 1]. Level: t
 
 Evaluation: `hilam_jax.evaluation.libero.evaluate_libero` (the standard protocol: fixed initial
 states, settle steps), images at the policy's own size. eval.num_episodes is spread over the
-suite's 10 tasks (rounded up per task). Requires the `libero` extra (imported by the harness only).
+suite's 10 tasks, or over eval.task_ids (rounded up per task); eval.render_size is the camera
+resolution (default 256, the release's). Requires the `libero` extra (imported by the harness
+only).
 """
 from __future__ import annotations
 
@@ -31,8 +33,8 @@ class LiberoWorld(base.World):
     del data_dir  # nothing is written
     dataset_dir = spec.get("dataset_dir") if hasattr(spec, "get") else None
     if not dataset_dir:
-      raise ValueError("LIBERO has no generator: a data spec names an RLDS dataset, "
-                       "{'dataset_dir': '<tfds dir>/libero_spatial_no_noops/1.0.0'}")
+      raise ValueError("LIBERO has no generator: a data spec names its sources, e.g. "
+                       "{'sources': {'libero_10': {'rlds': '<tfds dir>/libero_10_no_noops/1.0.0'}}}")
     name = os.path.basename(os.path.dirname(os.path.normpath(dataset_dir)))
     if name not in libero_schema.LIBERO_DATASETS:
       raise ValueError(f"{dataset_dir}: {name!r} is not a LIBERO dataset "
@@ -60,9 +62,12 @@ class LiberoWorld(base.World):
     if size is not None and size[0] != size[1]:
       raise ValueError(f"LIBERO renders square images; the policy was trained on {size}")
     num_workers = max(1, min(int(e.get("num_sim_workers", 2)), e["num_envs"]))
+    task_ids = e.get("task_ids") or list(range(10))
     return libero_eval.evaluate_libero(
-        policy, settings["suite"], image_size=size[0] if size else 256,
-        num_trials_per_task=math.ceil(e["num_episodes"] / 10), max_steps=e["max_steps"],
+        policy, settings["suite"], image_size=size[0] if size else 256, task_ids=task_ids,
+        render_size=int(e.get("render_size") or 256),
+        num_trials_per_task=math.ceil(e["num_episodes"] / len(task_ids)),
+        max_steps=e["max_steps"],
         num_workers=num_workers, envs_per_worker=math.ceil(e["num_envs"] / num_workers),
         video_dir=video_dir, num_videos=e["num_videos"]).to_dict()
 
@@ -74,4 +79,6 @@ WORLD = LiberoWorld(
     cameras=("image_primary", "image_wrist"),  # agent view, wrist
     episode_cap=None,  # the suite's (evaluation.libero.SUITE_MAX_STEPS)
     has_generator=False,
+    simulator_modules=("libero",),
+    simulator_extra="libero",
 )

@@ -69,4 +69,5 @@ WORLD = MetaWorldWorld(
     proprio_dim=4,  # hand xyz + gripper opening (standardize/metaworld.py PROPRIO_DIM)
     cameras=("image_primary",),
     episode_cap=500,  # Meta-World's own episode limit
+    simulator_modules=("metaworld",),
 )

@@ -520,13 +520,14 @@ def minmax_per_image(depth: jax.Array) -> jax.Array:
   return (depth - low) / (high - low)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "out_size"))
+@functools.partial(jax.jit, static_argnames=("config", "out_size", "pixels_size"))
 def uniskill_depth(params: dict, rgb: jax.Array, *, config: DepthConfig,
-                   out_size: int = 224) -> jax.Array:
+                   out_size: int = 224, pixels_size: int = DPT_SIZE) -> jax.Array:
   """UniSkill's depth maps for the IDM: RGB [B, H, W, 3] in [0, 1] -> [B, out_size, out_size]
-  in [0, 1]: `uniskill_depth_pixels` -> Depth-Anything -> per-image min-max -> bilinear resize
-  (align_corners=False) to out_size. The last resize's mode is not in the facts we have (an
-  assumption; the IDM min-max normalises again, so only the interpolation matters)."""
-  depth = predict_depth(params, uniskill_depth_pixels(rgb), config=config)
+  in [0, 1]: `uniskill_depth_pixels` (at `pixels_size`, the DPT processor's 518 for the
+  release) -> Depth-Anything -> per-image min-max -> bilinear resize (align_corners=False) to
+  out_size. The last resize's mode is not in the facts we have (an assumption; the IDM min-max
+  normalises again, so only the interpolation matters)."""
+  depth = predict_depth(params, uniskill_depth_pixels(rgb, pixels_size), config=config)
   depth = minmax_per_image(depth)[..., None]
   return resize_bilinear(depth, (out_size, out_size), align_corners=False)[..., 0]

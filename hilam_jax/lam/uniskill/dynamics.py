@@ -107,6 +107,8 @@ class DynamicsConfig(config_io.DictConfig):
     target_latent: "sample" (a draw of the VAE's Gaussian, as InstructPix2Pix trains) or "mean".
     scale_condition_latent: multiply I_t's latent by scaling_factor too (InstructPix2Pix: no).
     dtype: "float32" or "bfloat16" compute of the IDM, UNet and VAE (params stay float32).
+    depth_size: the side Depth-Anything's input is resized to (the DPT processor's 518, as
+      UniSkill trained; smaller sizes, multiples of 14, are for tests and smoke runs).
     schedule: the DDPM noise schedule.
   """
   frame_gap: int = 1
@@ -119,6 +121,7 @@ class DynamicsConfig(config_io.DictConfig):
   scale_condition_latent: bool = False
   dtype: str = "float32"
   schedule: NoiseSchedule = NoiseSchedule()
+  depth_size: int = depth_anything.DPT_SIZE
 
   def __post_init__(self):
     if isinstance(self.schedule, dict):
@@ -160,7 +163,8 @@ def _encode(static: _Static, params: dict, frame_t: jax.Array, frame_tk: jax.Arr
   rgb = jnp.stack([_to_unit(frame_t, size), _to_unit(frame_tk, size)], axis=1)  # [B, 2, S, S, 3]
   b = rgb.shape[0]
   depth = depth_anything.uniskill_depth(params["depth"], rgb.reshape(2 * b, size, size, 3),
-                                        config=static.depth, out_size=size)
+                                        config=static.depth, out_size=size,
+                                        pixels_size=static.dynamics.depth_size)
   return uniskill_idm.idm_skill(params["idm"], rgb, depth.reshape(b, 2, size, size),
                                 config=static.idm, dtype=static.dtype)
 
