@@ -136,7 +136,8 @@ def _plot_success(success: Mapping, fractions: list[str], path: str,
   if ylabel == "success rate":
     ax.set_ylim(-0.02, 1.02)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:  # none with a single fraction
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -259,10 +260,11 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
     lines.append(f"| {LABELS.get(method, method)} | "
                  + " | ".join(_cell(success.get(method, {}).get(f)) for f in fractions) + " |")
   lines += ["", "![success vs demos](success_vs_demos.png)", ""]
-  lines += ["## The paper's orderings on this benchmark", "",
-            "Each claim is checked on the paired per-seed difference (same seed: same demos, "
-            "same pretraining seed); it holds if the mean difference has the claimed sign, and "
-            "is significant if the 95% t-interval of the difference excludes 0.", ""]
+  if checks:
+    lines += ["## The paper's orderings on this benchmark", "",
+              "Each claim is checked on the paired per-seed difference (same seed: same demos, "
+              "same pretraining seed); it holds if the mean difference has the claimed sign, "
+              "and is significant if the 95% t-interval of the difference excludes 0.", ""]
   for c in checks:
     verdict = {True: "holds", False: "does NOT hold", None: "not measured"}[c["holds"]]
     lines.append(f"- {c['claim']}: **{verdict}** ({c['detail']})")

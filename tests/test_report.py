@@ -145,3 +145,57 @@ def test_planner_shares_pretraining_within_a_seed(tmp_path):
                          if k not in ("condition_dim",)))
             for n, j in planner.jobs.items() if n.startswith(("pretrain", "finetune"))}
   assert len(models) == 1
+
+
+def test_without_a_simulator_each_cell_is_the_held_out_action_error(tmp_path):
+  import dataclasses
+  import json
+  import os
+  from hilam_jax import worlds
+  libero = worlds.get_world("libero")
+  assert libero.simulator_missing() is None  # the test extra installs it
+  absent = dataclasses.replace(libero, simulator_modules=("no_such_simulator_module",))
+  assert absent.simulator_missing() == ("the libero simulator is not installed (no module "
+                                        "'no_such_simulator_module'; pip install -e \".[libero]\")")
+  # evaluate_job, offline: the fine-tuned run's final validation action MSE (HiLAM: pi^l's).
+  evaluations = {}
+  for seed, mse in enumerate((0.25, 0.125, 0.5)):
+    low = tmp_path / f"low{seed}"
+    low.mkdir()
+    (low / "final_metrics.json").write_text(json.dumps({"action/mse": mse, "loss": 9.0}))
+    spec = {"kind": "hierarchical", "high": str(tmp_path / "high"), "low": str(low)}
+    out_dir = str(tmp_path / f"eval{seed}")
+    result = experiment.evaluate_job(out_dir, spec, {"offline": True}, "libero", "libero_10",
+                                     demos_dir="/unused", high_every=1)
+    assert result == {"offline": "eval.offline is set", "action_error": mse,
+                      "metric": "action MSE"}
+    with open(os.path.join(out_dir, "result.json")) as f:
+      assert json.load(f) == result
+    evaluations[("hilam", 1.0, seed)] = result
+  cell = experiment.aggregate(evaluations)["hilam"]["1"]
+  assert cell["action_error"] == pytest.approx(0.875 / 3) and cell["values"] == [0.25, 0.125, 0.5]
+  assert cell["ci_low"] < cell["mean"] < cell["ci_high"] and "success_rate" not in cell
+  # Categorical worlds: 1 - accuracy.
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  (flat / "final_metrics.json").write_text(json.dumps({"action/accuracy": 0.75}))
+  result = experiment.offline_result({"kind": "flat", "workdir": str(flat)},
+                                     worlds.get_world("babyai"), "why")
+  assert result["action_error"] == 0.25 and result["metric"] == "action error rate"
+  assert report._cell(cell).startswith("0.2917 [")
+  # The report says why there is no success rate and tabulates the errors.
+  config = main_config.get_config("libero_smoke")
+  config.methods = ("hilam",)
+  paths = experiment.Paths(str(tmp_path / "run"))
+  results = {"policies": {"success": {"hilam": {"1": cell}}, "train_metrics": {},
+                          "per_seed": [{"method": "hilam", "fraction": 1.0, "seed": s, **r}
+                                       for (_, _, s), r in evaluations.items()]},
+             "skills": {"result": {}}, "stage_seconds": {},
+             "data": {"video_summary": {"train": {"episodes": 5}},
+                      "demos_summary": {"train": {"episodes": 3}}}}
+  with open(report.write_report(results, paths, config)) as f:
+    text = f.read()
+  assert "No success rates: eval.offline is set." in text
+  assert "## Action MSE vs demonstrations" in text
+  assert f"| {report.LABELS['hilam']} | {report._cell(cell)} |" in text
+  assert "orderings" not in text.replace("orderings are not checked", "")
