@@ -12,6 +12,8 @@ test can signal it mid-run; it logs each step it starts to <train_dir>/progress 
 resumed from to <train_dir>/start_step (".<process index>" appended in a multi-process run):
 
   python -m tests.training_worker --train_dir=/tmp/run --num_steps=60 --step_seconds=0.1
+
+--final_seconds sleeps after the loop, as a trainer's final evaluation takes time.
 """
 from __future__ import annotations
 
@@ -112,7 +114,8 @@ def run(mesh, num_steps: int = 5, checkpoint_dir: str | None = None) -> dict:
           "step": int(state.step)}
 
 
-def train_resumable(train_dir: str, num_steps: int, step_seconds: float) -> int:
+def train_resumable(train_dir: str, num_steps: int, step_seconds: float,
+                    final_seconds: float = 0.0) -> int:
   """Trains (or resumes) to `num_steps` in `train_dir`; returns the final step."""
   mesh = training.make_mesh()
   tx = make_tx()
@@ -136,6 +139,7 @@ def train_resumable(train_dir: str, num_steps: int, step_seconds: float) -> int:
   state = training.train_loop(state=state, train_step=training.make_train_step(loss_fn, tx, mesh),
                               batches=batches(), num_steps=num_steps, checkpointer=checkpointer,
                               log_every=10)
+  time.sleep(final_seconds)  # what follows a trainer's loop (its final evaluation)
   checkpointer.close()
   return int(state.step)
 
@@ -147,6 +151,8 @@ def main(argv):
   parser.add_argument("--checkpoint_dir", default=None)
   parser.add_argument("--train_dir", default=None)
   parser.add_argument("--step_seconds", type=float, default=0.0)
+  parser.add_argument("--final_seconds", type=float, default=0.0,
+                      help="Sleep after the training loop (a trainer's final evaluation).")
   parser.add_argument("--fail_process", type=int, default=None,
                       help="This process index raises once the job is up (a crash in one "
                       "process of a multi-process run).")
@@ -160,7 +166,7 @@ def main(argv):
   if args.fail_process is not None and jax.process_index() == args.fail_process:
     raise RuntimeError(f"process {args.fail_process} fails on purpose (--fail_process)")
   if args.train_dir:
-    train_resumable(args.train_dir, args.num_steps, args.step_seconds)
+    train_resumable(args.train_dir, args.num_steps, args.step_seconds, args.final_seconds)
     return
   mesh = training.make_mesh()
   result = run(mesh, args.num_steps, args.checkpoint_dir)

@@ -243,7 +243,10 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
         pending = None
       if checkpointer is not None:
         save(step, force=True)
-      if stop_requested(request):  # during the last step: its checkpoint is being saved
+        # Awaited while SIGTERM only sets the flag: once the block ends the signal ends the
+        # process, and a final checkpoint still being written would be lost.
+        checkpointer.wait_until_finished()
+      if stop_requested(request):  # during the last step or its save: that step is saved
         stop(request)
   except preemption.Preempted:
     raise  # saved by `stop`
