@@ -55,7 +55,12 @@ def open_builder(dataset_dir: str) -> tfds.core.DatasetBuilder:
     raise schema.DatasetNotFoundError(
         f"{dataset_dir!r} is not a TFDS dataset directory (no dataset_info.json); pass the "
         "versioned folder, e.g. <data_dir>/<name>/1.0.0")
-  return tfds.builder_from_directory(dataset_dir)
+  try:
+    return tfds.builder_from_directory(dataset_dir)
+  except Exception as e:  # e.g. a protobuf parse error that names no file
+    raise schema.DatasetError(
+        f"{os.path.join(dataset_dir, 'dataset_info.json')} (or the features.json beside it) "
+        f"could not be read as TFDS metadata: {type(e).__name__}: {e}") from e
 
 
 def scan_for_corruption(files: list[str], expected: list[int]) -> CorruptionReport:

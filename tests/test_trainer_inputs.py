@@ -87,6 +87,17 @@ def test_log_every_below_one_is_refused(toy_dataset, tmp_path):
     _train("lam", config, str(tmp_path / "run"))
 
 
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_batch_size_below_one_is_refused_before_anything_is_written(trainer, toy_dataset,
+                                                                    tmp_path):
+  config = _config(trainer, toy_dataset, str(tmp_path))
+  config.batch_size = 0
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match=r"config\.batch_size must be an integer >= 1, got 0"):
+    _train(trainer, config, workdir)
+  assert not os.path.exists(workdir)
+
+
 def _missing_input(trainer, config, root):
   """Points `config` at a missing input; returns the error expected and its message."""
   missing = os.path.join(root, "missing", "1.0.0")

@@ -147,10 +147,20 @@ def _loss(params, batch, rng, *, module):
   return losses.lam_loss(params, module, batch, rng)
 
 
+def _lam_checkpoint_config(workdir: str, step: int | None) -> dict[str, Any]:
+  """The stored config of a LAM checkpoint; another model's workdir is refused by name."""
+  config = training.load_checkpoint_config(os.path.join(workdir, "checkpoints"), step)
+  if "lam" not in config or "frame_gap" not in config.get("data", {}):
+    raise ValueError(f"{workdir} is not a LAM workdir (train_lam): its checkpoint config has "
+                     f"{sorted(config)} but no 'lam' model config; a frozen model is "
+                     "'lam:<train_lam workdir>' or 'uniskill:<converted dir>'")
+  return config
+
+
 def load_frozen_lam(workdir: str, step: int | None = None) -> frozen_lam.FrozenLAM:
   """The trained LAM of `workdir` as a `FrozenLAM` (config and params from the checkpoint)."""
   directory = os.path.join(workdir, "checkpoints")
-  config = training.load_checkpoint_config(directory, step)
+  config = _lam_checkpoint_config(workdir, step)
   params = training.restore_params(directory, step=step)
   return frozen_lam.FrozenLAM.from_config(config["lam"], params,
                                           frame_gap=config["data"]["frame_gap"],
@@ -160,7 +170,7 @@ def load_frozen_lam(workdir: str, step: int | None = None) -> frozen_lam.FrozenL
 def checkpoint_fingerprint(workdir: str, step: int | None = None) -> dict[str, Any]:
   """Identifies a LAM checkpoint: directory, hash of its parameters, config (label manifests)."""
   directory = os.path.join(workdir, "checkpoints")
-  config = training.load_checkpoint_config(directory, step)
+  config = _lam_checkpoint_config(workdir, step)
   return {"checkpoint_dir": os.path.abspath(directory),
           "params_sha256": training.params_sha256(training.restore_params(directory, step=step)),
           "lam": config["lam"], "frame_gap": config["data"]["frame_gap"],

@@ -97,10 +97,11 @@ def check_run_config(config: Any) -> None:
 
   Raises:
     ValueError: `num_steps` < 1 (nothing to train; a run would evaluate its random init and
-      mark itself finished), `log_every` < 1 (the loop logs at multiples of it) or an unknown
-      `compute_dtype` (precision.COMPUTE_DTYPES).
+      mark itself finished), `log_every` < 1 (the loop logs at multiples of it), `batch_size`
+      < 1 (found only when the first batch was built, after the workdir was written) or an
+      unknown `compute_dtype` (precision.COMPUTE_DTYPES).
   """
-  for key in ("num_steps", "log_every"):
+  for key in ("num_steps", "log_every", "batch_size"):
     value = config.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"config.{key} must be an integer >= 1, got {value!r}")
