@@ -305,26 +305,29 @@ def test_reconstruction_on_sampled_positions_equals_full_window():
 
 def test_pallas_chunking_end_to_end_matches_fused():
   """The whole skill model with the Pallas kernels (interpret mode on CPU) = the fused default:
-  same outputs and same gradients of the training loss."""
+  same outputs and same gradients of the training loss. Both jitted (op-by-op dispatch of the
+  interpreted kernels' loops cost minutes); the fused side is the file's shared forward and
+  training gradient (`run`, `loss_and_grad_fn`: same shapes, compiled once)."""
   import dataclasses
   pallas_config = dataclasses.replace(CONFIG, chunk_impl="pallas")
   latents, mask = random_batch(3)
   params = tiny_params()
   fused = run(latents, mask)
-  pallas = skill_model.SkillModel(pallas_config).apply(
+  pallas = jax.jit(skill_model.SkillModel(pallas_config).apply, compiler_options=FAST_COMPILE)(
       {"params": params}, jnp.asarray(latents), jnp.asarray(mask))
   np.testing.assert_allclose(pallas.prediction, fused.prediction, rtol=1e-5, atol=1e-5)
   for a, b in zip(pallas.stages, fused.stages):
     np.testing.assert_array_equal(a.frame_boundary, b.frame_boundary)
     np.testing.assert_allclose(a.skill, b.skill, rtol=1e-5, atol=1e-5)
 
-  def loss(config, p):
-    batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
-    return skill_losses.skill_loss(p, skill_model.SkillModel(config), batch, jax.random.key(0),
-                                   lambda_rec=0.0, lambda_ratio=0.03)[0]
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
 
-  g_fused = jax.grad(functools.partial(loss, CONFIG))(params)
-  g_pallas = jax.grad(functools.partial(loss, pallas_config))(params)
+  def pallas_loss(p):  # `train_loss` with the Pallas kernels
+    return skill_losses.skill_loss(p, skill_model.SkillModel(pallas_config), batch,
+                                   jax.random.key(0), lambda_rec=0.0, lambda_ratio=0.03)[0]
+
+  _, g_fused = loss_and_grad_fn()(params, batch, jax.random.key(0))
+  g_pallas = jax.jit(jax.grad(pallas_loss), compiler_options=FAST_COMPILE)(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                g_pallas, g_fused)
 
