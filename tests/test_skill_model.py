@@ -248,10 +248,12 @@ def test_reconstruction_gradient_reaches_model_not_frozen_lam():
   direction = jnp.asarray(rng.randn(*grads["head"]["kernel"].shape), jnp.float32)
   direction = direction / jnp.linalg.norm(direction)
 
+  rec_value = jax.jit(lambda p: rec_only(p, 1.0)[0], compiler_options=FAST_COMPILE)
+
   def along(eps):
     moved = jax.tree_util.tree_map(lambda x: x, params)
     moved["head"] = dict(moved["head"], kernel=params["head"]["kernel"] + eps * direction)
-    return float(rec_only(moved, 1.0)[0])
+    return float(rec_value(moved))
 
   eps = 1e-2
   finite_difference = (along(eps) - along(-eps)) / (2 * eps)
@@ -264,8 +266,9 @@ def test_reconstruction_gradient_reaches_model_not_frozen_lam():
   # The frozen LAM's parameters receive no gradient through the path skill_loss uses.
   z = jnp.asarray(rng.randn(3, CONFIG.latent_dim), jnp.float32)
   frames = batch["frame_t"][0, :3]
-  lam_grads = jax.grad(lambda lp: jnp.sum(frozen_lam._per_sample_loss(  # pylint: disable=protected-access
-      lam_module, lp, frames, z, batch["frame_tk"][0, :3])))(frozen.params)
+  lam_grads = jax.jit(jax.grad(lambda lp: jnp.sum(frozen_lam._per_sample_loss(  # pylint: disable=protected-access
+      lam_module, lp, frames, z, batch["frame_tk"][0, :3]))),
+                      compiler_options=FAST_COMPILE)(frozen.params)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(lam_grads))
 
 
@@ -426,7 +429,8 @@ def test_reconstruction_term_one_frame_window():
     return skill_losses.skill_loss(p, module, batch, jax.random.key(0), frozen_lam=frozen,
                                    lambda_rec=1.0, lambda_ratio=0.0)
 
-  (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(tiny_params())
+  (value, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                    compiler_options=FAST_COMPILE)(tiny_params())
   assert float(metrics["rec"]) == 0.0 and float(value) == 0.0
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
 
