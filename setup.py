@@ -71,6 +71,8 @@ setuptools.setup(
             "pytest>=8",
             # The suite in 2 worker processes, one test file each (README command 2, .ci/run).
             "pytest-xdist>=3.5",
+            # tests/conftest.py: the workers share one smoke main job through a file lock.
+            "filelock==4.3.2",
             # Parity reference for the Flax MiniLM (tests/test_language.py); installs beside
             # torch 2.13.0 without changing it.
             "sentence-transformers>=3,<7",

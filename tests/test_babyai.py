@@ -197,7 +197,12 @@ def test_dataset_reads_with_tfds(tiny):
   data_dir, stats = tiny
   dataset_dir = os.path.join(data_dir, "babyai_bosslevel", "1.0.0")
   assert stats["dataset_dir"] == dataset_dir and stats["episodes"] == 6
-  assert stats["episodes_per_second"] > 0
+  # A fresh run: every shard simulated, none skipped; at least one attempt per episode (failed
+  # seeds are retried); the rate is the episodes over the run's wall time.
+  assert (stats["shards_written"], stats["shards_skipped"]) == (3, 0)
+  assert stats["attempts"] >= stats["episodes"]
+  assert stats["seconds"] > 0
+  assert stats["episodes_per_second"] == pytest.approx(6 / stats["seconds"], rel=1e-12)
   builder = tfds.builder_from_directory(dataset_dir)
   assert builder.info.splits["train"].num_examples == 4
   assert builder.info.splits["val"].num_examples == 2

@@ -24,7 +24,9 @@ from hilam_jax.lam import labeling
 from hilam_jax.training import metrics as metrics_lib
 from tests import test_policy
 
-NUM_STEPS, CHECKPOINT_EVERY, KILL_AT = 12, 3, 9
+# Killed after the save of step 4 started: the rerun restores step 2 or 4 (not 0: it logs at most
+# KILL_AT + NUM_STEPS - CHECKPOINT_EVERY losses in all) and redoes steps up to KILL_AT.
+NUM_STEPS, CHECKPOINT_EVERY, KILL_AT = 6, 2, 4
 LATENT_DIM = 4
 
 

@@ -13,6 +13,8 @@ import pytest
 from hilam_jax.evaluation import stats
 from tests.conftest import relocated_copy
 from tests.conftest import run_module
+from tests.conftest import SMOKE_ENV
+from tests.conftest import SMOKE_MAIN_JOB
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,8 +77,7 @@ def test_main_job_resumes_without_redoing_stages(smoke_main_job, tmp_path):
   workdir = relocated_copy(smoke_main_job, str(tmp_path / "main"))
   stages = sorted(os.listdir(os.path.join(workdir, "stages")))
   before = {s: os.path.getmtime(os.path.join(workdir, "stages", s)) for s in stages}
-  out = run_module(["experiments.main", "--config=experiments/configs/main.py:smoke",
-                    f"--workdir={workdir}"])
+  out = run_module([*SMOKE_MAIN_JOB, f"--workdir={workdir}"], env=SMOKE_ENV)
   assert out.stderr.count("done before, reusing") == len(stages) == 6
   assert before == {s: os.path.getmtime(os.path.join(workdir, "stages", s)) for s in stages}
 
@@ -108,10 +109,10 @@ def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(smoke_m
   kill -9 resumes are tested with their trainers)."""
   workdir = relocated_copy(smoke_main_job, str(tmp_path / "main"), drop=(
       "policies", "evaluation", "report", os.path.join("stages", "6_policies.json")))
-  command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/main.py:smoke",
-             f"--workdir={workdir}"]
+  command = [sys.executable, "-m", *SMOKE_MAIN_JOB, f"--workdir={workdir}"]
   with open(tmp_path / "killed.log", "w") as log:
-    job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, start_new_session=True)
+    job = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+                           env=SMOKE_ENV)
     deadline = time.monotonic() + 1500
     while not _policy_runs_finished(workdir) and job.poll() is None:
       assert time.monotonic() < deadline, "no policy run finished in time"
@@ -120,7 +121,7 @@ def test_main_job_killed_in_the_policy_stage_resumes_to_the_same_results(smoke_m
     job.wait()
   assert job.returncode == -signal.SIGKILL, open(tmp_path / "killed.log").read()[-3000:]
   assert not os.path.exists(os.path.join(workdir, "report", "results.json"))
-  run_module(command[2:], timeout=1800)
+  run_module(command[2:], timeout=1800, env=SMOKE_ENV)  # the reference's flags (SMOKE_ENV)
   results = []
   for directory in (smoke_main_job, workdir):
     with open(os.path.join(directory, "report", "results.json")) as f:

@@ -101,11 +101,17 @@ def test_dataset_reads_with_tfds(generated):
   assert builder.name == config.name
   assert builder.info.splits["train"].num_examples == 2
   assert builder.info.splits["val"].num_examples == 1
-  assert stats["episodes"] == 3 and stats["episodes_per_second"] > 0
+  assert stats["episodes"] == 3 and stats["skipped_shards"] == 0 and stats["seconds"] > 0
+  # The rates are the counts over the run's wall time; the step count is that of the episodes
+  # written (summed below).
+  assert stats["episodes_per_second"] == pytest.approx(3 / stats["seconds"], rel=1e-12)
+  assert stats["steps_per_second"] == pytest.approx(stats["steps"] / stats["seconds"], rel=1e-12)
+  total_steps = 0
   for split in ("train", "val"):
     for episode in _episodes(stats["dataset_dir"], split):
       meta, steps = episode["episode_metadata"], _steps(episode)
       num_steps = len(steps["action"])
+      total_steps += num_steps
       assert meta["task"] == b"pick-place-v3"
       assert meta["source"].decode() == f"pick-place-v3/seed={meta['seed']}"
       assert steps["image"].shape == (num_steps, 64, 64, 3)
@@ -122,6 +128,7 @@ def test_dataset_reads_with_tfds(generated):
       assert len(meta["phase_names"]) == len(starts)
       names = [n.decode() for n in meta["phase_names"]]
       assert names[0] == "move above the puck" and names[-1] == "carry the puck to the goal"
+  assert stats["steps"] == total_steps
 
 
 def test_replay_reproduces_frames(generated, sim_pool):

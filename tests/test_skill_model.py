@@ -248,10 +248,12 @@ def test_reconstruction_gradient_reaches_model_not_frozen_lam():
   direction = jnp.asarray(rng.randn(*grads["head"]["kernel"].shape), jnp.float32)
   direction = direction / jnp.linalg.norm(direction)
 
+  rec_value = jax.jit(lambda p: rec_only(p, 1.0)[0], compiler_options=FAST_COMPILE)
+
   def along(eps):
     moved = jax.tree_util.tree_map(lambda x: x, params)
     moved["head"] = dict(moved["head"], kernel=params["head"]["kernel"] + eps * direction)
-    return float(rec_only(moved, 1.0)[0])
+    return float(rec_value(moved))
 
   eps = 1e-2
   finite_difference = (along(eps) - along(-eps)) / (2 * eps)
@@ -264,8 +266,9 @@ def test_reconstruction_gradient_reaches_model_not_frozen_lam():
   # The frozen LAM's parameters receive no gradient through the path skill_loss uses.
   z = jnp.asarray(rng.randn(3, CONFIG.latent_dim), jnp.float32)
   frames = batch["frame_t"][0, :3]
-  lam_grads = jax.grad(lambda lp: jnp.sum(frozen_lam._per_sample_loss(  # pylint: disable=protected-access
-      lam_module, lp, frames, z, batch["frame_tk"][0, :3])))(frozen.params)
+  lam_grads = jax.jit(jax.grad(lambda lp: jnp.sum(frozen_lam._per_sample_loss(  # pylint: disable=protected-access
+      lam_module, lp, frames, z, batch["frame_tk"][0, :3]))),
+                      compiler_options=FAST_COMPILE)(frozen.params)
   assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(lam_grads))
 
 
@@ -305,26 +308,29 @@ def test_reconstruction_on_sampled_positions_equals_full_window():
 
 def test_pallas_chunking_end_to_end_matches_fused():
   """The whole skill model with the Pallas kernels (interpret mode on CPU) = the fused default:
-  same outputs and same gradients of the training loss."""
+  same outputs and same gradients of the training loss. Both jitted (op-by-op dispatch of the
+  interpreted kernels' loops cost minutes); the fused side is the file's shared forward and
+  training gradient (`run`, `loss_and_grad_fn`: same shapes, compiled once)."""
   import dataclasses
   pallas_config = dataclasses.replace(CONFIG, chunk_impl="pallas")
   latents, mask = random_batch(3)
   params = tiny_params()
   fused = run(latents, mask)
-  pallas = skill_model.SkillModel(pallas_config).apply(
+  pallas = jax.jit(skill_model.SkillModel(pallas_config).apply, compiler_options=FAST_COMPILE)(
       {"params": params}, jnp.asarray(latents), jnp.asarray(mask))
   np.testing.assert_allclose(pallas.prediction, fused.prediction, rtol=1e-5, atol=1e-5)
   for a, b in zip(pallas.stages, fused.stages):
     np.testing.assert_array_equal(a.frame_boundary, b.frame_boundary)
     np.testing.assert_allclose(a.skill, b.skill, rtol=1e-5, atol=1e-5)
 
-  def loss(config, p):
-    batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
-    return skill_losses.skill_loss(p, skill_model.SkillModel(config), batch, jax.random.key(0),
-                                   lambda_rec=0.0, lambda_ratio=0.03)[0]
+  batch = {"latents": jnp.asarray(latents), "mask": jnp.asarray(mask)}
 
-  g_fused = jax.grad(functools.partial(loss, CONFIG))(params)
-  g_pallas = jax.grad(functools.partial(loss, pallas_config))(params)
+  def pallas_loss(p):  # `train_loss` with the Pallas kernels
+    return skill_losses.skill_loss(p, skill_model.SkillModel(pallas_config), batch,
+                                   jax.random.key(0), lambda_rec=0.0, lambda_ratio=0.03)[0]
+
+  _, g_fused = loss_and_grad_fn()(params, batch, jax.random.key(0))
+  g_pallas = jax.jit(jax.grad(pallas_loss), compiler_options=FAST_COMPILE)(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                g_pallas, g_fused)
 
@@ -423,7 +429,8 @@ def test_reconstruction_term_one_frame_window():
     return skill_losses.skill_loss(p, module, batch, jax.random.key(0), frozen_lam=frozen,
                                    lambda_rec=1.0, lambda_ratio=0.0)
 
-  (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(tiny_params())
+  (value, metrics), grads = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                    compiler_options=FAST_COMPILE)(tiny_params())
   assert float(metrics["rec"]) == 0.0 and float(value) == 0.0
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
 
