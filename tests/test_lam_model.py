@@ -251,7 +251,9 @@ def test_learns_moving_square_motion_and_zero_z_control_does_not():
   control_params = {**params, "idm": {**params["idm"], "mlp_out": zero_out}}
   _, control, traces = train_on_squares(config, control_params, steps=30, idm_trainable=False)
   assert traces == 1
-  assert control["z_var/max"] == 0 and control["z_gain"] == 0
+  # z_gain compares the loss with z and with z shuffled across the batch: identical zeros, so
+  # only a reduction's rounding separates them (0, or ~1e-8 with XLA's CPU optimisation off).
+  assert control["z_var/max"] == 0 and abs(control["z_gain"]) < 1e-6
   assert control["recon_mse"] > 4 * last["recon_mse"], (control, last)
 
 
