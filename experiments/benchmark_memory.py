@@ -12,12 +12,13 @@ The corpus is synthetic, not simulated: BabyAI would take hours for 10x the main
 `--val_fraction` of that for val, of 5-27 frames (uniform) of 56x56 JPEG images (random 8x8-pixel
 tiles, one tile changed per frame), `--episodes_per_shard` per file. Scale s writes s times the
 episodes, so s times the shard files (the unit of labeling and of the skill stream). Generation
-time is reported per scale. On the shared 2-core CPU labeling ran ~200 pairs/s with other jobs
-running (generation ~60 episodes/s): 10x the 10,000-episode video would label for hours, so the
-recorded run (docs/skills.md) used a 1,000-episode base (its 10x is the main job's size):
+time is reported per scale. On the shared 2-core CPU (other jobs running) labeling cost ~7 s
+per shard file whatever its size (the per-file pipeline) and generation ~30 episodes/s: 10x the
+10,000-episode video would take hours, so the recorded run (docs/skills.md) used a 1,000-episode
+base (its 10x is the main job's size) in files of 250 episodes:
 
   python -m experiments.benchmark_memory --out_dir=/tmp/benchmark_memory \
-      --base_episodes=1000 --episodes_per_shard=50 --num_steps=50
+      --base_episodes=1000 --episodes_per_shard=250 --num_steps=50
 
 Per scale, each case runs in its own process (this script with --child) and its peak RSS is that
 process's `ru_maxrss` (`os.wait4` of the child: its own, not the maximum over all children):
