@@ -4,6 +4,7 @@ Latent-action labels here are random vectors keyed by the real episode ids of a 
 BabyAI dataset (the pipeline, not the LAM, is under test), written in the label-folder layout of
 `hilam_jax.lam.labeling`.
 """
+import itertools
 import json
 import os
 import subprocess
@@ -419,3 +420,87 @@ def test_skill_study_script_end_to_end(tiny_data, tmp_path):
       os.path.join(out_dir, "bottleneck", "seed0", "train", "checkpoints"))
   assert config["model"]["bottleneck_heads"] is True and config["lambda_aux"] == 1.0
   assert config["data"]["window_hop"] == 4  # --set reaches every setting (tiny's own: 8)
+
+
+# ---------------------------------------------------------------- the streamed input
+
+
+def _stream_rows(labels_dir, split, frames=None, seed=0):
+  from hilam_jax.skill import window_stream  # pylint: disable=g-import-not-at-top
+  units = window_stream.split_units(labels_dir, split, with_frames=frames is not None)
+  return list(window_stream.window_stream(units, window=8, hop=4, latent_dim=LATENT_DIM,
+                                          seed=seed, repeat=False, frames=frames))
+
+
+def test_stream_yields_every_window_once_per_epoch(tiny_data):
+  """One epoch of the stream holds exactly the windows of `make_windows` on the whole split (in
+  another order), and `count_windows` counts them from the shards' lengths alone."""
+  from hilam_jax.skill import window_stream  # pylint: disable=g-import-not-at-top
+  _, labels_dir = tiny_data
+  latents, mask = trainer.make_windows(trainer.load_split_latents(labels_dir, "train"), 8, 4)
+  rows = _stream_rows(labels_dir, "train")
+  key = lambda z, m: (z.tobytes(), m.tobytes())
+  assert sorted(key(r["latents"], r["mask"]) for r in rows) == sorted(
+      key(z, m) for z, m in zip(latents, mask))
+  units = window_stream.split_units(labels_dir, "train")
+  assert window_stream.count_windows(units, 8, 4)[1] == len(latents)
+  assert [r["latents"].tobytes() for r in _stream_rows(labels_dir, "train", seed=1)] != [
+      r["latents"].tobytes() for r in rows]  # another seed, another order
+
+
+def test_stream_batches_are_seeded_and_seek(tiny_data):
+  from hilam_jax.skill import window_stream  # pylint: disable=g-import-not-at-top
+  _, labels_dir = tiny_data
+  units = window_stream.split_units(labels_dir, "train")
+  make = lambda start=0, seed=0: window_stream.batches(
+      units, batch_size=4, seed=seed, buffer_size=16, window=8, hop=4, latent_dim=LATENT_DIM,
+      start=start)
+  first = list(itertools.islice(make(), 12))
+  assert all(b["latents"].shape == (4, 8, LATENT_DIM) and b["mask"].shape == (4, 8)
+             for b in first)
+  again = list(itertools.islice(make(start=7), 5))
+  for a, b in zip(first[7:], again, strict=True):
+    np.testing.assert_array_equal(a["latents"], b["latents"])
+  other = next(make(seed=1))
+  assert not np.array_equal(other["latents"], first[0]["latents"])
+
+
+def test_shuffle_buffer_permutes_its_input():
+  from hilam_jax.skill import window_stream  # pylint: disable=g-import-not-at-top
+  out = list(window_stream.shuffled(range(100), 10, np.random.default_rng(0)))
+  assert sorted(out) == list(range(100)) and out != list(range(100))
+  # An element leaves the buffer at most ~buffer positions before it entered it.
+  assert all(position >= value - 10 for position, value in enumerate(out))
+  assert out == list(window_stream.shuffled(range(100), 10, np.random.default_rng(0)))
+
+
+def test_streamed_frame_pairs_are_the_windows_frames(tiny_data):
+  """With frames, every streamed window carries the pairs (I_t, I_{t+k}) of its own episode at
+  the positions it drew: checked against the in-memory frames of the split."""
+  from hilam_jax.skill import window_stream  # pylint: disable=g-import-not-at-top
+  _, labels_dir = tiny_data
+  spec = window_stream.FrameSpec((16, 16), frame_gap=1, rec_positions=3)
+  rows = _stream_rows(labels_dir, "val", frames=spec)
+  latents = trainer.load_split_latents(labels_dir, "val")
+  frames = trainer.load_split_frames(labels_dir, "val", (16, 16), set(latents))
+  window_frames = trainer.make_window_frames(latents, frames, 8, 4, 1)
+  windows = trainer.make_windows(latents, 8, 4)
+  assert len(rows) == len(windows[0])
+  index = {(z.tobytes(), m.tobytes()): i for i, (z, m) in enumerate(zip(*windows))}
+  for row in rows:
+    i = index[(row["latents"].tobytes(), row["mask"].tobytes())]
+    valid, positions = row["frame_mask"], row["frame_positions"]
+    assert positions.shape == (3,) and valid.any() and np.all(positions[valid] >= 1)
+    flat = window_frames.frame_index[i][positions[valid]]
+    np.testing.assert_array_equal(row["frame_t"][valid], frames.frames[flat])
+    np.testing.assert_array_equal(row["frame_tk"][valid], frames.frames[flat + 1])
+
+
+def test_streamed_latent_statistics_equal_the_pooled_ones(tiny_data):
+  from hilam_jax.skill import window_stream  # pylint: disable=g-import-not-at-top
+  _, labels_dir = tiny_data
+  pooled = trainer.latent_statistics(trainer.load_split_latents(labels_dir, "train"))
+  streamed = trainer.latent_statistics(window_stream.iter_shard_latents(
+      window_stream.split_units(labels_dir, "train")))
+  np.testing.assert_allclose(streamed["mean"], pooled["mean"], rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(streamed["std"], pooled["std"], rtol=1e-10)

@@ -54,11 +54,15 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # Latent normalisation before the model (input and L1 target): "none", or "zscore" (per
   # dimension, train-split statistics, stored in the workdir and applied again by extraction).
   config.data.normalize = "none"
+  # Windows are streamed from the label shards (hilam_jax.skill.window_stream) through a shuffle
+  # buffer of this many windows: memory ~ buffer * L * Dz * 4 bytes (4096 * 64 * 16 * 4: 17 MB),
+  # with L_rec plus 2 * rec_positions frames per window (56x56: 37 KB each at 2 positions).
+  config.data.shuffle_buffer = 4096
 
   # SkillModelConfig fields; OPEN: sizes and N^s (target_ratios), here N^1 = N^2 = 3.
   config.model = _model(skill_model.SkillModelConfig(latent_dim=16, target_ratios=(3.0, 3.0)))
   # OPEN loss weights. lambda_rec > 0 adds the frozen-FDM reconstruction term: the trainer then
-  # reads the labelled episodes' frames into memory (BabyAI train at 56x56: ~0.8 GB) and runs the
+  # streams the labelled episodes' frames with their latents (shard by shard) and runs the
   # frozen FDM on `data.rec_positions` random positions t >= 1 of every window (B * rec_positions
   # pairs per step; 0: all L positions). The FDM dominates the step: on this shared 2-core CPU,
   # BabyAI ran ~0.45 steps/s with 8 positions and ~1.3 with 2 (~4-7 without L_rec). On BabyAI val

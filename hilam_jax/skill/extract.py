@@ -18,14 +18,19 @@ Output, one shard per input label shard, under `<out_dir>`:
       boundary/s1 bool [.]          b̄^1_t, frame t starts a stage-1 chunk
       boundary/s2 bool [.]          b̄^2_t
 
+Memory: shards are processed one at a time (a label shard's latents, its skills, and one batch of
+windows cut as it is needed), so extraction does not grow with the corpus; a shard holds the
+episodes of one RLDS shard file.
+
 Arrays are aligned with the latents (frame t of the episode, t < T-k). `load_skills(out_dir, key)`
 returns one key as `EpisodeLabels`, joinable by episode id like the latent actions.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -85,19 +90,25 @@ class SkillExtractor:
     return [(w * self.hop, t[owner == w], t[owner == w] - w * self.hop)
             for w in range(int(owner[-1]) + 1)]
 
-  def extract(self, latents: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """{episode_id: {key: per-frame array [T-k, ...]}} for every episode (input order)."""
-    jobs = []  # (episode id, frames, offsets, window latents, window mask)
+  def _jobs(self, latents: dict[str, np.ndarray]
+            ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(episode id, frames, offsets, window latents, window mask) of every window, lazily."""
     for episode_id, z in latents.items():
       z = np.asarray(z, np.float32)
       for start, frames, offsets in self._windows(len(z)):
         piece = z[start:start + self.window]
-        jobs.append((episode_id, frames, offsets,
-                     np.pad(piece, ((0, self.window - len(piece)), (0, 0))),
-                     np.arange(self.window) < len(piece)))
+        yield (episode_id, frames, offsets,
+               np.pad(piece, ((0, self.window - len(piece)), (0, 0))),
+               np.arange(self.window) < len(piece))
+
+  def extract(self, latents: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{episode_id: {key: per-frame array [T-k, ...]}} for every episode (input order).
+
+    Windows are cut as the batches need them: memory holds the inputs, the outputs and one
+    batch of windows (extract_skills passes one label shard at a time)."""
     results = {e: {} for e in latents}
-    for begin in range(0, len(jobs), self.batch_size):
-      chunk = jobs[begin:begin + self.batch_size]
+    jobs = self._jobs(latents)
+    while chunk := list(itertools.islice(jobs, self.batch_size)):
       pad = self.batch_size - len(chunk)
       batch_z = np.stack([j[3] for j in chunk] + [np.zeros_like(chunk[0][3])] * pad)
       batch_m = np.stack([j[4] for j in chunk] + [np.zeros_like(chunk[0][4])] * pad)

@@ -4,18 +4,25 @@
 a latent-action label folder written by `experiments/label_latent_actions.py` (a manifest plus
 `<dataset>/<split>/<shard>.npz` files of z^0 keyed by episode id). Each episode's latents are cut
 into windows of `config.data.window` frames (hop `config.data.window_hop`; the last window of an
-episode is padded and masked), and batches of windows are drawn at random with numpy. This is the
-"trajectories first" half of the pipeline without frames: latents are small, so the whole split
-lives in memory and no tf.data is needed.
+episode is padded and masked). Windows are read as a stream (`hilam_jax.skill.window_stream`):
+label shards one at a time in a seeded order per epoch, through a shuffle buffer of
+`config.data.shuffle_buffer` windows, into batches; memory holds one shard and the buffer, not
+the corpus. The stream is deterministic, and a run resumed at step s reads it again from the
+start and skips s batches (exact resume). Validation reads the val split the same way (a fresh
+stream of its own seed at every evaluation). `data.normalize = "zscore"` statistics come from one
+streaming pass over the train shards.
 
 With `config.lambda_rec > 0` the reconstruction term L_rec also needs frames and the frozen LAM
 (`config.frozen_model`, default: the LAM named in the label manifest; its k and latent size must
-match the manifest's). The frames of the labelled episodes are read once through the data
-pipeline (`data_pipeline.reader` on the manifest's datasets), resized to the LAM's image size and
-kept in memory as one uint8 array [F, H, W, 3] (BabyAI train at 56x56: ~85k frames, ~0.8 GB);
-windows carry the index of I_t for each of their positions. Each batch window draws
-`config.data.rec_positions` random positions t >= 1 and gets their pairs (I_t, I_{t+k}): the FDM
-runs on B * rec_positions pairs per step instead of B * L (the CPU-heavy part).
+match the manifest's). Each label shard is then read together with the RLDS shard file it
+labels (through `data_pipeline.reader`, decoded at the LAM's image size), joined by episode id;
+each window draws `config.data.rec_positions` random positions t >= 1 when it is read and keeps
+only their pairs (I_t, I_{t+k}): the FDM runs on B * rec_positions pairs per step instead of
+B * L (the CPU-heavy part), and a buffered window holds 2 * rec_positions frames.
+
+The in-memory helpers (`load_split_latents`, `make_windows`, `load_split_frames`,
+`make_window_frames`, `random_batches`) remain for tests and small analyses; the stream cuts
+each episode with the same functions.
 
 The shared core is reused unchanged (`hilam_jax.training`): one data mesh, sharded TrainState,
 orbax checkpoints that carry the config (a mismatched config refuses to resume), TensorBoard
@@ -23,12 +30,11 @@ scalars, a progress line with boundary rates, NaN guard.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 import jax
 import numpy as np
@@ -42,20 +48,11 @@ from hilam_jax.lam import interface
 from hilam_jax.lam import labeling
 from hilam_jax.skill import losses
 from hilam_jax.skill import model as skill_model
-
-
-def label_shard_paths(labels_dir: str, split: str) -> list[str]:
-  """Paths of the finished label shards of `split` (manifest order; missing shards are an error)."""
-  with open(os.path.join(labels_dir, labeling.MANIFEST)) as f:
-    manifest = json.load(f)
-  rels = [r for r in manifest["shards"] if r.split(os.sep)[-2] == split]
-  if not rels:
-    raise ValueError(f"{labels_dir} has no label shards of split {split!r}")
-  paths = [os.path.join(labels_dir, r) for r in rels]
-  missing = [p for p in paths if not os.path.exists(p)]
-  if missing:
-    raise FileNotFoundError(f"label shards missing (labeling unfinished?): {missing}")
-  return paths
+from hilam_jax.skill import window_stream
+# Window helpers, defined with the stream that uses them (names kept here for callers).
+from hilam_jax.skill.window_stream import (  # pylint: disable=unused-import
+    EpisodeFrames, WindowFrames, label_shard_paths, make_window_frames, make_windows,
+    sample_frame_pairs, window_starts)
 
 
 def load_split_latents(labels_dir: str, split: str) -> dict[str, np.ndarray]:
@@ -69,15 +66,25 @@ def load_split_latents(labels_dir: str, split: str) -> dict[str, np.ndarray]:
 NORMALIZATION_FILE = "latent_normalization.json"
 # Config keys a resumed run may change: a longer run, and skipping corrupted records (turned on
 # after one was found; also absent from checkpoints written before the option existed).
-ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted")
+# The shuffle buffer too: absent from checkpoints written before the stream existed (their
+# batches were drawn otherwise, so such a resume is not exact anyway).
+ALLOWED_CHANGES = ("num_steps", "data.skip_corrupted", "data.shuffle_buffer")
+DEFAULT_SHUFFLE_BUFFER = 4096
+
+Latents = Union[Mapping[str, np.ndarray], Iterable[np.ndarray]]
 
 
-def latent_statistics(latents: dict[str, np.ndarray]) -> dict[str, list[float]]:
-  """Per-dimension mean and std (floored at 1e-6) over every frame of every episode."""
-  if not latents:
+def latent_statistics(latents: Latents) -> dict[str, list[float]]:
+  """Per-dimension mean and std (floored at 1e-6) over every frame of every episode.
+
+  `latents`: {episode_id: [T, Dz]} or any iterable of [rows, Dz] arrays (e.g. one per label
+  shard, `window_stream.iter_shard_latents`): one pass, one array in memory at a time."""
+  arrays = iter(latents.values() if isinstance(latents, Mapping) else latents)
+  first = next(arrays, None)
+  if first is None:
     raise ValueError("latent statistics need at least one episode's latents; got none")
-  dim = np.shape(next(iter(latents.values())))[-1]
-  mean, std = statistics.per_dimension_mean_std(latents.values(), dim)
+  mean, std = statistics.per_dimension_mean_std(
+      itertools.chain([first], arrays), np.shape(first)[-1])
   return {"mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}
 
 
@@ -91,10 +98,11 @@ def normalize_latents(latents: dict[str, np.ndarray],
 
 
 def resolve_normalization(config: Any, workdir: str,
-                          train_latents: Optional[dict[str, np.ndarray]] = None
+                          train_latents: Optional[Latents] = None
                           ) -> Optional[dict[str, list[float]]]:
   """The latent normalisation of a run: None for `data.normalize` "none" (or unset); for
-  "zscore" the train split's per-dimension mean / std, computed from `train_latents` and written
+  "zscore" the train split's per-dimension mean / std, computed from `train_latents` (a dict or
+  an iterable of arrays, `latent_statistics`; read only when the file is missing) and written
   to <workdir>/latent_normalization.json on the first call, read from there afterwards (so
   extraction applies exactly the statistics the model was trained with)."""
   mode = config.get("data", {}).get("normalize", "none") or "none"
@@ -112,56 +120,6 @@ def resolve_normalization(config: Any, workdir: str,
   stats = latent_statistics(train_latents)
   run_info.write_json_atomic(path, stats)
   return stats
-
-
-def window_starts(length: int, window: int, hop: int) -> list[int]:
-  """Start frames of the windows covering an episode of `length` frames (the last may be short)."""
-  if length <= window:
-    return [0]
-  starts = list(range(0, length - window + 1, hop))
-  if starts[-1] + window < length:
-    starts.append(starts[-1] + hop)
-  return starts
-
-
-def _window_origins(latents: dict[str, np.ndarray], window: int,
-                    hop: int) -> list[tuple[str, int, int]]:
-  """(episode_id, start, valid length) of every window, sorted ids; episodes < 2 latents skipped."""
-  origins = []
-  for episode_id in sorted(latents):
-    length = len(latents[episode_id])
-    if length < 2:  # no (t, t+1) pair to predict
-      continue
-    for start in window_starts(length, window, hop):
-      origins.append((episode_id, start, min(window, length - start)))
-  if not origins:
-    raise ValueError("no episode with at least 2 latents")
-  return origins
-
-
-def make_windows(latents: dict[str, np.ndarray], window: int,
-                 hop: int) -> tuple[np.ndarray, np.ndarray]:
-  """All windows of all episodes (sorted ids): latents [N, window, Dz] float32, mask [N, window]."""
-  rows, masks = [], []
-  for episode_id, start, valid in _window_origins(latents, window, hop):
-    piece = np.asarray(latents[episode_id][start:start + valid], np.float32)
-    rows.append(np.pad(piece, ((0, window - valid), (0, 0))))
-    masks.append(np.arange(window) < valid)
-  return np.stack(rows), np.stack(masks)
-
-
-@dataclasses.dataclass(frozen=True)
-class EpisodeFrames:
-  """Decoded frames of a split, all episodes concatenated (episodes in sorted-id order).
-
-  Attributes:
-    frames: uint8 [F, H, W, 3] at the frozen LAM's image size.
-    offsets: {episode_id: index of the episode's frame 0 in `frames`}.
-    lengths: {episode_id: number of frames T of the episode}.
-  """
-  frames: np.ndarray
-  offsets: dict[str, int]
-  lengths: dict[str, int]
 
 
 def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
@@ -210,63 +168,6 @@ def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
   starts = np.concatenate([[0], np.cumsum([lengths[e] for e in order])[:-1]]).astype(int)
   frames = np.concatenate([per_episode[e] for e in order])  # [F, H, W, 3]
   return EpisodeFrames(frames, dict(zip(order, starts.tolist())), lengths)
-
-
-@dataclasses.dataclass(frozen=True)
-class WindowFrames:
-  """Where the frame pairs (I_t, I_{t+k}) of every window position live.
-
-  Attributes:
-    frames: uint8 [F, H, W, 3] (`EpisodeFrames.frames`).
-    frame_index: int64 [N, window], index of I_t in `frames` for window position t (0 at padding).
-    pair_valid: bool [N, window], position t is a real frame and t + k is inside the episode.
-    frame_gap: k; I_{t+k} is frames[frame_index + k].
-  """
-  frames: np.ndarray
-  frame_index: np.ndarray
-  pair_valid: np.ndarray
-  frame_gap: int
-
-
-def make_window_frames(latents: dict[str, np.ndarray], frames: EpisodeFrames, window: int,
-                       hop: int, frame_gap: int) -> WindowFrames:
-  """Frame indices of the windows of `make_windows(latents, window, hop)` (same order)."""
-  index_rows, valid_rows = [], []
-  for episode_id, start, valid in _window_origins(latents, window, hop):
-    num_frames = frames.lengths[episode_id]
-    if num_frames != len(latents[episode_id]) + frame_gap:
-      raise ValueError(f"episode {episode_id}: {num_frames} frames but "
-                       f"{len(latents[episode_id])} latents with k = {frame_gap}")
-    t = start + np.arange(window)
-    pair_valid = (np.arange(window) < valid) & (t + frame_gap < num_frames)
-    index_rows.append(np.where(pair_valid, frames.offsets[episode_id] + t, 0))
-    valid_rows.append(pair_valid)
-  return WindowFrames(frames.frames, np.stack(index_rows).astype(np.int64), np.stack(valid_rows),
-                      frame_gap)
-
-
-def sample_frame_pairs(window_frames: WindowFrames, index: np.ndarray, mask: np.ndarray,
-                       num_positions: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """L_rec inputs for windows `index`: `num_positions` random positions t >= 1 per window.
-
-  Returns:
-    "frame_positions" int32 [B, K] (window positions t; the prediction for t is made at t - 1),
-    "frame_t", "frame_tk" uint8 [B, K, H, W, 3] (I_t, I_{t+k}), "frame_mask" bool [B, K] (real
-    pair with a valid t - 1; windows with fewer than K candidates are padded with masked rows).
-  """
-  pair_valid = window_frames.pair_valid[index]  # [B, L]
-  candidates = pair_valid & mask & np.roll(mask, 1, axis=1)
-  candidates[:, 0] = False  # t = 0 has no prediction
-  keys = np.where(candidates, rng.random(candidates.shape), np.inf)
-  positions = np.argsort(keys, axis=1)[:, :num_positions]  # [B, K]
-  frame_mask = np.take_along_axis(keys, positions, axis=1) < np.inf
-  frame_index = np.take_along_axis(window_frames.frame_index[index], positions, axis=1)
-  frame_index = np.where(frame_mask, frame_index, 0)
-  frames = window_frames.frames
-  return {"frame_positions": positions.astype(np.int32),
-          "frame_t": frames[frame_index],
-          "frame_tk": frames[np.where(frame_mask, frame_index + window_frames.frame_gap, 0)],
-          "frame_mask": frame_mask}
 
 
 def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int,
@@ -438,52 +339,54 @@ def train_and_evaluate(config: Any, workdir: str,
     logging.info("learning rate per level (outermost first): %s x %g", lr_multipliers,
                  config.learning_rate)
 
-  train_latents = load_split_latents(config.data.labels_dir, config.data.train_split)
-  dims = {z.shape[-1] for z in train_latents.values()}
-  if dims != {model_config.latent_dim}:
-    raise ValueError(f"labels have latent dims {dims}, model.latent_dim is "
+  per_process = training.per_process_batch(config.batch_size)
+  labels_dir = config.data.labels_dir
+  manifest = window_stream.read_manifest(labels_dir)
+  if manifest.get("latent_dim") not in (None, model_config.latent_dim):
+    raise ValueError(f"labels have latent dim {manifest['latent_dim']}, model.latent_dim is "
                      f"{model_config.latent_dim}")
-  val_latents = load_split_latents(config.data.labels_dir, config.data.val_split)
-  normalization = resolve_normalization(config, workdir, train_latents)
+  normalization = resolve_normalization(
+      config, workdir, window_stream.iter_shard_latents(
+          window_stream.split_units(labels_dir, config.data.train_split)))
   if normalization is not None:
     check_objective(config)
     logging.info("z-scoring latents per dimension (train std %s)",
                  np.round(normalization["std"], 3).tolist())
-    train_latents = normalize_latents(train_latents, normalization)
-    val_latents = normalize_latents(val_latents, normalization)
-  train_frames = val_frames = None
-  rec_positions = 0
+  frames = None
   if config.lambda_rec:
     if frozen_lam is None:
       frozen_lam = resolve_frozen_lam(config)
     else:
-      with open(os.path.join(config.data.labels_dir, labeling.MANIFEST)) as f:
-        check_lam_matches_labels(frozen_lam, json.load(f))
-    rec_positions = min(config.data.rec_positions or window, window)
-    skip_corrupted = bool(config.data.get("skip_corrupted", False))
-    split_frames = [
-        load_split_frames(config.data.labels_dir, split, frozen_lam.image_size, set(latents),
-                          skip_corrupted=skip_corrupted)
-        for latents, split in ((train_latents, config.data.train_split),
-                               (val_latents, config.data.val_split))]
-    # Episodes in unreadable records (skip_corrupted) have no frames: their windows go too.
-    train_latents, val_latents = (
-        {e: z for e, z in latents.items() if e in frames.lengths}
-        for latents, frames in zip((train_latents, val_latents), split_frames))
-    train_frames, val_frames = (
-        make_window_frames(latents, frames, window, hop, frozen_lam.frame_gap)
-        for latents, frames in zip((train_latents, val_latents), split_frames))
-  train_windows = make_windows(train_latents, window, hop)
-  val_windows = make_windows(val_latents, window, hop)
-  if config.lambda_rec:
-    logging.info("L_rec: %s frames of %s in memory (%.0f MB), %d positions per window",
-                 f"{len(train_frames.frames) + len(val_frames.frames):,}",
-                 frozen_lam.image_size,
-                 (train_frames.frames.nbytes + val_frames.frames.nbytes) / 2**20, rec_positions)
+      check_lam_matches_labels(frozen_lam, manifest)
+    frames = window_stream.FrameSpec(
+        tuple(frozen_lam.image_size), frozen_lam.frame_gap,
+        min(config.data.rec_positions or window, window),
+        skip_corrupted=bool(config.data.get("skip_corrupted", False)))
   else:
     frozen_lam = None
-  logging.info("skill model data: %d train windows, %d val windows of %d frames",
-               len(train_windows[0]), len(val_windows[0]), window)
+  units = {split: window_stream.split_units(labels_dir, split, with_frames=frames is not None)
+           for split in (config.data.train_split, config.data.val_split)}
+  counts = {split: window_stream.count_windows(u, window, hop) for split, u in units.items()}
+  for split, (episodes, windows) in counts.items():
+    if not windows:
+      raise ValueError(f"split {split!r} of {labels_dir}: no episode with at least 2 latents")
+  buffer_size = int(config.data.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
+  logging.info("skill model data (streamed, shuffle buffer %d windows): %s of %d frames%s",
+               buffer_size, ", ".join(f"{split} {w:,} windows of {e:,} episodes"
+                                      for split, (e, w) in counts.items()), window,
+               f"; L_rec: {frames.rec_positions} frame pairs of {frames.image_size} per window"
+               if frames is not None else "")
+
+  def stream(split, seed, start=0):
+    shards = units[split]
+    if split == config.data.train_split and len(shards) >= jax.process_count():
+      shards = shards[jax.process_index()::jax.process_count()]  # this process's share
+    # A buffer beyond one epoch's windows would only hold repeats (and delay the first batch).
+    return window_stream.batches(
+        shards, batch_size=per_process, seed=seed,
+        buffer_size=min(buffer_size, counts[split][1]), window=window,
+        hop=hop, latent_dim=model_config.latent_dim, frames=frames, normalization=normalization,
+        start=start)
 
   def init_params(rng):
     return skill_model.SkillModel(model_config).init(
@@ -507,18 +410,14 @@ def train_and_evaluate(config: Any, workdir: str,
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh,
                                       compute_dtype=dtype)
 
-  per_process = training.per_process_batch(config.batch_size)
-  # Each process draws from its own seed; a run resumed at step s continues the same stream at
-  # batch s (exact resume).
+  # Each process reads its own share of the shards with its own seed; a run resumed at step s
+  # continues the same stream at batch s (exact resume).
   seed = config.seed + 1000 * jax.process_index()
   train_batches = training.shard_batches(
-      random_batches(train_windows, per_process, seed, train_frames, rec_positions,
-                     start=start_step), mesh)
+      stream(config.data.train_split, seed, start=start_step), mesh)
 
   def eval_fn(state):
-    val_batches = training.shard_batches(
-        random_batches(val_windows, per_process, config.seed + 7, val_frames, rec_positions),
-        mesh)
+    val_batches = training.shard_batches(stream(config.data.val_split, config.seed + 7), mesh)
     return training.run_eval(eval_step, state.params, val_batches, jax.random.key(1),
                              num_batches=config.num_eval_batches)
 
