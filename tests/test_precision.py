@@ -122,5 +122,5 @@ def test_float32_is_the_loss_itself_and_unknown_dtypes_are_refused():
     precision.compute_in("float16", fn)
   with pytest.raises(ValueError, match="compute_dtype"):
     training.check_run_config(ml_collections.ConfigDict(
-        dict(num_steps=1, log_every=1, compute_dtype="fp8")))
+        dict(num_steps=1, log_every=1, batch_size=1, compute_dtype="fp8")))
 
