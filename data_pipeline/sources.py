@@ -13,8 +13,9 @@ A data spec of the main job (`config.video`, `config.demos`) is either a world's
       captions: <csv or SSv2 json>     (videos) captions file, see generators/video_files.py
       resize: (H, W)                   (videos) stored frame size
       frame_stride, max_frames         (videos) subsampling, as generators/video_files.py
-  val_fraction: 0.05                   share of shards held out as `val` when a dataset has only
-                                       a `train` split (e.g. the LIBERO releases)
+  val_fraction: 0.05                   share held out as `val`: of the shards of an RLDS dataset
+                                       that has only a `train` split (e.g. the LIBERO releases),
+                                       of a folder's videos; a source's own val_fraction wins
 
 `resolve_sources` returns one DatasetSpec dict per source ({"dataset_dir", "weight"}), each
 with a `train` and a `val` split:
@@ -84,7 +85,7 @@ def check_sources(spec: Any, what: str) -> dict[str, dict]:
     if kinds[0] == "rlds" and set(source) & (set(VIDEO_FIELDS) - {"val_fraction"}):
       raise ValueError(f"{what}.sources.{name}: {sorted(set(source) & set(VIDEO_FIELDS))} "
                        "apply to video folders only")
-    weight = float(source.get("weight", 1.0) if source.get("weight") is not None else 1.0)
+    weight = float(1.0 if source.get("weight") is None else source["weight"])
     if weight < 0:
       raise ValueError(f"{what}.sources.{name}: weight {weight} < 0")
     path = source[kinds[0]]
@@ -101,12 +102,15 @@ def check_sources(spec: Any, what: str) -> dict[str, dict]:
 def resolve_sources(spec: Any, data_dir: str, what: str = "data") -> list[dict]:
   """[{"dataset_dir", "weight", "source", "kind"}] of a data spec's sources (module docstring),
   each with `train` and `val` splits; converts and builds split views as needed."""
-  val_fraction = float(spec.get("val_fraction", 0.05) or 0.0)
+  default_fraction = spec.get("val_fraction", VIDEO_FIELDS["val_fraction"])
   out = []
   for name, source in check_sources(spec, what).items():
+    # A source's own val_fraction, else the spec's.
+    if source.get("val_fraction") is None:
+      source["val_fraction"] = default_fraction
     if source["kind"] == "rlds":
       dataset_dir = with_val_split(source["rlds"], os.path.join(data_dir, "views"),
-                                   val_fraction)
+                                   float(source["val_fraction"] or 0.0))
     else:
       dataset_dir = convert_video_folder(source, os.path.join(data_dir, "videos"))
     out.append({"dataset_dir": dataset_dir, "weight": source["weight"], "source": name,
@@ -196,7 +200,7 @@ def folder_fingerprint(folder: str, settings: Mapping[str, Any]) -> str:
 def convert_video_folder(source: Mapping[str, Any], videos_dir: str) -> str:
   """The action-free RLDS dataset of a video folder (module docstring); converts if needed."""
   from data_pipeline.generators import video_files  # pylint: disable=g-import-not-at-top
-  settings = {k: source.get(k, default) if source.get(k, default) is not None else default
+  settings = {k: default if source.get(k) is None else source[k]
               for k, default in VIDEO_FIELDS.items()}
   settings["resize"] = None if settings["resize"] is None else [int(x)
                                                                  for x in settings["resize"]]

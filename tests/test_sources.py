@@ -107,3 +107,15 @@ def test_robot_episodes_and_video_mix_with_filled_cameras_and_proprio(tmp_path):
   assert np.all(batch["observation"]["proprio"][from_video] == 0)
   assert batch["observation"]["image_wrist"][~from_video].max() > 50
   assert np.abs(batch["observation"]["proprio"][~from_video]).sum() > 0
+
+
+def test_a_sources_own_val_fraction_wins_over_the_specs(tmp_path):
+  original = libero_schema.write_tiny_libero_dataset(str(tmp_path / "rlds"), num_episodes=8,
+                                                     episodes_per_shard=2)
+  data_dir = str(tmp_path / "data")
+  spec = {"sources": {"robot": {"rlds": original}}, "val_fraction": 0.25}
+  [default] = sources.resolve_sources(spec, data_dir)
+  spec["sources"]["robot"]["val_fraction"] = 0.5
+  [own] = sources.resolve_sources(spec, data_dir)
+  held_out = lambda d: len(dp.list_episode_ids({"dataset_dir": d["dataset_dir"], "split": "val"}))
+  assert (held_out(default), held_out(own)) == (2, 4)  # 1 and 2 of 4 shards of 2 episodes
