@@ -23,6 +23,7 @@ from hilam_jax import training
 from hilam_jax.lam import labeling
 from hilam_jax.skill import extract
 from hilam_jax.skill import trainer
+from hilam_jax.skill import window_stream
 from hilam_jax.skill.discovery import baselines
 from hilam_jax.skill.discovery import boundaries
 from hilam_jax.skill.discovery import evaluate
@@ -229,12 +230,11 @@ def test_training_with_lambda_rec(tiny_data, tmp_path):
   assert np.isfinite(final["loss"]) and np.isfinite(final["rec"]) and final["rec"] > 0
   # The rec term's gradient w.r.t. the trained skill model on a real training batch.
   module, params, _ = extract.load_skill_model(workdir)
-  latents = trainer.load_split_latents(tiny_data[1], "train")
-  window_frames = trainer.make_window_frames(
-      latents, trainer.load_split_frames(tiny_data[1], "train", (16, 16), set(latents)),
-      config.data.window, config.data.window_hop, 1)
-  windows = trainer.make_windows(latents, config.data.window, config.data.window_hop)
-  batch = next(trainer.random_batches(windows, 4, 0, window_frames, 4))
+  batch = next(window_stream.batches(
+      window_stream.split_units(tiny_data[1], "train", with_frames=True), batch_size=4, seed=0,
+      buffer_size=16, window=config.data.window, hop=config.data.window_hop,
+      latent_dim=LATENT_DIM, frames=window_stream.FrameSpec((16, 16), frame_gap=1,
+                                                            rec_positions=4)))
   assert batch["frame_mask"].any()
 
   def rec_only(p):

@@ -20,9 +20,9 @@ each window draws `config.data.rec_positions` random positions t >= 1 when it is
 only their pairs (I_t, I_{t+k}): the FDM runs on B * rec_positions pairs per step instead of
 B * L (the CPU-heavy part), and a buffered window holds 2 * rec_positions frames.
 
-The in-memory helpers (`load_split_latents`, `make_windows`, `load_split_frames`,
-`make_window_frames`, `random_batches`) remain for tests and small analyses; the stream cuts
-each episode with the same functions.
+The in-memory readers (`load_split_latents`, `load_split_frames`, with `make_windows` and
+`make_window_frames`) remain as the plain reference the stream is tested against, and for small
+analyses; the stream cuts each episode with the same functions.
 
 The shared core is reused unchanged (`hilam_jax.training`): one data mesh, sharded TrainState,
 orbax checkpoints that carry the config (a mismatched config refuses to resume), TensorBoard
@@ -34,7 +34,7 @@ import functools
 import itertools
 import json
 import os
-from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import jax
 import numpy as np
@@ -170,28 +170,6 @@ def load_split_frames(labels_dir: str, split: str, image_size: tuple[int, int],
   return EpisodeFrames(frames, dict(zip(order, starts.tolist())), lengths)
 
 
-def random_batches(windows: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int,
-                   window_frames: Optional[WindowFrames] = None,
-                   rec_positions: int = 0, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Endless batches {"latents", "mask"} of windows drawn uniformly (with a numpy RNG).
-
-  Batch i is drawn from its own generator seeded with (seed, i), so the stream seeks: `start=s`
-  yields exactly batches s, s + 1, ... of the stream that starts at 0 (a resumed run's data).
-  With `window_frames`, each batch also carries the L_rec inputs of `sample_frame_pairs` for
-  `rec_positions` positions per window.
-  """
-  latents, mask = windows
-  if start < 0:
-    raise ValueError(f"start must be >= 0, got {start}")
-  for i in itertools.count(start):
-    rng = np.random.default_rng((seed, i))
-    index = rng.integers(0, len(latents), batch_size)
-    batch = {"latents": latents[index], "mask": mask[index]}
-    if window_frames is not None:
-      batch.update(sample_frame_pairs(window_frames, index, mask[index], rec_positions, rng))
-    yield batch
-
-
 def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, lambda_aux=0.0,
           lambda_latent=1.0, ratio_per_sequence=False):
   return losses.skill_loss(params, module, batch, rng, frozen_lam=frozen_lam,
@@ -322,6 +300,7 @@ def train_and_evaluate(config: Any, workdir: str,
       `config.lambda_rec > 0`. Unused when lambda_rec == 0.
   """
   training.check_run_config(config)
+  check_objective(config)
   check_inputs(config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   lr_multipliers = level_lr_multipliers(config, model_config)
@@ -349,7 +328,6 @@ def train_and_evaluate(config: Any, workdir: str,
       config, workdir, window_stream.iter_shard_latents(
           window_stream.split_units(labels_dir, config.data.train_split)))
   if normalization is not None:
-    check_objective(config)
     logging.info("z-scoring latents per dimension (train std %s)",
                  np.round(normalization["std"], 3).tolist())
   frames = None
