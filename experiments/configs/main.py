@@ -241,6 +241,14 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
   return config
 
 
+def _skill_objective_with_rec(skill: ml_collections.ConfigDict) -> None:
+  """`_skill_objective` plus the paper's L_rec through the frozen FDM, on latents as labelled
+  (the FDM decodes raw latents: z-scoring is refused with L_rec)."""
+  _skill_objective(skill)
+  skill.lambda_rec = 1.0
+  skill.data.normalize = "none"
+
+
 def _libero_config(arg: str) -> ml_collections.ConfigDict:
   """The paper's LIBERO-Long setting (`libero_long`) and its CPU smoke size (`libero_smoke`).
 
@@ -276,12 +284,10 @@ def _libero_config(arg: str) -> ml_collections.ConfigDict:
   config.skill = train_skill_model.get_config("babyai")
   config.skill.data.window = 64
   config.skill.data.window_hop = 32
-  config.skill.lambda_rec = 1.0  # the paper's L_rec through the frozen FDM
   config.skill.num_steps = 20_000  # not measured
   config.skill.eval_every = 2000
   config.skill.checkpoint_every = 2000
-  _skill_objective(config.skill)
-  config.skill.data.normalize = "none"  # the frozen FDM of L_rec decodes raw latents
+  _skill_objective_with_rec(config.skill)
 
   p = config.policy
   p.model_size = "paper"
@@ -319,9 +325,7 @@ def _libero_config(arg: str) -> ml_collections.ConfigDict:
   if arg == "libero_smoke":
     config.seeds = (0,)
     config.skill = train_skill_model.get_config("tiny")
-    _skill_objective(config.skill)
-    config.skill.data.normalize = "none"
-    config.skill.lambda_rec = 1.0
+    _skill_objective_with_rec(config.skill)
     config.skill.data.rec_positions = 1
     config.lam = train_lam.get_config("tiny")
     p.model_size = "tiny"
