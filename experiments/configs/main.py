@@ -391,6 +391,8 @@ def _metaworld_config() -> ml_collections.ConfigDict:
   p.min_finetune_steps = 2000
   p.demo_pretrain_steps = 1000
   config.fractions = (0.1, 1.0)
+  # What the table needs: HiLAM against BAKU and flat z^0 pretraining (the hierarchy's control).
+  config.methods = ("baku", "flat_z0", "hilam")
   config.ablations = ()
   e = config.eval
   e.num_episodes = 60  # 10 per task

@@ -9,7 +9,7 @@ loop         `train_loop` with NaN guard, periodic eval/checkpoints, save on int
 workdir_lock one run per workdir (`lock_workdir`, released by `releases_workdir_locks`)
 """
 from hilam_jax.training.checkpoint import (CheckpointMismatchError, Checkpointer,
-                                           ConfigMismatchError, CorruptCheckpointError,
+                                           ChecksumMismatchError, ConfigMismatchError, CorruptCheckpointError,
                                            load_checkpoint_config, params_sha256,
                                            restore_params)
 from hilam_jax.training.loop import (NonFiniteError, check_finite, check_run_config, finish_run,
@@ -24,7 +24,7 @@ from hilam_jax.training.workdir_lock import (LOCK_NAME, WorkdirLockedError, lock
                                              release_workdir, releases_workdir_locks)
 
 __all__ = [
-    "CheckpointMismatchError", "Checkpointer", "ConfigMismatchError", "CorruptCheckpointError",
+    "CheckpointMismatchError", "Checkpointer", "ChecksumMismatchError", "ConfigMismatchError", "CorruptCheckpointError",
     "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
     "check_run_config",

@@ -1,21 +1,27 @@
 """Self-describing checkpoints: orbax `CheckpointManager` with composite items.
 
-Every saved step `<directory>/<step>/` holds five items:
+Every saved step `<directory>/<step>/` holds six items:
 
-  state     the full `TrainState` (resuming training),
-  params    the params alone (frozen use by later stages: reads only these arrays),
-  config    the run's config as JSON,
-  versions  package versions (`data_pipeline.run_info.package_versions`) as JSON,
-  extra     free-form JSON from the trainer (data-iterator position, dataset statistics, ...).
+  state      the full `TrainState` (resuming training),
+  params     the params alone (frozen use by later stages: reads only these arrays),
+  config     the run's config as JSON,
+  versions   package versions (`data_pipeline.run_info.package_versions`) as JSON,
+  extra      free-form JSON from the trainer (data-iterator position, dataset statistics, ...),
+  checksums  sha256 of the state's and the params' arrays (`params_sha256`) as JSON.
 
 Restores are strict: the target's tree paths, shapes and dtypes are compared against the
 checkpoint's metadata first, and any missing/unexpected key or shape/dtype mismatch raises a
 `CheckpointMismatchError` naming the paths, never a silent partial restore.
 
-A damaged checkpoint (a truncated or corrupt file: a full disk, a copy cut short) is another
-matter: resuming (`Checkpointer.restore` of the latest step) falls back, with a warning naming
-the step, to the newest step that reads, and sets the unreadable ones aside as
-`<directory>/<step>.corrupt` so that training saves those steps again.
+A damaged checkpoint (a truncated or corrupt file: a full disk, a copy cut short, a flipped
+bit) is another matter. Every restored array item is compared with the checksum written with
+it, so damage that still decodes is caught like damage that does not. Resuming
+(`Checkpointer.restore` of the latest step, which checks the `params` item too) falls back, with
+a warning naming the step, to the newest step that reads and matches, and sets the damaged ones
+aside as `<directory>/<step>.corrupt` so that training saves those steps again; loading the
+params alone (`restore_params` of the latest step: labeling, frozen models, fine-tuning) falls
+back the same way without renaming anything. Checkpoints written before checksums existed, and
+arrays not fully addressable by one process (multi-host shardings), are restored unverified.
 """
 from __future__ import annotations
 
@@ -26,11 +32,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from data_pipeline import run_info
 from hilam_jax.training import mesh as mesh_lib
 
-ITEMS = ("state", "params", "config", "versions", "extra")
+ITEMS = ("state", "params", "config", "versions", "extra", "checksums")
 _MAX_LISTED = 10  # differences listed in an error message
 
 
@@ -44,6 +51,10 @@ class CheckpointMismatchError(ValueError):
 
 class CorruptCheckpointError(RuntimeError):
   """No step of a checkpoint directory can be read."""
+
+
+class ChecksumMismatchError(RuntimeError):
+  """A restored item differs from the checksum written with it: the files were damaged."""
 
 
 def _short_error(error: BaseException) -> str:
@@ -69,7 +80,7 @@ def _json_ready(tree: Any) -> Any:
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
   return {"state": ocp.StandardCheckpointHandler(), "params": ocp.StandardCheckpointHandler(),
           "config": ocp.JsonCheckpointHandler(), "versions": ocp.JsonCheckpointHandler(),
-          "extra": ocp.JsonCheckpointHandler()}
+          "extra": ocp.JsonCheckpointHandler(), "checksums": ocp.JsonCheckpointHandler()}
 
 
 def _open_manager(directory: str, options: ocp.CheckpointManagerOptions | None = None
@@ -226,7 +237,38 @@ def _restore_item(manager: ocp.CheckpointManager, directory: str, step: int, ite
   check_matches_metadata(target, metadata.tree,
                          f"Item {item!r} of checkpoint {directory} step {step}")
   args = ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
-  return manager.restore(step, args=args)[item]
+  restored = manager.restore(step, args=args)[item]
+  _verify_checksum(manager, directory, step, item, restored)
+  return restored
+
+
+def _stored_checksums(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+  """The step's `checksums` item; None for a step written before checksums existed."""
+  if not (epath.Path(manager.directory) / str(step) / "checksums").exists():
+    return None
+  return _restore_json(manager, step, "checksums")  # unreadable: an error, like any damage
+
+
+def _verify_checksum(manager: ocp.CheckpointManager, directory: str, step: int, item: str,
+                     restored: Any) -> None:
+  """Raises `ChecksumMismatchError` if `restored` differs from the checksum saved with it."""
+  stored = (_stored_checksums(manager, step) or {}).get(item)
+  if stored is None:
+    return
+  actual = _checksum(restored)
+  if actual is not None and actual != stored:
+    raise ChecksumMismatchError(
+        f"Item {item!r} of checkpoint {directory} step {step} does not match the checksum "
+        f"written with it (sha256 {actual[:12]}... != {stored[:12]}...): its files were "
+        "damaged on disk or in a copy.")
+
+
+def _checksum(tree: Any) -> str | None:
+  """`params_sha256` of a tree; None if a leaf is not fully addressable (multi-host arrays)."""
+  leaves = jax.tree.leaves(tree)
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves):
+    return None
+  return params_sha256(tree)
 
 
 def _restore_json(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
@@ -324,7 +366,9 @@ class Checkpointer:
         params=ocp.args.StandardSave(state.params),
         config=ocp.args.JsonSave(self.config),
         versions=ocp.args.JsonSave(self.versions),
-        extra=ocp.args.JsonSave(_json_ready(dict(extra or {}))))
+        extra=ocp.args.JsonSave(_json_ready(dict(extra or {}))),
+        checksums=ocp.args.JsonSave({"state": _checksum(state),
+                                     "params": _checksum(state.params)}))
     # The due-decision is ours: orbax's own policy would also save the first step it sees.
     saved = self._manager.save(step, args=args, force=True)
     if saved:
@@ -345,8 +389,9 @@ class Checkpointer:
               mesh: jax.sharding.Mesh | None = None) -> Any:
     """Strictly restores the full train state (default: the newest step that reads).
 
-    Without `step`, a step whose files cannot be read (truncated, corrupt) is skipped with a
-    warning naming it, the next older one is tried, and once one restores the unreadable newer
+    Without `step`, a step whose files cannot be read (truncated, corrupt) or whose `state` or
+    `params` item does not match its checksum is skipped with a warning naming it, the next
+    older one is tried, and once one restores the unreadable newer
     steps are renamed to `<step>.corrupt` (orbax ignores them; training saves those steps
     again). A structure mismatch is never skipped: it is a config error, not damage.
 
@@ -361,6 +406,7 @@ class Checkpointer:
       FileNotFoundError: no such checkpoint.
       CheckpointMismatchError: missing/unexpected keys or shape/dtype mismatches.
       CorruptCheckpointError: no step can be read (nothing is renamed then).
+      ChecksumMismatchError: the `step` asked for is damaged.
     """
     self.wait_until_finished()
     if step is not None:
@@ -373,10 +419,13 @@ class Checkpointer:
         _restore_json(self._manager, step, "config")
         state = _restore_item(self._manager, self.directory, step, "state", abstract_state,
                               mesh)
+        # The params item is what later stages load: a step whose copy is damaged is saved again.
+        _restore_item(self._manager, self.directory, step, "params", state.params, mesh)
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint step %d in %s is unreadable (%s); trying the step before.",
+        logging.warning("Checkpoint step %d in %s is unreadable or damaged (%s); trying the step "
+                        "before.",
                         step, self.directory, _short_error(e))
         unreadable.append((step, e))
         continue
@@ -436,22 +485,49 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any = None,
                    step: int | None = None, *, mesh: jax.sharding.Mesh | None = None) -> Any:
   """Loads only the params of a checkpoint (default: latest step), e.g. a frozen earlier stage.
 
+  Without `step`, a latest step whose params cannot be read or do not match their checksum is
+  skipped with a warning naming it, and the step before is tried (as `Checkpointer.restore`
+  does, but nothing is renamed: a reader does not change the directory).
+
   Args:
     directory: a `Checkpointer` directory.
     abstract_params: expected params (arrays or ShapeDtypeStructs, e.g.
       `jax.eval_shape(model.init, rng, x)["params"]`): checked strictly, so a model config that
       differs from the checkpoint's fails with the parameter paths named. None: restore
       whatever is stored (nested dicts, shapes/dtypes from the checkpoint).
-    step: default latest.
+    step: default: the newest intact step.
     mesh: restored params are replicated over it (default `make_mesh()`) unless
       `abstract_params` leaves carry their own shardings.
 
   Raises:
     FileNotFoundError: no such checkpoint. CheckpointMismatchError: structure/shape mismatch.
+    CorruptCheckpointError: no step's params can be read (ChecksumMismatchError or the
+    reader's own error for a `step` asked for).
   """
+  fallback = step is None
   manager, step = _open_for_reading(directory, step)
+  directory = _abspath(directory)
   try:
-    return _restore_item(manager, _abspath(directory), step, "params", abstract_params, mesh)
+    if not fallback:
+      return _restore_item(manager, directory, step, "params", abstract_params, mesh)
+    unreadable: list[tuple[int, Exception]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        params = _restore_item(manager, directory, step, "params", abstract_params, mesh)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("The params of checkpoint step %d in %s are unreadable or damaged (%s); "
+                        "trying the step before.", step, directory, _short_error(e))
+        unreadable.append((step, e))
+        continue
+      if unreadable:
+        logging.warning("Loaded the params of step %d of %s, the newest intact checkpoint "
+                        "(damaged: steps %s).", step, directory, [s for s, _ in unreadable])
+      return params
+    raise CorruptCheckpointError(
+        f"No checkpoint's params in {directory} can be read: " + "; ".join(
+            f"step {s}: {_short_error(e)}" for s, e in unreadable) + ".") from unreadable[0][1]
   finally:
     manager.close()
 

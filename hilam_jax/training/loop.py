@@ -51,7 +51,9 @@ def check_finite(metrics: Mapping[str, Any], step: int,
     raise NonFiniteError(
         f"Non-finite value at step {step}: {'; '.join(bad)} ({others}). Training stopped; the "
         "last checkpoint holds the latest finite state. Lower the learning rate, clip "
-        "gradients, or check the batch for NaN/Inf inputs.")
+        "gradients, or check the batch for NaN/Inf inputs. If this run resumed from a "
+        "checkpoint, the checkpoint may be damaged: one written before checksums existed is "
+        "restored unverified.")
 
 
 class _MeanAccumulator:
