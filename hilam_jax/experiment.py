@@ -202,7 +202,8 @@ def frozen_model_spec(config: Any, paths: Paths) -> str:
 def _train_skill_model(config: Any, paths: Paths) -> dict:
   from hilam_jax.skill import trainer  # pylint: disable=g-import-not-at-top
   skill_config = _copy(config.skill)
-  if config.get("frozen_model"):  # else the skill trainer reads the LAM of the label manifest
+  # L_rec's frozen model; without it the skill trainer reads the LAM of the label manifest.
+  if config.get("frozen_model") and skill_config.lambda_rec:
     skill_config.frozen_model = config.frozen_model
   skill_config.data.labels_dir = paths.labels_video
   # The skill model reads the latents the frozen model wrote (UniSkill's are 64-d).

@@ -98,7 +98,7 @@ def test_batch_size_below_one_is_refused_before_anything_is_written(trainer, toy
   assert not os.path.exists(workdir)
 
 
-def _missing_input(trainer, config, root):
+def _missing_input(trainer, config, root, dataset_dir):
   """Points `config` at a missing input; returns the error expected and its message."""
   missing = os.path.join(root, "missing", "1.0.0")
   if trainer == "lam":
@@ -114,18 +114,26 @@ def _missing_input(trainer, config, root):
   if trainer == "skill":
     config.data.labels_dir = os.path.join(root, "no_labels")
     return FileNotFoundError, "no label manifest"
-  # skill with L_rec: the frames come from the datasets the label manifest names.
   config.lambda_rec = 1.0
+  if trainer == "skill_rec":  # the frames come from the datasets the label manifest names
+    config.data.labels_dir = _labels_dir(os.path.join(root, "rec"),
+                                         [{"dataset_dir": missing, "split": "train"}])
+    return schema.DatasetNotFoundError, "does not exist"
+  # L_rec's frozen model: named but missing, or neither named nor in the label manifest.
   config.data.labels_dir = _labels_dir(os.path.join(root, "rec"),
-                                       [{"dataset_dir": missing, "split": "train"}])
-  return schema.DatasetNotFoundError, "does not exist"
+                                       [{"dataset_dir": dataset_dir, "split": "train"}])
+  if trainer == "skill_rec_model":
+    config.frozen_model = f"lam:{os.path.join(root, 'no_lam')}"
+    return FileNotFoundError, "no_lam"
+  return ValueError, "set config.frozen_model"
 
 
-@pytest.mark.parametrize("case", ["lam", "policy", "policy_labels", "skill", "skill_rec"])
+@pytest.mark.parametrize("case", ["lam", "policy", "policy_labels", "skill", "skill_rec",
+                                  "skill_rec_model", "skill_rec_no_model"])
 def test_missing_input_is_reported_before_anything_is_written(case, toy_dataset, tmp_path):
   trainer = case.split("_")[0]
   config = _config(trainer, toy_dataset, str(tmp_path))
-  error, message = _missing_input(case, config, str(tmp_path))
+  error, message = _missing_input(case, config, str(tmp_path), toy_dataset)
   workdir = str(tmp_path / "run")
   with pytest.raises(error, match=message):
     _train(trainer, config, workdir)

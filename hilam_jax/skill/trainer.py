@@ -208,10 +208,14 @@ def check_lam_matches_labels(lam: interface.FrozenDynamicsModel, manifest: dict)
 
 
 def check_objective(config: Any) -> None:
-  """Refuses objective settings that cannot work together (before any data is read)."""
+  """Refuses objective settings that cannot work together (before any data is read); warns
+  about a frozen model that the objective does not use."""
   if config.lambda_rec and config.data.get("normalize", "none") == "zscore":
     raise ValueError("data.normalize='zscore' with lambda_rec > 0 is not supported: the "
                      "frozen FDM decodes raw latents")
+  if not config.lambda_rec and config.get("frozen_model"):
+    logging.warning("frozen_model=%r is not used: it serves only L_rec, and lambda_rec is 0 "
+                    "(set lambda_rec > 0 to train with it).", config.frozen_model)
 
 
 def check_inputs(config: Any) -> None:
@@ -304,6 +308,18 @@ def train_and_evaluate(config: Any, workdir: str,
   check_inputs(config)
   model_config = skill_model.SkillModelConfig.from_dict(dict(config.model))
   lr_multipliers = level_lr_multipliers(config, model_config)
+  labels_dir = config.data.labels_dir
+  manifest = window_stream.read_manifest(labels_dir)
+  if manifest.get("latent_dim") not in (None, model_config.latent_dim):
+    raise ValueError(f"labels have latent dim {manifest['latent_dim']}, model.latent_dim is "
+                     f"{model_config.latent_dim}")
+  if config.lambda_rec:  # a missing or mismatched frozen model is refused before any write
+    if frozen_lam is None:
+      frozen_lam = resolve_frozen_lam(config)
+    else:
+      check_lam_matches_labels(frozen_lam, manifest)
+  else:
+    frozen_lam = None
   training.lock_workdir(workdir)  # before anything is written; refuses a second run
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
@@ -319,11 +335,6 @@ def train_and_evaluate(config: Any, workdir: str,
                  config.learning_rate)
 
   per_process = training.per_process_batch(config.batch_size)
-  labels_dir = config.data.labels_dir
-  manifest = window_stream.read_manifest(labels_dir)
-  if manifest.get("latent_dim") not in (None, model_config.latent_dim):
-    raise ValueError(f"labels have latent dim {manifest['latent_dim']}, model.latent_dim is "
-                     f"{model_config.latent_dim}")
   normalization = resolve_normalization(
       config, workdir, window_stream.iter_shard_latents(
           window_stream.split_units(labels_dir, config.data.train_split)))
@@ -331,17 +342,11 @@ def train_and_evaluate(config: Any, workdir: str,
     logging.info("z-scoring latents per dimension (train std %s)",
                  np.round(normalization["std"], 3).tolist())
   frames = None
-  if config.lambda_rec:
-    if frozen_lam is None:
-      frozen_lam = resolve_frozen_lam(config)
-    else:
-      check_lam_matches_labels(frozen_lam, manifest)
+  if frozen_lam is not None:
     frames = window_stream.FrameSpec(
         tuple(frozen_lam.image_size), frozen_lam.frame_gap,
         min(config.data.rec_positions or window, window),
         skip_corrupted=bool(config.data.get("skip_corrupted", False)))
-  else:
-    frozen_lam = None
   units = {split: window_stream.split_units(labels_dir, split, with_frames=frames is not None)
            for split in (config.data.train_split, config.data.val_split)}
   counts = {split: window_stream.count_windows(u, window, hop) for split, u in units.items()}
