@@ -21,6 +21,8 @@ import os
 from absl import app
 from absl import flags
 
+from hilam_jax import preemption
+
 _IDM = flags.DEFINE_string("idm", None, "UniSkill's idm.pth (a torch state_dict).")
 _DEPTH = flags.DEFINE_string("depth", None, "Depth-Anything-V2-Small-hf folder.")
 _UNET = flags.DEFINE_string("unet", None, "The FDM's diffusers unet/ folder.")
@@ -59,4 +61,4 @@ def main(argv):
             f"converted -> {os.path.join(_OUT_DIR.value, name)}")
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -14,6 +14,8 @@ from ml_collections import config_flags
 
 from data_pipeline.generators import video_files
 
+from hilam_jax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "convert_videos.py") + ":default",
     "Conversion config.",
@@ -32,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -13,6 +13,8 @@ import os
 from absl import app
 from absl import flags
 
+from hilam_jax import preemption
+
 _LAM = flags.DEFINE_string("lam_workdir", None, "A train_lam workdir.", required=True)
 _DATASET = flags.DEFINE_string("dataset_dir", None, "Held-out RLDS dataset folder.",
                                required=True)
@@ -51,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -17,6 +17,8 @@ Logic: `hilam_jax.skill.discovery.run_evaluation`.
 from absl import app
 from absl import flags
 
+from hilam_jax import preemption
+
 _SKILLS = flags.DEFINE_list("skills_dir", None, "Output(s) of extract_skills (one per seed).",
                             required=True)
 _DATASET = flags.DEFINE_string("dataset_dir", None, "RLDS dataset with subtask/boundary.",
@@ -51,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

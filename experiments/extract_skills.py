@@ -9,6 +9,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from hilam_jax import preemption
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Skill model training folder.", required=True)
 _LABELS = flags.DEFINE_string("labels_dir", None, "Latent-action label folder.", required=True)
 _OUT = flags.DEFINE_string("out_dir", None, "Output folder for the skills.", required=True)
@@ -33,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -12,6 +12,8 @@ from ml_collections import config_flags
 
 from data_pipeline.generators import babyai
 
+from hilam_jax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/generate_babyai.py:default", "Generation config.",
     lock_config=True)
@@ -28,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -8,6 +8,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from hilam_jax import preemption
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/generate_metaworld.py:default", lock_config=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", "./data", "Parent folder of the dataset.")
@@ -23,4 +25,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -4,6 +4,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from experiments import launch
+from hilam_jax import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "experiments/configs/label_latent_actions.py:babyai", "Labeling config.",
@@ -29,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

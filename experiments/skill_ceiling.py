@@ -15,6 +15,8 @@ Logic: `hilam_jax.skill.discovery.run_ceilings`.
 from absl import app
 from absl import flags
 
+from hilam_jax import preemption
+
 _LABELS = flags.DEFINE_string("labels_dir", None, "Latent-action labels (labeling job output).",
                               required=True)
 _DATASET = flags.DEFINE_string("dataset_dir", None, "RLDS dataset with subtask boundaries.",
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -28,6 +28,7 @@ from absl import flags
 from absl import logging
 
 from data_pipeline import run_info
+from hilam_jax import preemption
 
 # name -> (config overrides as dotted keys, why it is in the study)
 SETTINGS = {
@@ -336,4 +337,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))
