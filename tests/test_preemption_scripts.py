@@ -64,3 +64,41 @@ def test_sigterm_stops_the_data_generator_and_its_workers_and_the_rerun_resumes(
   episodes = {split: sum(1 for _ in reader.read_trajectories(dataset_dir, split=split))
               for split in ("train", "val")}
   assert episodes == {"train": 6, "val": 1}
+
+
+def _main_job(workdir):
+  overrides = []
+  for data in ("video", "demos"):
+    overrides += [f"--config.{data}.tasks=('reach-v3',)", f"--config.{data}.max_steps=150",
+                  f"--config.{data}.episodes_per_shard=1",
+                  f"--config.{data}.episodes_per_task.train=4",
+                  f"--config.{data}.episodes_per_task.val=1"]
+  return [sys.executable, "-m", "experiments.main",
+          "--config=experiments/configs/main.py:metaworld", f"--workdir={workdir}",
+          "--config.stop_after=data", *overrides]
+
+
+def test_sigterm_stops_the_main_job_in_its_data_stage_and_the_rerun_resumes(tmp_path):
+  """The main job's stages outside training: SIGTERM while its data generator's workers
+  simulate; exit 143 with the workers gone; the rerun keeps the shards and finishes the stage."""
+  workdir = str(tmp_path / "main")
+  process = subprocess.Popen(_main_job(workdir), cwd=REPO, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_line(process, "written |", timeout=300)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert len(workers) >= 2
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  assert process.returncode == 143, stderr[-3000:]
+  _, alive = psutil.wait_procs(workers, timeout=30)
+  assert not alive, f"workers left running: {[p.pid for p in alive]}"
+  assert not os.path.exists(os.path.join(workdir, "stages", "1_data.json"))  # not marked done
+
+  rerun = subprocess.run(_main_job(workdir), cwd=REPO, capture_output=True, text=True,
+                         timeout=600, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "resuming:" in rerun.stderr
+  assert os.path.exists(os.path.join(workdir, "stages", "1_data.json"))
