@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import time
@@ -138,7 +139,10 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, what: str, grace
   for process in processes:
     process.join(max(0.0, deadline - time.monotonic()))
   for process in processes:
-    if process.is_alive():
+    # Not `is_alive()`: the pool's own thread may have reaped an exited worker first, and
+    # is_alive() then reports it alive (a false "did not stop" after 2 s, measured). The
+    # sentinel is ready once the process has ended, whoever reaped it.
+    if not multiprocessing.connection.wait([process.sentinel], timeout=0):
       logging.warning("[%s] worker %d did not stop in %.0f s: terminating it", what, process.pid,
                       grace_s)
       process.terminate()

@@ -132,7 +132,8 @@ jobs.run_jobs(graph, num_workers=2, interrupt_grace_s=grace)
 
 def _start_and_interrupt(log, fn, grace, signum=None):
   """Runs the 5-job graph in a subprocess, waits for both workers' jobs to start, sends
-  `signum` (default SIGINT) to the parent alone; returns the seconds it took to exit."""
+  `signum` (default SIGINT) to the parent alone; returns the seconds it took to exit and its
+  stderr."""
   import signal  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -147,9 +148,9 @@ def _start_and_interrupt(log, fn, grace, signum=None):
     assert open(log).read().count("start") == 2
     start = time.time()
     proc.send_signal(signal.SIGINT if signum is None else signum)
-    proc.communicate(timeout=grace + 60)
+    _, stderr = proc.communicate(timeout=grace + 60)
     assert proc.returncode != 0
-    return time.time() - start
+    return time.time() - start, stderr.decode()
   finally:
     if proc.poll() is None:  # a failed test leaves no scheduler (and its workers) behind
       proc.kill()
@@ -160,8 +161,9 @@ def test_interrupting_the_parent_stops_running_jobs_and_starts_no_more(tmp_path)
   too and the queue does not go on; the parent exits before the grace period after which it
   would terminate them (the jobs stopped on the signal), not after the 300 s jobs."""
   log = str(tmp_path / "log")
-  assert _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S) < \
-      jobs.INTERRUPT_GRACE_S
+  seconds, stderr = _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S)
+  assert seconds < jobs.INTERRUPT_GRACE_S
+  assert "did not stop" not in stderr  # every worker ended on the signal: none is terminated
   time.sleep(1)
   text = open(log).read()
   assert text.count("start") == 2 and "end" not in text
@@ -169,8 +171,9 @@ def test_interrupting_the_parent_stops_running_jobs_and_starts_no_more(tmp_path)
 
 def test_jobs_that_ignore_the_interrupt_are_terminated_after_the_grace_period(tmp_path):
   log = str(tmp_path / "log")
-  seconds = _start_and_interrupt(log, "_ignore_interrupts_and_sleep", 3.0)
+  seconds, stderr = _start_and_interrupt(log, "_ignore_interrupts_and_sleep", 3.0)
   assert 3.0 <= seconds < 60
+  assert stderr.count("did not stop in 3 s: terminating it") == 2
   time.sleep(1)
   text = open(log).read()
   assert text.count("start") == 2 and "end" not in text
@@ -187,9 +190,10 @@ def test_sigterm_to_the_parent_stops_the_run_like_an_interrupt(tmp_path):
     return [int(line.split()[2]) for line in lines if line.startswith("start")]
 
   try:
-    seconds = _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S,
-                                   signal.SIGTERM)
+    seconds, stderr = _start_and_interrupt(log, "_sleep_and_log", jobs.INTERRUPT_GRACE_S,
+                                           signal.SIGTERM)
     assert seconds < 30
+    assert "did not stop" not in stderr
     assert len(worker_pids()) == 2
 
     def alive(pid):
