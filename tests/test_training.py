@@ -497,3 +497,44 @@ def test_no_readable_checkpoint_is_one_clear_error(mesh, tmp_path):
     ckpt.restore(training.abstract_train_state(tw.init_params_fn(), tx, mesh))
   assert ckpt.all_steps() == [1]  # nothing set aside
   ckpt.close()
+
+
+def test_stacked_step_trains_each_run_as_it_would_train_alone(mesh):
+  """Three runs (own init, own rng, own batches) updated together by one vmapped step end with
+  the losses, metrics and params each gets from its own step, and `unstack_state` returns them."""
+  tx = tw.make_tx()
+  seeds, num_steps = (0, 1, 2), 4
+  alone_step = training.make_train_step(tw.loss_fn, tx, mesh)
+  stacked_step = training.make_train_step(tw.loss_fn, tx, mesh, stacked=True)
+
+  def batch(seed, step):
+    return tw.batch_for_step(100 * seed + step)  # every run its own data order
+
+  alone = {}
+  for seed in seeds:
+    state = training.create_train_state(tw.init_params_fn(), tx, jax.random.PRNGKey(seed), mesh)
+    losses = []
+    for step in range(num_steps):
+      state, metrics = alone_step(state, training.shard_batch(batch(seed, step), mesh))
+      losses.append(float(metrics["loss"]))
+    alone[seed] = (jax.device_get(state), losses)
+
+  state = training.stack_states([
+      training.create_train_state(tw.init_params_fn(), tx, jax.random.PRNGKey(seed), mesh)
+      for seed in seeds])
+  losses = []
+  for step in range(num_steps):
+    stacked_batch = jax.tree.map(lambda *b: np.stack(b), *[batch(s, step) for s in seeds])
+    state, metrics = stacked_step(state, stacked_batch)
+    assert metrics["loss"].shape == (len(seeds),)
+    losses.append(np.asarray(metrics["loss"]))
+  losses = np.stack(losses, axis=1)  # (seeds, steps)
+  assert not np.allclose(losses[0], losses[1])  # the runs differ: init, rng and data are theirs
+  for i, seed in enumerate(seeds):
+    expected_state, expected_losses = alone[seed]
+    np.testing.assert_allclose(losses[i], expected_losses, rtol=1e-6)
+    run = jax.device_get(training.unstack_state(state, i))
+    assert int(run.step) == num_steps
+    for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(expected_state.params),
+                    strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -19,7 +19,7 @@ from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch
 from hilam_jax.training.metrics import MetricWriter, Progress
 from hilam_jax.training.train_state import (TrainState, abstract_train_state, create_train_state,
                                             make_eval_step, make_optimizer, make_train_step,
-                                            unwrap_params)
+                                            stack_states, unstack_state, unwrap_params)
 from hilam_jax.training.workdir_lock import (LOCK_NAME, WorkdirLockedError, lock_workdir,
                                              release_workdir, releases_workdir_locks)
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_run_config",
     "create_train_state", "data_sharding", "finish_run", "load_checkpoint_config",
     "make_eval_step", "make_mesh", "make_optimizer", "make_train_step", "params_sha256",
+    "stack_states", "unstack_state",
     "per_process_batch", "replicated_sharding",
     "restore_params", "run_eval", "run_training", "shard_batch", "shard_batches", "train_loop",
     "unwrap_params", "LOCK_NAME", "WorkdirLockedError", "lock_workdir", "release_workdir",

@@ -150,9 +150,16 @@ def make_optimizer(config: Any, *, update_scale: Callable[[Params], Params] | No
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh, *,
                     learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None,
                     augment_fn: Callable[[Batch, jax.Array], Batch] | None = None,
-                    compute_dtype: str = "float32"
+                    compute_dtype: str = "float32", stacked: bool = False
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the jitted, data-parallel update `(state, batch) -> (state, metrics)`.
+
+  With `stacked`, several independent runs of one model (e.g. the seeds of one experiment cell)
+  update together in one program: every leaf of the state (`stack_states`) and of the batch has
+  a leading run axis, the update is `jax.vmap` of the single-run update, and each run gets the
+  update it would get alone (its own params, optimizer state, rng and batch), up to float
+  rounding. The batch is split over the mesh along its second (per-run batch) axis, and every
+  metric has the leading run axis.
 
   Args:
     loss_fn: (params, batch, rng) -> (scalar loss, dict of scalar metrics). It sees the global
@@ -198,10 +205,25 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mes
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
+  if stacked:
+    batch_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, mesh_lib.DATA_AXIS))
+    return jax.jit(jax.vmap(step_fn), in_shardings=(replicated, batch_sharding),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
   return jax.jit(step_fn,
                  in_shardings=(replicated, mesh_lib.data_sharding(mesh)),
                  out_shardings=(replicated, replicated),
                  donate_argnums=0)
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+  """Runs' states (one structure) -> one state whose leaves have a leading run axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def unstack_state(stacked: TrainState, index: int) -> TrainState:
+  """Run `index`'s state of a `stack_states` result (e.g. to checkpoint it in its own workdir)."""
+  return jax.tree.map(lambda leaf: leaf[index], stacked)
 
 
 def make_eval_step(metrics_fn: Callable[[Params, Batch, jax.Array], Mapping[str, jax.Array]],
