@@ -68,7 +68,16 @@ import time
 from absl import app
 from absl import flags
 
+from experiments.chunking_layer import RATIO_LOSS_WEIGHT
+from experiments.chunking_layer import chunk_capacity
+from experiments.chunking_layer import chunking_routing
+from experiments.chunking_layer import make_jax_layer
+from experiments.chunking_layer import make_torch_layer
+from experiments.chunking_layer import matmul_flops_fwd
+from experiments.chunking_layer import matmuls_only
+from experiments.chunking_layer import segment_inputs
 from hilam_jax import benchmarking
+from hilam_jax.benchmarking import timed
 
 _BATCH = flags.DEFINE_integer("batch", 16, "B of the chunking layer.")
 _LENGTH = flags.DEFINE_integer("length", 256, "L of the chunking layer.")
@@ -89,77 +98,6 @@ _SKILL_LATENT = flags.DEFINE_integer("skill_latent_dim", None, "Override latent_
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Matrix size of the matmul peak.")
 _OUT = flags.DEFINE_string("out", "runs/benchmark_chunking.json", "Where to write the figures.")
 
-RATIO_LOSS_WEIGHT = 0.03
-
-
-def segment_inputs(batch, length, dim, ratio, seed=0):
-  """x [B, L, D] float32 of piecewise-constant segments with exactly round(L / N) boundaries.
-
-  Consecutive segment vectors have cosine about -0.7 (p = (1 - cos) / 2 about 0.85 > 0.5) and
-  positions inside a segment differ by a small noise (p about 0), so the identity router finds
-  exactly the segment starts.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  num = max(1, min(length, int(round(length / ratio))))
-  x = np.zeros((batch, length, dim), np.float32)
-  starts = np.zeros((batch, length), bool)
-  for i in range(batch):
-    positions = np.sort(rng.choice(np.arange(1, length), size=num - 1, replace=False))
-    starts[i, 0] = True
-    starts[i, positions] = True
-    vec = rng.normal(size=dim)
-    vec /= np.linalg.norm(vec)
-    for t in range(length):
-      if t > 0 and starts[i, t]:
-        fresh = rng.normal(size=dim)
-        fresh /= np.linalg.norm(fresh)
-        vec = -0.7 * vec + 0.714 * fresh
-        vec /= np.linalg.norm(vec)
-      x[i, t] = vec + 1e-3 * rng.normal(size=dim)
-  return x, starts
-
-
-def timed(fn, repeats):
-  """Median and min seconds of `repeats` calls of fn (already warm)."""
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), min(times)
-
-
-def make_jax_layer(dim, capacity, ratio):
-  """(init(rng) -> params, loss(params, x, mask, cot, impl, boundary_mask=None) -> scalar)."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  from hilam_jax.skill import chunking
-  router = chunking.RoutingModule(dim)
-
-  def init(rng, x, mask):
-    k_main, k_res = jax.random.split(rng)
-    scale = 1.0 / math.sqrt(dim)
-    return {"routing": router.init(rng, x[:1], mask[:1])["params"],
-            "main_w": jax.random.normal(k_main, (dim, dim)) * scale,
-            "main_b": jnp.zeros((dim,)),
-            "res_w": jax.random.normal(k_res, (dim, dim)) * scale}
-
-  def loss(params, x, mask, cot, impl, boundary_mask=None):
-    routing = router.apply({"params": params["routing"]}, x, mask)
-    if boundary_mask is not None:      # the eager reference needs concrete boundaries (same value)
-      routing = routing.replace(boundary_mask=boundary_mask)
-    chunk_out = chunking.chunk(x, routing, capacity, impl=impl)              # [B, C, D]
-    inner = chunk_out.chunks @ params["main_w"] + params["main_b"]           # main network
-    y = chunking.dechunk(inner, routing, chunk_out, mask, impl=impl)         # [B, L, D]
-    y = y + x @ params["res_w"]                                              # residual
-    return (jnp.sum(y * cot)
-            + RATIO_LOSS_WEIGHT * chunking.ratio_loss(routing, mask, ratio))
-
-  return init, loss
-
-
 def bench_jax_layer(results, x_np, starts, cot_np):
   # pylint: disable=g-import-not-at-top
   import jax
@@ -167,7 +105,7 @@ def bench_jax_layer(results, x_np, starts, cot_np):
   import numpy as np
   batch, length, dim = x_np.shape
   ratio = _RATIO.value
-  capacity = max(1, min(length, math.ceil(length / ratio * _CAPACITY_FACTOR.value)))
+  capacity = chunk_capacity(length, ratio, _CAPACITY_FACTOR.value)
   init, loss = make_jax_layer(dim, capacity, ratio)
   x, cot = jnp.asarray(x_np), jnp.asarray(cot_np)
   mask = jnp.ones((batch, length), bool)
@@ -186,78 +124,16 @@ def bench_jax_layer(results, x_np, starts, cot_np):
       "router_finds_constructed_boundaries": bool((found == starts).all()),
   }
   # Matmul FLOPs, forward: q, k, residual on B L rows, main network on B C rows; x3 for fwd+bwd.
-  fwd_matmul = 2 * batch * dim * dim * (3 * length + capacity)
-  cost = fused.lower(params, x, cot).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  fwd_matmul = matmul_flops_fwd(batch, length, dim, capacity)
+  flops = benchmarking.compiled_flops(fused.lower(params, x, cot).compile())
   results["layer"].update({"matmul_flops_fwd": fwd_matmul, "matmul_flops_fwd_bwd": 3 * fwd_matmul,
-                           "xla_cost_analysis_flops_fwd_bwd": float(cost["flops"])})
+                           "xla_cost_analysis_flops_fwd_bwd": flops})
 
   def run_fused():
     jax.block_until_ready(fused(params, x, cot))
   for _ in range(3):
     run_fused()
   return params, x, mask, cot, loss, capacity, value, grads, run_fused
-
-
-def matmuls_only(params, x, cot, capacity):
-  """run() of fwd+bwd of just the layer's matmuls (q, k, main on C rows, residual), jitted."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  wq, wk = params["routing"]["q"]["kernel"], params["routing"]["k"]["kernel"]
-
-  def loss(p, x_):
-    q, k = x_ @ p[0], x_ @ p[1]
-    inner = x_[:, :capacity] @ p[2]
-    y = x_ @ p[3]
-    return (jnp.sum(q[:, :-1] * k[:, 1:]) + jnp.sum(inner * cot[:, :capacity])
-            + jnp.sum(y * cot))
-
-  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  args = ([wq, wk, params["main_w"], params["res_w"]], x)
-  for _ in range(3):
-    jax.block_until_ready(fn(*args))
-  return lambda: jax.block_until_ready(fn(*args))
-
-
-def chunking_routing(params, x, mask, dim):
-  from hilam_jax.skill import chunking  # pylint: disable=g-import-not-at-top
-  return chunking.RoutingModule(dim).apply({"params": params["routing"]}, x, mask)
-
-
-def make_torch_layer(x_np, cot_np, ratio):
-  """Returns run() doing fwd + bwd of h-net-dynamic-chunking's layer, or None if not installed."""
-  try:
-    # pylint: disable=g-import-not-at-top
-    import torch
-    from h_net_dynamic_chunking import DynamicSequenceChunker
-    import importlib.metadata as md
-  except ImportError as e:
-    print(f"h-net-dynamic-chunking: not installed ({e}); skipped")
-    return None, {}
-  torch.manual_seed(0)
-  dim = x_np.shape[-1]
-  chunker = DynamicSequenceChunker(dim=dim, target_avg_token_length=ratio,
-                                   ratio_loss_weight=RATIO_LOSS_WEIGHT, handle_residual_proj=True)
-  with torch.no_grad():          # identity q/k like ours, so both see the same boundaries
-    eye = torch.eye(dim)
-    chunker.to_queries_keys.weight.copy_(torch.cat([eye, eye], 0))
-  main = torch.nn.Linear(dim, dim)
-  x = torch.tensor(x_np, requires_grad=True)
-  cot = torch.tensor(cot_np)
-  params = [x] + list(chunker.parameters()) + list(main.parameters())
-  info = {"version": md.version("h-net-dynamic-chunking"), "torch": torch.__version__,
-          "torch_threads": torch.get_num_threads()}
-
-  def run():
-    out = chunker(x)
-    y = out.upsample_fn(main(out.downsampled))
-    loss = (y * cot).sum() + out.weighted_aux_ratio_loss
-    return torch.autograd.grad(loss, params, allow_unused=True), out
-
-  _, out = run()
-  info["downsampled_length"] = int(out.downsampled.shape[1])
-  return (lambda: run()), info
 
 
 def bench_layer(results):
@@ -326,7 +202,7 @@ def bench_layer(results):
     # of minutes at B=16, L=256: it is timed once on the first --reference_batch sequences'
     # first --reference_length positions, and linearly extrapolated (labelled as such).
     rb, rl = min(_REF_BATCH.value, batch), min(_REF_LENGTH.value, length)
-    ref_capacity = max(1, min(rl, math.ceil(rl / _RATIO.value * _CAPACITY_FACTOR.value)))
+    ref_capacity = chunk_capacity(rl, _RATIO.value, _CAPACITY_FACTOR.value)
     _, ref_loss = make_jax_layer(dim, ref_capacity, _RATIO.value)
     xr, cr, mr = x[:rb, :rl], cot[:rb, :rl], mask[:rb, :rl]
     boundary_mask = chunking_routing(params, xr, mr, dim).boundary_mask
@@ -379,9 +255,7 @@ def bench_skill(results):
   train_step = jax.jit(step)
   key = jax.random.key(1)
   compiled = train_step.lower(params, opt_state, data, key).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost["flops"])
+  flops = benchmarking.compiled_flops(compiled)
   state = [params, opt_state]
 
   def run():

@@ -44,6 +44,13 @@ import time
 from absl import app
 from absl import flags
 
+from experiments.uniskill_sides import build_weights
+from experiments.uniskill_sides import configs as _configs
+from experiments.uniskill_sides import make_inputs
+from experiments.uniskill_sides import make_side
+from experiments.uniskill_sides import relative_error
+from experiments.uniskill_sides import use_compilation_cache
+
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Pairs per call.")
 _DEPTH_BATCHES = flags.DEFINE_list("depth_batch_sizes", None,
                                    "Pairs per call of the depth+idm rows (default: batch_sizes).")
@@ -62,160 +69,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the weights go (default: 
 _OUT = flags.DEFINE_string("out_json", "runs/benchmark_uniskill.json", "Figures out.")
 _PROBE = flags.DEFINE_string("memory_probe", None, "Internal: row:side:batch, in --workdir.")
 
-SEED = 0
 ROWS = {"both": ("idm", "depth+idm"), "only": ("depth+idm",), "none": ("idm",)}
-
-
-def _configs(small: bool):
-  from hilam_jax.lam.uniskill.depth_anything import DepthConfig  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill.idm import IDMConfig  # pylint: disable=g-import-not-at-top
-  return (IDMConfig.tiny(), DepthConfig.tiny()) if small else (IDMConfig(), DepthConfig())
-
-
-def _randomize_depth_(model, seed: int):
-  """Random weights at a scale that keeps activations O(1) through the 12 blocks and the
-  bias-free conv stacks (weights ~ N(0, 1/fan_in), norm and layer scales ~ 1), and a positive
-  bias on the last conv so the ReLU output is not all zero (min-max of a constant is NaN)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  generator = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=generator)
-      if p.ndim > 1:
-        p.copy_(noise / max(p[0].numel(), 1) ** 0.5)
-      elif "lambda1" in name or ("norm" in name and name.endswith("weight")):
-        p.copy_(1.0 + 0.1 * noise)
-      else:
-        p.copy_(0.1 * noise)
-    model.head.conv3.bias.fill_(0.5)
-  return model.eval()
-
-
-def build_weights(workdir: str, small: bool) -> None:
-  """Random reference weights saved as released (idm.pth, a save_pretrained depth folder) and
-  converted with our converters into workdir/converted/{idm,depth}."""
-  import transformers  # pylint: disable=g-import-not-at-top
-  from experiments import uniskill_torch_reference as reference  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import convert as uniskill_convert  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import depth_anything_convert  # pylint: disable=g-import-not-at-top
-  idm_config, _ = _configs(small)
-  reference.save_state_dict(reference.make_reference(idm_config, SEED),
-                            os.path.join(workdir, "idm.pth"))
-  uniskill_convert.convert_idm(os.path.join(workdir, "idm.pth"),
-                               os.path.join(workdir, "converted", "idm"), idm_config)
-  depth = transformers.DepthAnythingForDepthEstimation(
-      reference.depth_anything_hf_config(tiny=small))
-  _randomize_depth_(depth, SEED).save_pretrained(os.path.join(workdir, "depth_hf"))
-  depth_anything_convert.convert(os.path.join(workdir, "depth_hf"),
-                                 os.path.join(workdir, "converted", "depth"))
-
-
-def make_inputs(config, batch: int, seed: int):
-  """RGB [B, T, H, W, 3] in [0, 1] and depth [B, T, H, W] on an arbitrary scale, float32."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  frames = (batch, config.num_frames, config.image_size, config.image_size)
-  return (rng.uniform(size=(*frames, 3)).astype(np.float32),
-          rng.uniform(0.3, 4.0, size=frames).astype(np.float32))
-
-
-def torch_side(workdir: str, small: bool, row: str, threads: int):
-  """(prepare(rgb, depth) -> args, call(args) -> skill numpy [B, Z]) of the PyTorch reference."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
-  from experiments import uniskill_torch_reference as reference  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(threads)
-  idm_config, _ = _configs(small)
-  idm = reference.ReferenceIDM(idm_config)
-  idm.load_state_dict(torch.load(os.path.join(workdir, "idm.pth"), weights_only=True,
-                                 map_location="cpu"), strict=True)
-  idm.eval()
-  size = idm_config.image_size
-  if row == "idm":
-    def prepare(rgb, depth):
-      return (torch.from_numpy(depth), torch.from_numpy(rgb).permute(0, 1, 4, 2, 3).contiguous())
-
-    def call(args):
-      with torch.inference_mode():
-        return idm(*args, return_skill=True)[:, 0].numpy()
-    return prepare, call
-
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import depth_anything  # pylint: disable=g-import-not-at-top
-  depth_model = transformers.DepthAnythingForDepthEstimation.from_pretrained(
-      os.path.join(workdir, "depth_hf")).eval()
-  processor = DPTImageProcessorPil(  # UniSkill's training-time settings (UNISKILL.md)
-      do_resize=True, size={"height": depth_anything.DPT_SIZE, "width": depth_anything.DPT_SIZE},
-      keep_aspect_ratio=True, ensure_multiple_of=14, do_rescale=False, do_normalize=True,
-      image_mean=list(depth_anything.IMAGENET_MEAN), image_std=list(depth_anything.IMAGENET_STD),
-      do_pad=False)
-
-  def prepare(rgb, depth):
-    del depth
-    return list(rgb.reshape(-1, *rgb.shape[2:])), rgb.shape[0]
-
-  def call(args):
-    images, b = args
-    with torch.inference_mode():
-      pixels = processor(images=images, return_tensors="pt",
-                         input_data_format="channels_last")["pixel_values"]
-      depth = depth_model(pixel_values=pixels).predicted_depth  # [2B, H', W']
-      low = depth.amin(dim=(1, 2), keepdim=True)
-      depth = (depth - low) / (depth.amax(dim=(1, 2), keepdim=True) - low)
-      depth = F.interpolate(depth[:, None], size=(size, size), mode="bilinear",
-                            align_corners=False).reshape(b, -1, size, size)
-      rgb = torch.from_numpy(np.stack(images)).reshape(b, -1, size, size, 3)
-      return idm(depth, rgb.permute(0, 1, 4, 2, 3), return_skill=True)[:, 0].numpy()
-  return prepare, call
-
-
-def flax_side(workdir: str, row: str, dtype_name: str):
-  """As `torch_side` for our jitted Flax path in float32 or bfloat16 compute."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import convert as uniskill_convert  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import depth_anything  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import depth_anything_convert  # pylint: disable=g-import-not-at-top
-  from hilam_jax.lam.uniskill import idm as uniskill_idm  # pylint: disable=g-import-not-at-top
-  dtype = {"f32": jnp.float32, "bf16": jnp.bfloat16}[dtype_name]
-  idm_config, variables = uniskill_convert.load_idm(os.path.join(workdir, "converted", "idm"))
-  params = {"idm": jax.device_put(variables)}
-  size = idm_config.image_size
-  if row == "idm":
-    skill = functools.partial(uniskill_idm.idm_skill, config=idm_config, dtype=dtype)
-    prepare = lambda rgb, depth: (jnp.asarray(rgb), jnp.asarray(depth))
-    return prepare, lambda args: np.asarray(skill(params["idm"], *args).block_until_ready())
-
-  depth_config, params["depth"] = depth_anything_convert.load(
-      os.path.join(workdir, "converted", "depth"))
-  params = jax.device_put(params)
-
-  @jax.jit
-  def encode(params, rgb):  # [B, T, S, S, 3] in [0, 1], as UniSkillDynamics.encode after /255
-    b, t = rgb.shape[:2]
-    depth = depth_anything.uniskill_depth(params["depth"], rgb.reshape(b * t, size, size, 3),
-                                          config=depth_config, out_size=size)
-    return uniskill_idm.idm_skill(params["idm"], rgb, depth.reshape(b, t, size, size),
-                                  config=idm_config, dtype=dtype)
-  return (lambda rgb, depth: jnp.asarray(rgb),
-          lambda rgb: np.asarray(encode(params, rgb).block_until_ready()))
-
-
-def make_side(name: str, workdir: str, small: bool, row: str, threads: int):
-  if name == "torch":
-    return torch_side(workdir, small, row, threads)
-  return flax_side(workdir, row, name.split("_")[1])
-
-
-def use_compilation_cache(workdir: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _status_kb(field: str) -> int:
@@ -252,12 +106,6 @@ def run_memory_probe(spec: str, workdir: str, threads: int) -> dict:
   if proc.returncode or not lines:
     raise RuntimeError(f"memory probe {spec} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
   return json.loads(lines[-1][len("MEMORY "):])
-
-
-def relative_error(actual, expected) -> float:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def time_row(row: str, batches: list[int], sides: list[str], workdir: str, threads: int) -> list:

@@ -178,6 +178,18 @@ def _loss(params, batch, rng, *, module, lambda_ratio, lambda_rec, frozen_lam, l
                            ratio_per_sequence=ratio_per_sequence)
 
 
+def make_loss_fn(config: Any, module: skill_model.SkillModel,
+                 frozen_lam: Optional[interface.FrozenDynamicsModel] = None):
+  """The train step's loss `(params, batch, rng) -> (loss, metrics)`: `losses.skill_loss` with the
+  config's weights (also what `experiments/device_check.py` times). frozen_lam: the frozen
+  model of L_rec, None without it."""
+  return functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio,
+                           lambda_rec=config.lambda_rec, frozen_lam=frozen_lam,
+                           lambda_aux=config.get("lambda_aux", 0.0),
+                           lambda_latent=config.get("lambda_latent", 1.0),
+                           ratio_per_sequence=bool(config.get("ratio_per_sequence", False)))
+
+
 def resolve_frozen_lam(config: Any) -> interface.FrozenDynamicsModel:
   """The frozen model for L_rec: `config.frozen_model` (`frozen_models.load_frozen_model` spec),
   else the LAM the label manifest names.
@@ -383,11 +395,7 @@ def train_and_evaluate(config: Any, workdir: str,
     state = training.create_train_state(init_params, tx, jax.random.key(config.seed), mesh)
   start_step = int(state.step)
 
-  loss_fn = functools.partial(_loss, module=module, lambda_ratio=config.lambda_ratio,
-                              lambda_rec=config.lambda_rec, frozen_lam=frozen_lam,
-                              lambda_aux=config.get("lambda_aux", 0.0),
-                              lambda_latent=config.get("lambda_latent", 1.0),
-                              ratio_per_sequence=bool(config.get("ratio_per_sequence", False)))
+  loss_fn = make_loss_fn(config, module, frozen_lam)
   dtype = config.get("compute_dtype", "float32")
   train_step = training.make_train_step(loss_fn, tx, mesh, compute_dtype=dtype)
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh,
