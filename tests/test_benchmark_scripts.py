@@ -84,3 +84,22 @@ def test_memory_benchmark_runs(tmp_path):
   ratio = result["ratios"]["label"]
   assert ratio["ratio"] == pytest.approx(rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"])
   assert f"ratio label: 3x / 1x = {ratio['ratio']:.3f}" in table
+
+
+def test_seeds_benchmark_stacked_path_and_summary():
+  """The stacked path (in process, tiny network, 2 seeds): its first step gives each seed the
+  loss the seed's own step gives, and the summary's ratio is the one of the printed times."""
+  from experiments import benchmark_seeds  # pylint: disable=g-import-not-at-top
+  out = benchmark_seeds.run_path("stacked", num_seeds=2, steps=1, small=True)
+  assert out["max_loss_diff"] < 1e-5
+  assert out["ms_per_seed_step"] > 0 and out["samples_per_s"] == pytest.approx(
+      out["batch_size"] / out["ms_per_seed_step"] * 1e3)
+  rounds = [dict(path="single", compile_s=2.0, ms_per_seed_step=30.0, samples_per_s=1.0,
+                 peak_rss_mb=900.0),
+            dict(out, peak_rss_mb=1000.0)]
+  summary = benchmark_seeds.summarize(rounds)
+  assert summary["speedup_stacked"] == pytest.approx(30.0 / out["ms_per_seed_step"])
+  table = benchmark_seeds.format_table(summary, {"num_seeds": 2, "batch_size": 4, "params": 1,
+                                                 "threads": 1, "repeats": 1, "steps": 1})
+  assert f"stacked vs single: {summary['speedup_stacked']:.2f}x" in table
+  assert "| single | 2.0 | 30.0 |" in table
