@@ -27,9 +27,9 @@ the stacked child checks that one stacked step gives every seed the loss its own
 (`max_loss_diff`). `--threads=1` (default) is how the main job's policy workers run (one core
 each, two side by side); `--threads=2` gives XLA both cores.
 
-Measured on the 2-core CPU with the main job running beside it (ratios from alternated rounds):
-3 seeds, one thread, 59 ms per seed-step alone vs 92 ms stacked (0.65x: vmapped convolutions
-with per-seed kernels are slower on XLA's CPU backend than three separate ones).
+Measured at 31e1ca4 on the 2-core CPU with a main job running beside it (docs/benchmarks.md):
+3 seeds, one thread, 38 ms per seed-step one run per seed vs 83 ms stacked (0.46x): vmapped
+convolutions with per-seed kernels are slower on XLA's CPU backend than separate ones.
 """
 from __future__ import annotations
 
