@@ -12,8 +12,9 @@ that interface (`worlds.World`).
   4 skill      H-Net skill model on the video's latent actions
   5 skills     per-frame skills z̄^1, z̄^2 for video and demos; boundary F1 vs ground truth
   6 policies   a job graph (`Planner`, run by `hilam_jax.jobs` in `num_workers` processes): for
-               every training seed, pretraining on the video's pseudo-labels (flat BAKU -> z^0
-               and -> z̄^2; pi^h -> z̄^2 (and z̄^1); pi^l(o, z̄^2) -> z^0 (and the ablations')),
+               every training seed, pretraining on the video's pseudo-labels (flat BAKU -> z^0;
+               pi^h -> z̄^2 (and z̄^1), which is also flat BAKU -> z̄^2's pretraining: one run;
+               pi^l(o, z̄^2) -> z^0 (and the ablations')),
                then for every demo fraction: BAKU (demos only), flat z^0 / z̄^2 fine-tuned,
                HiLAM (frozen pi^h, pi^l fine-tuned with an action head on pi^h's predicted
                skill), HiLAM without pretraining (pi^h, pi^l pretrained on the fraction's own
@@ -525,6 +526,14 @@ class Planner:
     return cfg
 
   def pretrain_flat(self, target: str, seed: int) -> str:
+    """Flat BAKU pretraining (o, lang) -> target on the video. For a skill target that is
+    exactly pi^h's pretraining (same network, data, targets, seed; the head's name differs and
+    fine-tuning replaces the head): one run serves both."""
+    if target != "z0":
+      return self.pretrain_high(target, seed=seed, dataset=self.video,
+                                labels_dir=self.paths.labels_video,
+                                skills_dir=self.paths.skills_video,
+                                num_steps=self.config.policy.pretrain_steps)
     p = self.paths
     cfg = policy_config(self.config, role="flat", dataset=self.video, seed=seed,
                         heads=self._latent_head(target),
@@ -532,19 +541,27 @@ class Planner:
                         num_steps=self.config.policy.pretrain_steps, pretraining=True)
     return self._train(f"pretrain/s{seed}/flat_{target}", p.pretrain(f"flat_{target}", seed), cfg)
 
-  def pretrain_levels(self, high_target: str, low_target: str, *, seed: int,
-                      dataset: str | list[dict],
-                      labels_dir: str, skills_dir: str, num_steps: int, fraction: float = 1.0,
-                      prefix: str = "") -> tuple[str, str]:
-    """pi^h(o, lang) -> high_target and pi^l(o, high_target) -> low_target (teacher-forced: the
-    two runs are independent)."""
+  def pretrain_high(self, high_target: str, *, seed: int, dataset: str | list[dict],
+                    labels_dir: str, skills_dir: str, num_steps: int, fraction: float = 1.0,
+                    prefix: str = "") -> str:
+    """pi^h(o, lang) -> high_target."""
     tag = f"{prefix}high_{high_target}"
     high = policy_config(
         self.config, role="high", dataset=dataset, fraction=fraction, seed=seed,
         heads=self._latent_head(high_target, "skill"),
         labels={high_target: _label_spec(high_target, labels_dir, skills_dir)},
         num_steps=num_steps, pretraining=True)
-    high_job = self._train(f"pretrain/s{seed}/{tag}", self.paths.pretrain(tag, seed), high)
+    return self._train(f"pretrain/s{seed}/{tag}", self.paths.pretrain(tag, seed), high)
+
+  def pretrain_levels(self, high_target: str, low_target: str, *, seed: int,
+                      dataset: str | list[dict],
+                      labels_dir: str, skills_dir: str, num_steps: int, fraction: float = 1.0,
+                      prefix: str = "") -> tuple[str, str]:
+    """pi^h(o, lang) -> high_target and pi^l(o, high_target) -> low_target (teacher-forced: the
+    two runs are independent)."""
+    high_job = self.pretrain_high(high_target, seed=seed, dataset=dataset, labels_dir=labels_dir,
+                                  skills_dir=skills_dir, num_steps=num_steps, fraction=fraction,
+                                  prefix=prefix)
     tag = f"{prefix}low_{high_target}_{low_target}"
     labels = {k: _label_spec(k, labels_dir, skills_dir) for k in {high_target, low_target}}
     low = policy_config(

@@ -123,8 +123,13 @@ def test_planner_shares_pretraining_within_a_seed(tmp_path):
     planner.evaluation(*cell)
   names = set(planner.jobs)
   pretrain = sorted(n for n in names if n.startswith("pretrain/s0/") and "demos_" not in n)
-  assert pretrain == ["pretrain/s0/flat_s2", "pretrain/s0/flat_z0", "pretrain/s0/high_s1",
-                      "pretrain/s0/high_s2", "pretrain/s0/low_s1_z0", "pretrain/s0/low_s2_z0"]
+  assert pretrain == ["pretrain/s0/flat_z0", "pretrain/s0/high_s1", "pretrain/s0/high_s2",
+                      "pretrain/s0/low_s1_z0", "pretrain/s0/low_s2_z0"]
+  # Flat BAKU -> z̄^2 is pi^h's pretraining: one run, its body fine-tuned as a flat policy.
+  flat_z2 = planner.jobs["finetune/flat_z2@0.1/s1"]
+  assert flat_z2.deps == ("pretrain/s1/high_s2",)
+  assert flat_z2.kwargs["config"]["init_from"] == paths.pretrain("high_s2", 1)
+  assert flat_z2.kwargs["config"]["role"] == "flat"
   hilam = planner.jobs["finetune/hilam@0.1/s1"]
   assert set(hilam.deps) == {"pretrain/s1/high_s2", "pretrain/s1/low_s2_z0"}
   cfg = hilam.kwargs["config"]
