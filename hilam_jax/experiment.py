@@ -638,10 +638,22 @@ def finetune_steps(policy: Any, fraction: float) -> int:
 
 def cells(config: Any) -> list[tuple[str, float, int]]:
   """(method, fraction, seed) of every evaluated cell: the methods at every fraction and seed,
-  the ablations at `ablation_fractions` (default: the largest fraction) and every seed."""
+  the ablations at `ablation_fractions` (default: the largest fraction) and every seed, and
+  `extra_seeds.seeds` for `extra_seeds.methods` at `extra_seeds.fractions` (more seeds where a
+  claim's interval is closest to 0; each pretrains its own)."""
   out = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
   ablation_fractions = tuple(config.ablation_fractions) or (max(config.fractions),)
   out += [(m, f, s) for f in ablation_fractions for m in config.ablations for s in config.seeds]
+  extra = config.get("extra_seeds", None)
+  if extra is not None and tuple(extra.seeds):
+    seeds = tuple(extra.seeds)
+    if set(seeds) & set(config.seeds) or len(set(seeds)) != len(seeds):
+      raise ValueError(f"config.extra_seeds.seeds={seeds} must be distinct and not in "
+                       f"config.seeds={tuple(config.seeds)}")
+    # Only methods and fractions the run has (overriding config.methods needs no change here).
+    methods = [m for m in extra.methods if m in (*config.methods, *config.ablations)]
+    fractions = [f for f in extra.fractions if f in config.fractions]
+    out += [(m, f, s) for f in fractions for m in methods for s in seeds]
   return out
 
 
@@ -720,6 +732,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   zscored_targets(config.policy.get("latent_targets", None))  # refused before any work
   worlds.get_world(config.world)  # likewise an unknown world
   check_data_specs(config)  # and malformed data sources
+  cells(config)  # and extra seeds that repeat config.seeds
   from hilam_jax.skill import trainer as skill_trainer  # pylint: disable=g-import-not-at-top
   skill_trainer.check_objective(config.skill)  # and a skill objective that cannot run
   workdir_lock.lock_workdir(workdir)  # a second main job on this workdir is refused here

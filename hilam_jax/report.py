@@ -91,6 +91,14 @@ def _claim(name: str, left: str, right: str, fraction: str, per_seed, strict: bo
           "left": left, "right": right, "fraction": fraction, "difference": diff}
 
 
+def _extra_seeds_text(config: Any) -> str:
+  extra = config.get("extra_seeds", None)
+  if extra is None or not tuple(extra.seeds):
+    return ""
+  return (f", and {list(extra.seeds)} for {', '.join(extra.methods)} at "
+          f"{', '.join(f'{f:g}' for f in extra.fractions)}")
+
+
 def orderings(success: Mapping[str, Mapping[str, Any]], per_seed: Sequence[Mapping[str, Any]],
               fractions: Sequence[str]) -> list[dict]:
   """The paper's orderings, each as a paired per-seed difference of success rates."""
@@ -243,7 +251,8 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
   lines += [f"Action-free video: {data['video_summary']['train']['episodes']} train episodes; "
             f"demonstrations: {data['demos_summary']['train']['episodes']} train episodes "
             f"(fractions {', '.join(fractions)}, nested subsets chosen per seed); training seeds "
-            f"{seeds} (each seed pretrains and fine-tunes its own policies); evaluation: "
+            f"{seeds}{_extra_seeds_text(config)} (each seed pretrains and fine-tunes its own "
+            "policies); evaluation: "
             f"{config.eval.num_episodes} held-out environment seeds per policy, actions "
             f"{'sampled' if config.eval.actions == 'sample' else 'greedy'}.", "",
             "Cells: mean success over training seeds [95% t-interval across seeds] (per-seed "

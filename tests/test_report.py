@@ -101,6 +101,7 @@ def test_cells_cover_methods_fractions_seeds_and_ablations():
   config = main_config.get_config("default")
   config.methods, config.fractions, config.seeds = ("baku", "hilam"), (0.1, 1.0), (0, 1)
   config.ablations, config.ablation_fractions = ("hilam_s1_z0",), (0.1,)
+  config.extra_seeds.seeds = ()  # test_extra_seeds_add_cells_only_where_asked
   cells = experiment.cells(config)
   assert len(cells) == 10  # 2 methods x 2 fractions x 2 seeds + 1 ablation x 1 fraction x 2 seeds
   assert set(cells) == {
@@ -111,6 +112,40 @@ def test_cells_cover_methods_fractions_seeds_and_ablations():
   config.fractions, config.ablation_fractions = (0.5, 0.1, 0.3), ()
   assert sorted(c for c in experiment.cells(config) if c[0] == "hilam_s1_z0") == [
       ("hilam_s1_z0", 0.5, 0), ("hilam_s1_z0", 0.5, 1)]
+
+
+def test_extra_seeds_add_cells_only_where_asked(tmp_path):
+  config = main_config.get_config("default")
+  base = experiment.cells(config)
+  assert tuple(config.seeds) == (0, 1, 2) and tuple(config.extra_seeds.seeds) == (3, 4)
+  extra = [c for c in base if c[2] in (3, 4)]
+  assert sorted(extra) == sorted((m, 0.1, s) for m in ("baku", "flat_z0", "flat_z2", "hilam")
+                                 for s in (3, 4))
+  # Their runs: each extra seed pretrains its own (flat z^0, pi^h = flat z̄^2, pi^l), nothing
+  # at 100% and no ablation.
+  planner = experiment.Planner(config, experiment.Paths(str(tmp_path)),
+                               {"video": "/v", "demos": "/d"}, {"z0": 16, "s1": 64, "s2": 96})
+  for cell in base:
+    planner.evaluation(*cell)
+  seed3 = sorted(n for n in planner.jobs if "s3" in n.split("/"))
+  assert seed3 == ["evaluate/baku@0.1/s3", "evaluate/flat_z0@0.1/s3", "evaluate/flat_z2@0.1/s3",
+                   "evaluate/hilam@0.1/s3", "finetune/baku@0.1/s3", "finetune/flat_z0@0.1/s3",
+                   "finetune/flat_z2@0.1/s3", "finetune/hilam@0.1/s3", "pretrain/s3/flat_z0",
+                   "pretrain/s3/high_s2", "pretrain/s3/low_s2_z0"]
+  assert planner.jobs["pretrain/s3/high_s2"].kwargs["config"]["seed"] == 3
+  # Every variant but the default runs without them.
+  for variant in ("quick", "large", "smoke", "metaworld", "libero_long", "libero_smoke"):
+    assert not tuple(main_config.get_config(variant).extra_seeds.seeds), variant
+  # Methods and fractions the run does not have are left out; seeds of config.seeds refused.
+  config.methods = ("baku", "hilam")
+  assert sorted(c for c in experiment.cells(config) if c[2] in (3, 4)) == [
+      ("baku", 0.1, 3), ("baku", 0.1, 4), ("hilam", 0.1, 3), ("hilam", 0.1, 4)]
+  config.extra_seeds.fractions = (0.3,)
+  assert not [c for c in experiment.cells(config) if c[2] in (3, 4)]
+  config.extra_seeds.seeds = (2, 3)
+  with pytest.raises(ValueError, match=r"extra_seeds.seeds=\(2, 3\) must be distinct and not "
+                                       r"in config.seeds=\(0, 1, 2\)"):
+    experiment.cells(config)
 
 
 def test_planner_shares_pretraining_within_a_seed(tmp_path):
