@@ -26,7 +26,7 @@ arrays not fully addressable by one process (multi-host shardings), are restored
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -304,6 +304,33 @@ def _checksum(tree: Any) -> str | None:
   return params_sha256(tree)
 
 
+def _newest_intact(steps: Sequence[int], load: Callable[[int], Any], *, what: str,
+                   directory: str, none_readable: str
+                   ) -> tuple[int, Any, list[tuple[int, Exception]]]:
+  """(step, load(step), unreadable newer steps) for the newest of `steps` that loads: a step
+  whose files cannot be read or do not match their checksum is skipped with a warning
+  ("<what> step N in <directory>"). A structure mismatch is raised: it is a config error, not
+  damage.
+
+  Raises:
+    CorruptCheckpointError: no step loads: `none_readable` and every step's error.
+  """
+  unreadable: list[tuple[int, Exception]] = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, load(step), unreadable
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("%s step %d in %s is unreadable or damaged (%s); trying the step before.",
+                      what, step, directory, _short_error(e))
+      unreadable.append((step, e))
+  raise CorruptCheckpointError(
+      f"{none_readable}: " + "; ".join(
+          f"step {s}: {_short_error(e)}" for s, e in unreadable) + "."
+  ) from (unreadable[0][1] if unreadable else None)
+
+
 def _restore_json(manager: ocp.CheckpointManager, step: int, item: str) -> Any:
   return manager.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
@@ -446,33 +473,27 @@ class Checkpointer:
       step = self._resolve(step)
       return _restore_item(self._manager, self.directory, step, "state", abstract_state, mesh)
     self._resolve(None)  # FileNotFoundError without any step
-    unreadable: list[tuple[int, Exception]] = []
-    for step in reversed(self.all_steps()):
-      try:
-        _restore_json(self._manager, step, "config")
-        state = _restore_item(self._manager, self.directory, step, "state", abstract_state,
-                              mesh)
-        # The params item is what later stages load: a step whose copy is damaged is saved again.
-        _restore_item(self._manager, self.directory, step, "params", state.params, mesh)
-      except CheckpointMismatchError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("Checkpoint step %d in %s is unreadable or damaged (%s); trying the step "
-                        "before.",
-                        step, self.directory, _short_error(e))
-        unreadable.append((step, e))
-        continue
-      if unreadable:
-        self._set_aside([s for s, _ in unreadable])
-        logging.warning("Restored step %d of %s, the newest intact checkpoint; unreadable "
-                        "newer steps %s were renamed to <step>.corrupt.", step, self.directory,
-                        [s for s, _ in unreadable])
-      self._restored_step = step
+
+    def load(step: int) -> Any:
+      _restore_json(self._manager, step, "config")
+      state = _restore_item(self._manager, self.directory, step, "state", abstract_state, mesh)
+      # The params item is what later stages load: a step whose copy is damaged is saved again.
+      _restore_item(self._manager, self.directory, step, "params", state.params, mesh)
       return state
-    raise CorruptCheckpointError(
-        f"No checkpoint in {self.directory} can be read: " + "; ".join(
-            f"step {s}: {_short_error(e)}" for s, e in unreadable) +
-        ". Move the directory away to start afresh.") from unreadable[0][1]
+
+    try:
+      step, state, unreadable = _newest_intact(
+          self.all_steps(), load, what="Checkpoint", directory=self.directory,
+          none_readable=f"No checkpoint in {self.directory} can be read")
+    except CorruptCheckpointError as e:
+      raise CorruptCheckpointError(f"{e} Move the directory away to start afresh.") from e.__cause__
+    if unreadable:
+      self._set_aside([s for s, _ in unreadable])
+      logging.warning("Restored step %d of %s, the newest intact checkpoint; unreadable newer "
+                      "steps %s were renamed to <step>.corrupt.", step, self.directory,
+                      [s for s, _ in unreadable])
+    self._restored_step = step
+    return state
 
   def _set_aside(self, steps: Sequence[int]) -> None:
     """Renames step folders to `<step>.corrupt` (kept for inspection, ignored by orbax)."""
@@ -543,24 +564,15 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any = None,
   try:
     if not fallback:
       return _restore_item(manager, directory, step, "params", abstract_params, mesh)
-    unreadable: list[tuple[int, Exception]] = []
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        params = _restore_item(manager, directory, step, "params", abstract_params, mesh)
-      except CheckpointMismatchError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("The params of checkpoint step %d in %s are unreadable or damaged (%s); "
-                        "trying the step before.", step, directory, _short_error(e))
-        unreadable.append((step, e))
-        continue
-      if unreadable:
-        logging.warning("Loaded the params of step %d of %s, the newest intact checkpoint "
-                        "(damaged: steps %s).", step, directory, [s for s, _ in unreadable])
-      return params
-    raise CorruptCheckpointError(
-        f"No checkpoint's params in {directory} can be read: " + "; ".join(
-            f"step {s}: {_short_error(e)}" for s, e in unreadable) + ".") from unreadable[0][1]
+    step, params, unreadable = _newest_intact(
+        manager.all_steps(),
+        lambda s: _restore_item(manager, directory, s, "params", abstract_params, mesh),
+        what="The params of checkpoint", directory=directory,
+        none_readable=f"No checkpoint's params in {directory} can be read")
+    if unreadable:
+      logging.warning("Loaded the params of step %d of %s, the newest intact checkpoint "
+                      "(damaged: steps %s).", step, directory, [s for s, _ in unreadable])
+    return params
   finally:
     manager.close()
 
