@@ -644,17 +644,22 @@ def cells(config: Any) -> list[tuple[str, float, int]]:
   out = [(m, f, s) for f in config.fractions for m in config.methods for s in config.seeds]
   ablation_fractions = tuple(config.ablation_fractions) or (max(config.fractions),)
   out += [(m, f, s) for f in ablation_fractions for m in config.ablations for s in config.seeds]
+  return out + extra_cells(config)
+
+
+def extra_cells(config: Any) -> list[tuple[str, float, int]]:
+  """(method, fraction, seed) of the `extra_seeds` cells: its seeds for those of its methods and
+  fractions the run has (so overriding `config.methods` needs no change to `extra_seeds`)."""
   extra = config.get("extra_seeds", None)
-  if extra is not None and tuple(extra.seeds):
-    seeds = tuple(extra.seeds)
-    if set(seeds) & set(config.seeds) or len(set(seeds)) != len(seeds):
-      raise ValueError(f"config.extra_seeds.seeds={seeds} must be distinct and not in "
-                       f"config.seeds={tuple(config.seeds)}")
-    # Only methods and fractions the run has (overriding config.methods needs no change here).
-    methods = [m for m in extra.methods if m in (*config.methods, *config.ablations)]
-    fractions = [f for f in extra.fractions if f in config.fractions]
-    out += [(m, f, s) for f in fractions for m in methods for s in seeds]
-  return out
+  if extra is None or not tuple(extra.seeds):
+    return []
+  seeds = tuple(extra.seeds)
+  if set(seeds) & set(config.seeds) or len(set(seeds)) != len(seeds):
+    raise ValueError(f"config.extra_seeds.seeds={seeds} must be distinct and not in "
+                     f"config.seeds={tuple(config.seeds)}")
+  methods = [m for m in extra.methods if m in (*config.methods, *config.ablations)]
+  fractions = [f for f in extra.fractions if f in config.fractions]
+  return [(m, f, s) for f in fractions for m in methods for s in seeds]
 
 
 def aggregate(evaluations: dict[tuple[str, float, int], dict]) -> dict[str, dict[str, dict]]:

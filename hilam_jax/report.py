@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from data_pipeline import run_info
+from hilam_jax import experiment
 from hilam_jax.evaluation import stats
 from hilam_jax.training import metrics as metrics_lib
 
@@ -92,11 +93,14 @@ def _claim(name: str, left: str, right: str, fraction: str, per_seed, strict: bo
 
 
 def _extra_seeds_text(config: Any) -> str:
-  extra = config.get("extra_seeds", None)
-  if extra is None or not tuple(extra.seeds):
+  extra = experiment.extra_cells(config)
+  if not extra:
     return ""
-  return (f", and {list(extra.seeds)} for {', '.join(extra.methods)} at "
-          f"{', '.join(f'{f:g}' for f in extra.fractions)}")
+  seeds = sorted({s for _, _, s in extra})
+  methods = list(dict.fromkeys(m for m, _, _ in extra))
+  fractions = list(dict.fromkeys(f for _, f, _ in extra))
+  return (f", and {seeds} for {', '.join(methods)} at "
+          f"{', '.join(f'{f:g}' for f in fractions)}")
 
 
 def orderings(success: Mapping[str, Mapping[str, Any]], per_seed: Sequence[Mapping[str, Any]],
@@ -247,7 +251,9 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
 
   seeds = list(config.seeds)
   data = results["data"]
-  lines = [f"# HiLAM data-efficiency experiment: {config.level}", ""]
+  # The world's name when the level is every task of the demos (level "", e.g. Meta-World).
+  title = config.level or config.get("world", "babyai")
+  lines = [f"# HiLAM data-efficiency experiment: {title}", ""]
   lines += [f"Action-free video: {data['video_summary']['train']['episodes']} train episodes; "
             f"demonstrations: {data['demos_summary']['train']['episodes']} train episodes "
             f"(fractions {', '.join(fractions)}, nested subsets chosen per seed); training seeds "

@@ -493,7 +493,9 @@ def test_no_readable_checkpoint_is_one_clear_error(mesh, tmp_path):
   for path in sorted((tmp_path / "1" / "state" / "d").iterdir()):
     path.write_bytes(b"")
   ckpt = training.Checkpointer(tmp_path, tw.CONFIG)
-  with pytest.raises(training.CorruptCheckpointError, match=r"can be read: step 1: ValueError"):
+  with pytest.raises(training.CorruptCheckpointError,
+                     match=r"can be read: step 1: ValueError.*\. Move the directory away to start "
+                           r"afresh\.$"):
     ckpt.restore(training.abstract_train_state(tw.init_params_fn(), tx, mesh))
   assert ckpt.all_steps() == [1]  # nothing set aside
   ckpt.close()

@@ -305,7 +305,7 @@ def _checksum(tree: Any) -> str | None:
 
 
 def _newest_intact(steps: Sequence[int], load: Callable[[int], Any], *, what: str,
-                   directory: str, none_readable: str
+                   directory: str, none_readable: str, advice: str = ""
                    ) -> tuple[int, Any, list[tuple[int, Exception]]]:
   """(step, load(step), unreadable newer steps) for the newest of `steps` that loads: a step
   whose files cannot be read or do not match their checksum is skipped with a warning
@@ -313,7 +313,7 @@ def _newest_intact(steps: Sequence[int], load: Callable[[int], Any], *, what: st
   damage.
 
   Raises:
-    CorruptCheckpointError: no step loads: `none_readable` and every step's error.
+    CorruptCheckpointError: no step loads: `none_readable`, every step's error, then `advice`.
   """
   unreadable: list[tuple[int, Exception]] = []
   for step in sorted(steps, reverse=True):
@@ -327,7 +327,7 @@ def _newest_intact(steps: Sequence[int], load: Callable[[int], Any], *, what: st
       unreadable.append((step, e))
   raise CorruptCheckpointError(
       f"{none_readable}: " + "; ".join(
-          f"step {s}: {_short_error(e)}" for s, e in unreadable) + "."
+          f"step {s}: {_short_error(e)}" for s, e in unreadable) + "." + advice
   ) from (unreadable[0][1] if unreadable else None)
 
 
@@ -481,12 +481,10 @@ class Checkpointer:
       _restore_item(self._manager, self.directory, step, "params", state.params, mesh)
       return state
 
-    try:
-      step, state, unreadable = _newest_intact(
-          self.all_steps(), load, what="Checkpoint", directory=self.directory,
-          none_readable=f"No checkpoint in {self.directory} can be read")
-    except CorruptCheckpointError as e:
-      raise CorruptCheckpointError(f"{e} Move the directory away to start afresh.") from e.__cause__
+    step, state, unreadable = _newest_intact(
+        self.all_steps(), load, what="Checkpoint", directory=self.directory,
+        none_readable=f"No checkpoint in {self.directory} can be read",
+        advice=" Move the directory away to start afresh.")
     if unreadable:
       self._set_aside([s for s, _ in unreadable])
       logging.warning("Restored step %d of %s, the newest intact checkpoint; unreadable newer "
