@@ -391,6 +391,42 @@ def test_body_lr_multiplier_zero_freezes_the_pretrained_body(babyai_data, tmp_pa
   assert max(jax.tree.leaves(moved)) > 1e-4
 
 
+def test_a_run_stopped_early_is_the_first_steps_of_the_longer_run(babyai_data, tmp_path):
+  """num_steps=3 with schedule_steps=6 trains the first 3 steps of the 6-step run: the same
+  losses, and extended to 6 steps (num_steps may change on resume) it ends where the 6-step run
+  ends. Without schedule_steps the 3-step run's cosine decays sooner (other parameters)."""
+  from hilam_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+  from hilam_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  dataset_dir, _ = babyai_data
+
+  def run(name, **kwargs):
+    cfg = tiny_config(dataset_dir, log_every=1, warmup_steps=1, **kwargs)
+    workdir = str(tmp_path / name)
+    trainer.train_and_evaluate(cfg, workdir)
+    losses = dict(metrics_lib.read_scalars(os.path.join(workdir, "tensorboard"), "train/loss"))
+    params = checkpoint.restore_params(os.path.join(workdir, "checkpoints"))
+    return losses, jax.tree.leaves(jax.device_get(params))
+
+  long_losses, long_params = run("long", num_steps=6, checkpoint_every=6)
+  short_losses, short_params = run("short", num_steps=3, schedule_steps=6, checkpoint_every=3)
+  _, own_params = run("own", num_steps=3, checkpoint_every=3)
+  assert sorted(short_losses) == [1, 2, 3]
+  for step, loss in short_losses.items():
+    np.testing.assert_allclose(loss, long_losses[step], rtol=1e-6)
+  assert max(float(np.max(np.abs(a - b)))
+             for a, b in zip(short_params, own_params, strict=True)) > 1e-6
+  # Extended: the last 3 steps of the 6-step run (the policy resumes to ~1e-5, see
+  # test_exact_resume.test_policy_resumes_exactly).
+  extended_losses, extended_params = run("short", num_steps=6, schedule_steps=6,
+                                         checkpoint_every=3)
+  for step in (4, 5, 6):
+    np.testing.assert_allclose(extended_losses[step], long_losses[step], rtol=1e-5)
+  for a, b in zip(long_params, extended_params, strict=True):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="schedule_steps=2 is shorter than num_steps=3"):
+    run("bad", num_steps=3, schedule_steps=2)
+
+
 def test_body_lr_multiplier_must_not_be_negative():
   config = policy_defaults.default_config("tiny")
   config.body_lr_multiplier = -0.1

@@ -76,9 +76,11 @@ def _without_world(job: dict) -> dict:
 
 def _as_before_sharing(name: str, job: dict) -> dict:
   """A flat z̄^2 fine-tuning job as before π^h's pretraining served it (its own flat_s2 run)."""
+  job = json.loads(json.dumps(job))
+  if job["fn"] == "train_policy_job":  # added later, neutral: the schedule is num_steps long
+    assert job["kwargs"]["config"].pop("schedule_steps") is None
   if not name.startswith("finetune/flat_z2@"):
     return job
-  job = json.loads(json.dumps(job))
   seed = name.rsplit("/s", 1)[1]
   assert job["deps"] == [f"pretrain/s{seed}/high_s2"]
   job["deps"] = [f"pretrain/s{seed}/flat_s2"]

@@ -121,6 +121,10 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   # Learning-rate multiplier of everything but the heads (encoder, trunk, embeddings): < 1
   # fine-tunes a pretrained body more gently than its new heads, 0 freezes it (a probe).
   config.body_lr_multiplier = 1.0
+  # Length of the learning-rate schedule (warm-up, cosine decay) when it is not num_steps: a run
+  # of num_steps=S with schedule_steps=N trains exactly the first S steps of the N-step run (that
+  # run stopped early at S, e.g. at its best validation step). None: num_steps.
+  config.schedule_steps = config_dict.placeholder(int)
   config.model = model("small", proprio_dim=4)
 
   config.update(hyperparams.trainer_config(

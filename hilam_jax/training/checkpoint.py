@@ -125,6 +125,7 @@ ADDED_KEYS = {
     "compute_dtype": "float32",           # mixed precision (all trainers)
     "data.cameras": ["image_primary"],    # policy cameras
     "ratio_per_sequence": False,          # skill model ratio loss
+    "schedule_steps": None,               # policy: the schedule of a longer run
 }
 
 

@@ -125,15 +125,19 @@ def make_optimizer(config: Any, *, update_scale: Callable[[Params], Params] | No
                    ) -> optax.GradientTransformation:
   """AdamW with linear warmup + cosine decay to 10% and global-norm clipping (every trainer).
 
-  Reads config.learning_rate, warmup_steps, num_steps, weight_decay and grad_clip. The rate is
-  injected as a hyperparameter so that `make_train_step` can report it.
+  Reads config.learning_rate, warmup_steps, num_steps (or `schedule_steps` if set: the schedule
+  of a longer run, stopped early), weight_decay and grad_clip. The rate is injected as a
+  hyperparameter so that `make_train_step` can report it.
 
   update_scale: optional params -> pytree of per-leaf multipliers of the final updates (weight
     decay included), e.g. a lower rate for a pretrained body than for new heads; 0 freezes a
     leaf (its Adam moments are still tracked, so a run can change nothing else and resume).
   """
+  total = config.get("schedule_steps", None) or config.num_steps
+  if total < config.num_steps:
+    raise ValueError(f"schedule_steps={total} is shorter than num_steps={config.num_steps}")
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
+      0.0, config.learning_rate, config.warmup_steps, max(total, config.warmup_steps + 1),
       end_value=config.learning_rate * 0.1)
   parts = [optax.clip_by_global_norm(config.grad_clip),
            optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
