@@ -125,6 +125,7 @@ ADDED_KEYS = {
     "compute_dtype": "float32",           # mixed precision (all trainers)
     "data.cameras": ["image_primary"],    # policy cameras
     "ratio_per_sequence": False,          # skill model ratio loss
+    "data.global_order": False,           # batches independent of the process count
 }
 
 
