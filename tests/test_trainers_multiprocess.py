@@ -9,6 +9,7 @@ process.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ from tests import test_policy
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 4
 RTOL = 1e-5
+PARAMS_ATOL = 3e-4
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +57,16 @@ def _run(script: str, config_path: str, workdir: str, processes: int, devices: i
     command = [sys.executable, "-m", "experiments.launch_local",
                f"--num_processes={processes}", f"--devices_per_process={devices}", "--",
                script, *args]
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  # Its own process group: on a timeout the launcher's children are killed too.
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    stdout, stderr = process.communicate(timeout=900)
+  except subprocess.TimeoutExpired:
+    os.killpg(process.pid, signal.SIGKILL)
+    stdout, stderr = process.communicate()
+    pytest.fail(f"{script} did not finish in 900 s:\n{stdout[-2000:]}{stderr[-2000:]}")
+  assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
 
 
 def _check_two_processes_match_one(script, config, tmp_path):
@@ -79,8 +88,14 @@ def _check_two_processes_match_one(script, config, tmp_path):
   # The 2-process checkpoint restores here (one device) and holds the 1-process parameters.
   params_one = test_exact_resume._final_params(one)  # pylint: disable=protected-access
   params_two = test_exact_resume._final_params(two)  # pylint: disable=protected-access
+  # Parameters near 0 (biases starting at 0) move by ~lr per Adam step whatever the size of
+  # their gradient, so a last-bit difference of a near-zero gradient can flip a step: measured
+  # up to 2.6e-5 on the LAM (4 steps); PARAMS_ATOL is an order above.
+  worst = max(float(np.max(np.abs(a - b))) for a, b in zip(params_one, params_two, strict=True))
+  print(f"largest parameter difference {worst:.3g}; largest loss difference "
+        f"{max(abs(losses['two'][s] - v) / abs(v) for s, v in losses['one'].items()):.3g} (rel)")
   for a, b in zip(params_one, params_two, strict=True):
-    np.testing.assert_allclose(b, a, rtol=100 * RTOL, atol=1e-6)
+    np.testing.assert_allclose(b, a, rtol=100 * RTOL, atol=PARAMS_ATOL)
   return losses
 
 
