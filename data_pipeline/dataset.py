@@ -187,6 +187,7 @@ def make_dataset(
     cache: str | None = None,
     autotune: bool | None = None,
     fill_missing: bool = False,
+    global_order: bool = False,
 ) -> Pipeline:
   """A batched frame pipeline over a weighted mixture of datasets.
 
@@ -201,6 +202,12 @@ def make_dataset(
       labeling): a mixture then ends when every dataset is exhausted.
     process_index, process_count: this process's disjoint share of every dataset.
     skip_corrupted: skip (and count) unreadable records instead of failing.
+    global_order: every process reads the whole stream as one process would, builds the
+      global batch (batch_size x process_count rows, augmented as one) and keeps its rows
+      [process_index x batch_size, (process_index + 1) x batch_size): the global batches do
+      not depend on the process count, so a run on 2 x 4 devices sees the batches of 1 x 8
+      (at process_count times the input work). False (the default, for scale): each process
+      reads its own files.
     labels: {key: EpisodeLabels} joined onto trajectories by episode id.
     drop_unlabeled: drop episodes without labels instead of failing on them.
     drop_remainder: drop the last partial batch (keeps batch shapes fixed).
@@ -226,6 +233,14 @@ def make_dataset(
     raise ValueError("make_dataset needs at least one dataset")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  rows = None  # global_order: this process's rows of each global batch
+  if global_order and process_count > 1:
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if not drop_remainder:
+      raise ValueError("global_order needs drop_remainder=True (every process needs its rows)")
+    rows = (process_index * batch_size, (process_index + 1) * batch_size)
+    batch_size, process_index, process_count = batch_size * process_count, 0, 1
   if cache not in (None, "encoded", "decoded"):
     raise ValueError(f"cache must be None, 'encoded' or 'decoded', got {cache!r}")
   frames, sources, num_skipped = [], [], 0
@@ -272,6 +287,8 @@ def make_dataset(
   else:
     ds = ds.map(lambda x: frame_transforms.apply_frame_transforms(x, transforms.resize),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if rows is not None:
+    ds = ds.map(lambda x: tf.nest.map_structure(lambda t: t[rows[0]:rows[1]], x))
   ds = ds.with_options(pipeline_options(deterministic, autotune)).prefetch(prefetch)
   return Pipeline(ds, sources, num_skipped)
 

@@ -111,22 +111,27 @@ def test_lam_resumes_exactly(tiny_babyai, tmp_path):
   _check_exact_resume("lam", config, tmp_path)
 
 
-def test_skill_model_resumes_exactly(tiny_babyai, tmp_path):
-  labels_dir = str(tmp_path / "labels")
-  datasets = [{"dataset_dir": tiny_babyai, "split": s} for s in ("train", "val")]
+def write_random_labels(dataset_dir: str, labels_dir: str) -> str:
+  """A labels folder of random LATENT_DIM latents for every episode of `dataset_dir` (train and
+  val), in the labeling format; returns labels_dir."""
+  datasets = [{"dataset_dir": dataset_dir, "split": s} for s in ("train", "val")]
   jobs = labeling.plan_shards(datasets, labels_dir)
   rng = np.random.default_rng(0)
   for job in jobs:
     labels = {}
-    for traj in reader.read_trajectories(tiny_babyai, source=job.source):
+    for traj in reader.read_trajectories(dataset_dir, source=job.source):
       labels[traj["episode_id"][0].numpy().decode()] = rng.normal(
           size=(len(traj["is_first"]) - 1, LATENT_DIM)).astype(np.float32)
     labeling.write_shard(job.out_path, labels, LATENT_DIM)
   with open(os.path.join(labels_dir, labeling.MANIFEST), "w") as f:
     json.dump({"lam": {}, "frame_gap": 1, "latent_dim": LATENT_DIM, "datasets": datasets,
                "shards": [os.path.relpath(j.out_path, labels_dir) for j in jobs]}, f)
+  return labels_dir
+
+
+def test_skill_model_resumes_exactly(tiny_babyai, tmp_path):
   config = skill_config.get_config("tiny")
-  config.data.labels_dir = labels_dir
+  config.data.labels_dir = write_random_labels(tiny_babyai, str(tmp_path / "labels"))
   _check_exact_resume("skill", config, tmp_path)
 
 

@@ -245,6 +245,31 @@ def _take(pipe, n):
   return [next(it) for _ in range(n)]
 
 
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_global_order_gives_each_process_its_rows_of_the_one_process_batches(toy_dataset,
+                                                                             process_count):
+  """With global_order the P processes' batches, stacked, are the batches one process reads
+  with the global batch size (augmentation included): batches independent of the process
+  count. Without it each process reads other episodes."""
+  one = _take(dp.make_dataset(
+      [dp.DatasetSpec(toy_dataset)], batch_size=4 * process_count, shuffle_buffer=16, seed=3,
+      transforms=dp.TransformConfig(frame_pair_k=2, resize=(16, 16),
+                                    augment=ft.AugmentConfig())), 3)
+  shares = [_take(_pipeline(toy_dataset, 3, process_index=i, process_count=process_count,
+                            global_order=True), 3) for i in range(process_count)]
+  flat = schema.flatten_keys
+  for step, batch in enumerate(one):
+    for key, value in flat(batch).items():
+      rows = np.concatenate([flat(share[step])[key] for share in shares])
+      np.testing.assert_array_equal(rows, value, err_msg=f"step {step} {key}")
+  own = _take(_pipeline(toy_dataset, 3, process_index=0, process_count=process_count), 3)
+  assert any(not np.array_equal(a["observation"]["proprio"], b["observation"]["proprio"])
+             for a, b in zip(own, shares[0]))
+  with pytest.raises(ValueError, match="drop_remainder"):
+    _pipeline(toy_dataset, 3, process_index=0, process_count=2, global_order=True,
+              drop_remainder=False)
+
+
 def test_pipeline_deterministic_under_seed_and_fixed_shapes(toy_dataset):
   a, b, c = (_take(_pipeline(toy_dataset, s), 6) for s in (0, 0, 1))
   for x, y in zip(a, b):

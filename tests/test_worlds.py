@@ -75,10 +75,13 @@ def _without_world(job: dict) -> dict:
 
 
 def _as_before_sharing(name: str, job: dict) -> dict:
-  """A flat z̄^2 fine-tuning job as before π^h's pretraining served it (its own flat_s2 run)."""
+  """A job as before three intended changes, two knobs added later at their neutral values
+  (`schedule_steps` None, `data.global_order` False) in every policy config, and a flat z̄^2
+  fine-tuning job fine-tuned from π^h's pretraining (before: its own flat_s2 run)."""
   job = json.loads(json.dumps(job))
-  if job["fn"] == "train_policy_job":  # added later, neutral: the schedule is num_steps long
+  if job["fn"] == "train_policy_job":
     assert job["kwargs"]["config"].pop("schedule_steps") is None
+    assert job["kwargs"]["config"]["data"].pop("global_order") is False
   if not name.startswith("finetune/flat_z2@"):
     return job
   seed = name.rsplit("/s", 1)[1]

@@ -44,6 +44,10 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # A corrupted record fails with its file named; True reads only intact records (and counts
   # the rest). May be turned on when resuming.
   config.data.skip_corrupted = False
+  # True: every process reads the whole stream and keeps its rows of each global batch, so the
+  # batches (and the run) do not depend on the process count: 2 x 4 devices train as 1 x 8, at
+  # process_count times the input work. False: each process reads its own shard files (scale).
+  config.data.global_order = False
 
   # The LAM (hilam_jax/lam/model.py LAMConfig fields). A CPU-sized model.
   config.lam = lam_model.LAMConfig.tiny(latent_dim=16, z_l2_weight=1e-3).to_dict()

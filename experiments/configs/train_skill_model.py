@@ -83,6 +83,10 @@ def get_config(arg: str = "babyai") -> ml_collections.ConfigDict:
   # L_rec's frames: a corrupted record fails with its file named; True reads only intact records
   # and leaves out the windows of the episodes it skipped. May be turned on when resuming.
   config.data.skip_corrupted = False
+  # True: every process reads the whole stream and keeps its rows of each global batch, so the
+  # batches (and the run) do not depend on the process count: 2 x 4 devices train as 1 x 8, at
+  # process_count times the input work. False: each process reads its own shard files (scale).
+  config.data.global_order = False
   # The frozen model of L_rec, 'lam:<workdir>' or 'uniskill:<converted dir>'
   # (frozen_models.load_frozen_model); None: the LAM named in the label manifest (must match its
   # k and Dz).

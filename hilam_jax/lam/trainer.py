@@ -52,7 +52,8 @@ def pair_pipeline(config: Any, split_key: str, *, seed: int, repeat: bool,
       [dict(d) for d in data[split_key]], batch_size=batch_size, transforms=transforms,
       shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
       seed=seed, repeat=repeat, process_index=jax.process_index(),
-      process_count=jax.process_count(), skip_corrupted=bool(data.get("skip_corrupted", False)))
+      process_count=jax.process_count(), skip_corrupted=bool(data.get("skip_corrupted", False)),
+      global_order=bool(data.get("global_order", False)))
 
 
 def augment_config(config: Any) -> ft.AugmentConfig | None:

@@ -234,7 +234,8 @@ def make_pipeline(config: Any, split: str, tables: Mapping[str, Any], *, batch_s
       cache=(config.data.get("cache") or None) if train else None,
       skip_corrupted=bool(config.data.get("skip_corrupted", False)),
       fill_missing=bool(config.data.get("fill_missing", False)),
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      global_order=bool(config.data.get("global_order", False)))
 
 
 # ----------------------------------------------------------------------------- models

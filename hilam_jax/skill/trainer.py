@@ -372,16 +372,27 @@ def train_and_evaluate(config: Any, workdir: str,
                f"; L_rec: {frames.rec_positions} frame pairs of {frames.image_size} per window"
                if frames is not None else "")
 
+  # data.global_order: every process streams every shard with the same seed and keeps its rows
+  # of each global batch (batches independent of the process count); otherwise each process
+  # streams its own share of the training shards.
+  global_order = bool(config.data.get("global_order", False))
+  processes, index = jax.process_count(), jax.process_index()
+
   def stream(split, seed, start=0):
     shards = units[split]
-    if split == config.data.train_split and len(shards) >= jax.process_count():
-      shards = shards[jax.process_index()::jax.process_count()]  # this process's share
+    if not global_order and split == config.data.train_split and len(shards) >= processes:
+      shards = shards[index::processes]  # this process's share
+    size = per_process * processes if global_order else per_process
     # A buffer beyond one epoch's windows would only hold repeats (and delay the first batch).
-    return window_stream.batches(
-        shards, batch_size=per_process, seed=seed,
+    batches = window_stream.batches(
+        shards, batch_size=size, seed=seed,
         buffer_size=min(buffer_size, counts[split][1]), window=window,
         hop=hop, latent_dim=model_config.latent_dim, frames=frames, normalization=normalization,
         start=start)
+    if global_order and processes > 1:
+      rows = slice(index * per_process, (index + 1) * per_process)
+      batches = (jax.tree.map(lambda x: x[rows], batch) for batch in batches)
+    return batches
 
   def init_params(rng):
     return skill_model.SkillModel(model_config).init(
@@ -401,9 +412,9 @@ def train_and_evaluate(config: Any, workdir: str,
   eval_step = training.make_eval_step(lambda p, b, r: loss_fn(p, b, r)[1], mesh,
                                       compute_dtype=dtype)
 
-  # Each process reads its own share of the shards with its own seed; a run resumed at step s
-  # continues the same stream at batch s (exact resume).
-  seed = config.seed + 1000 * jax.process_index()
+  # Each process reads its own share of the shards with its own seed (with global_order: all of
+  # them, one seed); a run resumed at step s continues the same stream at batch s (exact resume).
+  seed = config.seed if global_order else config.seed + 1000 * index
   train_batches = training.shard_batches(
       stream(config.data.train_split, seed, start=start_step), mesh)
 

@@ -126,6 +126,7 @@ ADDED_KEYS = {
     "data.cameras": ["image_primary"],    # policy cameras
     "ratio_per_sequence": False,          # skill model ratio loss
     "schedule_steps": None,               # policy: the schedule of a longer run
+    "data.global_order": False,           # batches independent of the process count
 }
 
 
