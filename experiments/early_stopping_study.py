@@ -26,6 +26,7 @@ import ml_collections
 
 from hilam_jax import experiment
 from hilam_jax import jobs
+from hilam_jax import preemption
 from hilam_jax.evaluation import stats
 from hilam_jax.training import metrics as metrics_lib
 
@@ -138,4 +139,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(preemption.exit_on_preemption(main))

@@ -7,7 +7,6 @@ loss of every run: the convergence evidence), the skill filmstrips (copied), and
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any, Mapping, Sequence

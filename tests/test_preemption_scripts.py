@@ -35,7 +35,7 @@ def _wait_for_line(process, needle, timeout):
 LONG_RUNNING = ("main", "train_lam", "train_skill_model", "train_policy", "label_latent_actions",
                 "generate_babyai", "generate_metaworld", "convert_videos", "extract_skills",
                 "evaluate_skills", "evaluate_lam", "skill_study", "skill_ceiling",
-                "convert_uniskill")
+                "convert_uniskill", "early_stopping_study")
 
 
 def test_every_long_running_script_stops_on_sigterm_with_exit_143():
