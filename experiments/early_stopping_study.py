@@ -41,22 +41,6 @@ _PATIENCE = flags.DEFINE_integer("patience", 1000, "Steps without a new best bef
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Parallel jobs (one core each).")
 
 
-def stop_point(curve: list[tuple[int, float]], *, higher_is_better: bool,
-               patience: int) -> tuple[int, int]:
-  """(steps trained, best step kept) of early stopping on `curve` [(step, value)], in order:
-  training stops at the first evaluation `patience` steps after the best so far (or at the
-  curve's end) and keeps the best step seen until then."""
-  if not curve:
-    raise ValueError("an empty validation curve")
-  best_step, best = curve[0]
-  for step, value in curve:
-    if (value > best) if higher_is_better else (value < best):
-      best_step, best = step, value
-    if step - best_step >= patience:
-      return step, best_step
-  return curve[-1][0], best_step
-
-
 def main(argv):
   del argv
   workdir, out_dir, fraction = _WORKDIR.value, _OUT_DIR.value, _FRACTION.value
@@ -80,7 +64,8 @@ def main(argv):
       raise app.UsageError(f"{full_result} is missing: run the main job to the end first")
     curve = metrics_lib.read_scalars(os.path.join(full_dir, "tensorboard"), _METRIC.value)
     cfg = dict(train_job.kwargs["config"])
-    trained, best = stop_point(curve, higher_is_better=higher, patience=_PATIENCE.value)
+    trained, best = metrics_lib.early_stop_point(curve, higher_is_better=higher,
+                                                 patience=_PATIENCE.value)
     row = {"method": method, "seed": seed, "num_steps": cfg["num_steps"],
            "steps_trained": trained, "best_step": best, "full_result": full_result,
            "early_result": full_result,  # kept the last step: the full-length run itself

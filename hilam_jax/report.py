@@ -17,7 +17,6 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from data_pipeline import run_info
-from hilam_jax import experiment
 from hilam_jax.evaluation import stats
 from hilam_jax.training import metrics as metrics_lib
 
@@ -91,8 +90,10 @@ def _claim(name: str, left: str, right: str, fraction: str, per_seed, strict: bo
           "left": left, "right": right, "fraction": fraction, "difference": diff}
 
 
-def _extra_seeds_text(config: Any) -> str:
-  extra = experiment.extra_cells(config)
+def _extra_seeds_text(config: Any, per_seed: Sequence[Mapping[str, Any]]) -> str:
+  """The evaluated cells of seeds beyond config.seeds (`extra_seeds`), as the run has them."""
+  extra = [(r["method"], float(r["fraction"]), r["seed"]) for r in per_seed
+           if r["seed"] not in tuple(config.seeds)]
   if not extra:
     return ""
   seeds = sorted({s for _, _, s in extra})
@@ -256,7 +257,7 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
   lines += [f"Action-free video: {data['video_summary']['train']['episodes']} train episodes; "
             f"demonstrations: {data['demos_summary']['train']['episodes']} train episodes "
             f"(fractions {', '.join(fractions)}, nested subsets chosen per seed); training seeds "
-            f"{seeds}{_extra_seeds_text(config)} (each seed pretrains and fine-tunes its own "
+            f"{seeds}{_extra_seeds_text(config, per_seed)} (each seed pretrains and fine-tunes its own "
             "policies); evaluation: "
             f"{config.eval.num_episodes} held-out environment seeds per policy, actions "
             f"{'sampled' if config.eval.actions == 'sample' else 'greedy'}.", "",

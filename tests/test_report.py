@@ -137,15 +137,17 @@ def test_extra_seeds_add_cells_only_where_asked(tmp_path):
   for variant in ("quick", "large", "smoke", "metaworld", "libero_long", "libero_smoke"):
     assert not tuple(main_config.get_config(variant).extra_seeds.seeds), variant
   # Methods and fractions the run does not have are left out; seeds of config.seeds refused.
-  assert report._extra_seeds_text(config) == (
-      ", and [3, 4] for baku, flat_z0, flat_z2, hilam at 0.1")
+  def extra_text():  # the report's text for the cells this config evaluates
+    rows = [{"method": m, "fraction": f, "seed": s} for m, f, s in experiment.cells(config)]
+    return report._extra_seeds_text(config, rows)  # pylint: disable=protected-access
+  assert extra_text() == ", and [3, 4] for baku, flat_z0, flat_z2, hilam at 0.1"
   config.methods = ("baku", "hilam")
   assert sorted(c for c in experiment.cells(config) if c[2] in (3, 4)) == [
       ("baku", 0.1, 3), ("baku", 0.1, 4), ("hilam", 0.1, 3), ("hilam", 0.1, 4)]
-  assert report._extra_seeds_text(config) == ", and [3, 4] for baku, hilam at 0.1"
+  assert extra_text() == ", and [3, 4] for baku, hilam at 0.1"
   config.extra_seeds.fractions = (0.3,)
   assert not [c for c in experiment.cells(config) if c[2] in (3, 4)]
-  assert not report._extra_seeds_text(config)
+  assert not extra_text()
   config.extra_seeds.seeds = (2, 3)
   with pytest.raises(ValueError, match=r"extra_seeds.seeds=\(2, 3\) must be distinct and not "
                                        r"in config.seeds=\(0, 1, 2\)"):

@@ -102,6 +102,22 @@ def read_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
   return sorted(points.items())
 
 
+def early_stop_point(curve: list[tuple[int, float]], *, higher_is_better: bool,
+                     patience: int) -> tuple[int, int]:
+  """(steps trained, best step kept) of early stopping on `curve` [(step, value)], in order:
+  training stops at the first evaluation `patience` steps after the best so far (or at the
+  curve's end) and keeps the best step seen until then."""
+  if not curve:
+    raise ValueError("an empty validation curve")
+  best_step, best = curve[0]
+  for step, value in curve:
+    if (value > best) if higher_is_better else (value < best):
+      best_step, best = step, value
+    if step - best_step >= patience:
+      return step, best_step
+  return curve[-1][0], best_step
+
+
 def format_duration(seconds: float) -> str:
   """3.2 -> "3s", 72 -> "1m12s", 7500 -> "2h05m"."""
   seconds = int(round(max(seconds, 0.0)))

@@ -1,11 +1,12 @@
-"""Where early stopping on a validation curve stops and which step it keeps."""
+"""Where early stopping on a validation curve stops and which step it keeps
+(`metrics.early_stop_point`, used by experiments/early_stopping_study.py)."""
 import pytest
 
-from experiments import early_stopping_study
+from hilam_jax.training import metrics
 
 
 def test_stop_point_follows_the_curve_in_order():
-  stop = early_stopping_study.stop_point
+  stop = metrics.early_stop_point
   accuracy = [(250, 0.85), (500, 0.90), (750, 0.89), (1000, 0.87), (1250, 0.88), (1500, 0.86),
               (1750, 0.91), (2000, 0.88)]
   # Patience 1000: 500 is the best until 1500, which is 1000 steps later: stop there, keep 500
