@@ -77,17 +77,18 @@ def main(argv):
     new_dir = os.path.join(out_dir, "policies", f"s{seed}", method)
     cfg.update(num_steps=best, schedule_steps=cfg["num_steps"],
                checkpoint_every=best, eval_every=min(cfg["eval_every"], best))
+    if cfg.get("early_stopping"):  # a run that stopped early already: its first S steps
+      cfg["early_stopping"] = dict(cfg["early_stopping"], metric="")
     cache_dir = os.path.join(out_dir, "jax_cache")
     graph.append(jobs.Job(f"finetune/{name}", experiment.train_policy_job,
                           dict(train_job.kwargs, workdir=new_dir, config=cfg,
                                cache_dir=cache_dir)))
     spec = dict(eval_job.kwargs["spec"])
     spec["low" if spec["kind"] == "hierarchical" else "workdir"] = new_dir
-    eval_config = dict(eval_job.kwargs["eval_config"])
     new_result = os.path.join(out_dir, "evaluation", f"s{seed}", method)
     graph.append(jobs.Job(f"evaluate/{name}", experiment.evaluate_job,
                           dict(eval_job.kwargs, out_dir=new_result, spec=spec,
-                               eval_config=eval_config, cache_dir=cache_dir),
+                               cache_dir=cache_dir),
                           deps=(f"finetune/{name}",)))
     row["early_result"] = os.path.join(new_result, "result.json")
     row["early_dir"] = new_dir

@@ -523,6 +523,9 @@ class Planner:
                         **kwargs)
     if cfg.init_from:  # a pretrained body: fine-tuned at this multiple of the heads' rate
       cfg.body_lr_multiplier = float(self.config.policy.get("finetune_body_lr_multiplier", 1.0))
+    rule = self.config.policy.get("early_stopping")
+    if rule is not None and kwargs["fraction"] in tuple(rule.fractions):
+      cfg.early_stopping = {k: rule[k] for k in ("metric", "mode", "patience")}
     return cfg
 
   def pretrain_flat(self, target: str, seed: int) -> str:

@@ -7,6 +7,7 @@ loss of every run: the convergence evidence), the skill filmstrips (copied), and
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Mapping, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from data_pipeline import run_info
 from hilam_jax.evaluation import stats
+from hilam_jax.training import loop as training_loop
 from hilam_jax.training import metrics as metrics_lib
 
 LABELS = {
@@ -178,12 +180,31 @@ def _training_runs(policies_dir: str) -> list[str]:
 
 
 def convergence(policies_dir: str) -> dict[str, dict]:
-  """{run: validation curve and `flattened` verdict} for every policy run of the experiment."""
+  """{run: validation curve and `flattened` verdict} for every policy run of the experiment, and
+  for an early-stopped run where it stopped and the step it kept ("early_stopping")."""
   out = {}
   for run in _training_runs(policies_dir):
     curve = metrics_lib.read_scalars(os.path.join(run, "tensorboard"), "eval/loss")
     out[os.path.relpath(run, policies_dir)] = {"eval_loss": curve, **flattened(curve)}
+    stopped = os.path.join(run, "checkpoints", training_loop.EARLY_STOPPED)
+    if os.path.exists(stopped):
+      with open(stopped) as f:
+        out[os.path.relpath(run, policies_dir)]["early_stopping"] = json.load(f)
   return out
+
+
+def _early_stopping_text(curves: Mapping[str, Mapping]) -> list[str]:
+  """One line on the early-stopped runs: how many stopped before their last step, which steps
+  they kept."""
+  rules = {n: c["early_stopping"] for n, c in curves.items() if c.get("early_stopping")}
+  if not rules:
+    return []
+  metric = next(iter(rules.values()))["metric"]
+  kept = sorted(r["best_step"] for r in rules.values())
+  stopped = sorted(r["stopped_at"] for r in rules.values())
+  return ["", f"Early stopping on validation {metric}: {len(rules)} runs, stopped at steps "
+          f"{stopped[0]}-{stopped[-1]}, kept steps {kept[0]}-{kept[-1]} (per run in "
+          "results.json, convergence)."]
 
 
 def _plot_curves(curves: Mapping[str, Mapping], path: str) -> None:
@@ -257,8 +278,8 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
   lines += [f"Action-free video: {data['video_summary']['train']['episodes']} train episodes; "
             f"demonstrations: {data['demos_summary']['train']['episodes']} train episodes "
             f"(fractions {', '.join(fractions)}, nested subsets chosen per seed); training seeds "
-            f"{seeds}{_extra_seeds_text(config, per_seed)} (each seed pretrains and fine-tunes its own "
-            "policies); evaluation: "
+            f"{seeds}{_extra_seeds_text(config, per_seed)} (each seed pretrains and fine-tunes "
+            "its own policies); evaluation: "
             f"{config.eval.num_episodes} held-out environment seeds per policy, actions "
             f"{'sampled' if config.eval.actions == 'sample' else 'greedy'}.", "",
             "Cells: mean success over training seeds [95% t-interval across seeds] (per-seed "
@@ -329,6 +350,7 @@ def write_report(results: dict, paths: Any, config: Any) -> str:
   if open_runs:
     lines.append("Still falling: " + ", ".join(
         f"{n} ({curves[n]['last_quarter_change']:+.1%})" for n in open_runs) + ".")
+  lines += _early_stopping_text(curves)
   lines += ["", "![validation curves](training_curves.png)", ""]
   lines += ["## Stages", ""]
   for stage, seconds in results["stage_seconds"].items():

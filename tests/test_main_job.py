@@ -152,6 +152,7 @@ def test_latent_targets_zscore_exactly_the_named_pretraining_targets(spec, zscor
   from hilam_jax import experiment  # pylint: disable=g-import-not-at-top
   config = main_config.get_config()
   config.policy.latent_targets = spec
+  config.ablations = ("hilam_no_pretrain", "hilam_s1_z0")  # a z̄^1 target too (`large`'s)
   planner = experiment.Planner(config, experiment.Paths("/nonexistent"),
                                {"video": "/v", "demos": "/d"}, {"z0": 16, "s1": 8, "s2": 8})
   for cell in experiment.cells(config):

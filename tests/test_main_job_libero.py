@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
     __import__("importlib").util.find_spec("libero") is None,
     reason="libero not importable: the `libero` extra (in the test extra)")
 
-METHODS = ("baku", "flat_z0", "flat_z2", "hilam", "hilam_no_pretrain")
+METHODS = ("baku", "flat_z0", "hilam")
 CAMERAS = ["image_primary", "image_wrist"]
 
 

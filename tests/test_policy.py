@@ -572,3 +572,33 @@ def test_zscored_run_stores_its_statistics_and_resumes(babyai_data, tmp_path):
   trainer.train_and_evaluate(config, workdir)
   assert max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
              if d.isdigit()) == 6
+
+
+def test_an_early_stopped_run_keeps_its_best_validation_step(babyai_data, tmp_path):
+  """early_stopping: the run stops `patience` steps after its best validation value, its one
+  checkpoint is that step's (what load_policy and fine-tuning read) and its final metrics are
+  that step's evaluation. Mode "max" on the validation loss, which falls as the policy learns,
+  makes the first evaluation the best and the stop certain."""
+  from hilam_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  dataset_dir, _ = babyai_data
+  cfg = tiny_config(dataset_dir, num_steps=10, eval_every=2, checkpoint_every=3,
+                    **{"early_stopping.metric": "loss", "early_stopping.mode": "max",
+                       "early_stopping.patience": 4})
+  workdir = str(tmp_path / "run")
+  final = trainer.train_and_evaluate(cfg, workdir)
+  curve = metrics_lib.read_scalars(os.path.join(workdir, "tensorboard"), "eval/loss")
+  with open(os.path.join(workdir, "checkpoints", "early_stopping.json")) as f:
+    rule = json.load(f)
+  # Evaluations at 2, 4, 6; the final one (of the kept state) at the kept step again.
+  trained, best = metrics_lib.early_stop_point(curve, higher_is_better=True, patience=4)
+  assert (rule["stopped_at"], rule["best_step"]) == (trained, best) and trained < 10
+  assert [s for s, _ in curve] == list(range(2, trained + 1, 2))
+  np.testing.assert_allclose(final["loss"], rule["best_value"], rtol=1e-6)
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                if d.isdigit()) == [best]
+  _, params, config = networks.load_policy(workdir)
+  assert config["early_stopping"]["metric"] == "loss" and "head_action" in params
+  with pytest.raises(ValueError, match="early_stopping.metric 'action/r2' is not a validation"):
+    trainer.train_and_evaluate(tiny_config(dataset_dir, **{"early_stopping.metric": "action/r2"}),
+                               str(tmp_path / "refused"))
+  assert not os.path.exists(tmp_path / "refused")

@@ -1,4 +1,5 @@
 """The experiment's statistics: cells over seeds, paired orderings, convergence verdicts, cells."""
+import json
 import math
 
 import numpy as np
@@ -95,6 +96,20 @@ def test_convergence_reads_every_run_including_linked_ones(tmp_path):
   assert sorted(verdicts) == ["demos_10pct/s0/baku", "pretrain/s0/flat_z0"]
   assert verdicts["pretrain/s0/flat_z0"]["flattened"] is False  # fell by half
   assert verdicts["demos_10pct/s0/baku"]["flattened"] is True
+  assert not report._early_stopping_text(verdicts)  # pylint: disable=protected-access
+  # An early-stopped run's marker (written by the training loop) is read and summarised.
+  rule = {"metric": "action/accuracy", "mode": "max", "best_step": 100, "best_value": 0.9,
+          "stopped_at": 200}
+  (policies / "demos_10pct" / "s0" / "baku" / "checkpoints").mkdir()
+  with open(policies / "demos_10pct" / "s0" / "baku" / "checkpoints" / "early_stopping.json",
+            "w") as f:
+    json.dump(rule, f)
+  verdicts = report.convergence(str(policies))
+  assert verdicts["demos_10pct/s0/baku"]["early_stopping"] == rule
+  assert "early_stopping" not in verdicts["pretrain/s0/flat_z0"]
+  assert report._early_stopping_text(verdicts)[1] == (  # pylint: disable=protected-access
+      "Early stopping on validation action/accuracy: 1 runs, stopped at steps 200-200, kept "
+      "steps 100-100 (per run in results.json, convergence).")
 
 
 def test_cells_cover_methods_fractions_seeds_and_ablations():
@@ -155,8 +170,10 @@ def test_extra_seeds_add_cells_only_where_asked(tmp_path):
 
 
 def test_planner_shares_pretraining_within_a_seed(tmp_path):
-  """One pretraining run per (target, seed), every fine-tuning run depends on its own seed's."""
+  """One pretraining run per (target, seed), every fine-tuning run depends on its own seed's;
+  the fine-tunes at 10% stop early."""
   config = main_config.get_config("default")
+  config.ablations = ("hilam_no_pretrain", "hilam_s1_z0")  # the z̄^1 one: `large`'s
   paths = experiment.Paths(str(tmp_path))
   data = {"video": "/data/video", "demos": "/data/demos"}
   planner = experiment.Planner(config, paths, data, {"z0": 16, "s1": 64, "s2": 96})
@@ -186,6 +203,13 @@ def test_planner_shares_pretraining_within_a_seed(tmp_path):
   assert demo_high["data"]["train"][0]["dataset_dir"] == "/data/demos"
   assert demo_high["data"]["episode_fraction"] == 0.1
   assert planner.jobs["evaluate/baku@1/s0"].deps == ("finetune/baku@1/s0",)
+  for name, job in planner.jobs.items():
+    if name.startswith(("pretrain", "finetune")):
+      early = job.kwargs["config"]["early_stopping"]
+      if name.startswith("finetune") and "@0.1/" in name:
+        assert early == {"metric": "action/accuracy", "mode": "max", "patience": 1000}, name
+      else:
+        assert not early["metric"], name
   # Every method trains the same network shape (encoder and trunk).
   models = {tuple(sorted((k, str(v)) for k, v in j.kwargs["config"]["model"].items()
                          if k not in ("condition_dim",)))

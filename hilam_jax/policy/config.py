@@ -129,6 +129,12 @@ def default_config(arg: str = "baku") -> ml_collections.ConfigDict:
   # of num_steps=S with schedule_steps=N trains exactly the first S steps of the N-step run (that
   # run stopped early at S, e.g. at its best validation step). None: num_steps.
   config.schedule_steps = config_dict.placeholder(int)
+  # Early stopping on a validation metric ("" = off): evaluated every eval_every steps, the run
+  # stops `patience` steps after the best value (mode "max" or "min") and keeps the best step's
+  # checkpoint as its policy. Metrics: "loss", "<head>/loss", "<head>/accuracy" (categorical
+  # heads), "<head>/mse", "<head>/l1", "<head>/r2" (the others).
+  config.early_stopping = ml_collections.ConfigDict(
+      {"metric": "", "mode": "max", "patience": 1000})
   config.model = model("small", proprio_dim=4)
 
   config.update(hyperparams.trainer_config(

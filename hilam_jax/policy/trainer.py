@@ -73,12 +73,35 @@ NORMALIZE = (None, "zscore")
 # ----------------------------------------------------------------------------- configuration
 
 
+def eval_metric_names(config: Any) -> list[str]:
+  """The validation metrics a run logs (eval/<name>): `heads.heads_loss`'s names."""
+  names = ["loss"]
+  for name, head in config.heads.items():
+    kinds = ("loss", "accuracy") if head["kind"] == "categorical" else ("loss", "mse", "l1", "r2")
+    names += [f"{name}/{k}" for k in kinds]
+  return names
+
+
+def early_stopping(config: Any) -> training.EarlyStopping | None:
+  """The run's `config.early_stopping` rule, or None when its metric is "" (off)."""
+  rule = config.get("early_stopping")
+  if rule is None or not rule.metric:
+    return None
+  if rule.metric not in eval_metric_names(config):
+    raise ValueError(f"early_stopping.metric {rule.metric!r} is not a validation metric of this "
+                     f"run: {eval_metric_names(config)}")
+  if not config.data.val:
+    raise ValueError("early stopping needs validation data (config.data.val is empty)")
+  return training.EarlyStopping(rule.metric, rule.patience, rule.mode)
+
+
 def _check_config(config: Any) -> None:
   if config.role not in ROLES:
     raise ValueError(f"role {config.role!r} not in {ROLES}")
   if not config.heads:
     raise ValueError("config.heads is empty: a policy needs at least one head")
   networks.cameras(config)  # raises on a malformed camera list
+  early_stopping(config)  # raises on a bad rule
   cond = config.condition
   if config.role == "low":
     if not cond.key or not config.model.condition_dim:
@@ -334,11 +357,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   episode_ids = select_episodes(train_spec, config.data.episode_fraction, config.seed,
                                 skip_corrupted=bool(config.data.get("skip_corrupted", False)))
   cfg = networks.model_config(config, target_statistics(config, episode_ids, arrays))
+  stopping = early_stopping(config)
   training.lock_workdir(workdir)  # before anything is written; refuses a second run
   os.makedirs(workdir, exist_ok=True)
   checkpointer = training.Checkpointer(
       os.path.join(workdir, "checkpoints"), {**config.to_dict(), "model_config": cfg.to_dict()},
-      max_to_keep=1, save_interval_steps=config.checkpoint_every,
+      # Early stopping keeps the newest and the best step itself.
+      max_to_keep=None if stopping else 1, save_interval_steps=config.checkpoint_every,
       allowed_config_changes=ALLOWED_CHANGES)
   run_info.write_run_info(workdir, config)
   module = baku.BakuPolicy(cfg)
@@ -433,4 +458,4 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       what=f"{config.role} policy (heads {list(config.heads)}, {extra['episodes']} train "
       "episodes)", state=state, train_step=train_step, batches=train_batches, config=config,
       workdir=workdir, checkpointer=checkpointer, eval_fn=eval_fn, progress_keys=progress_keys,
-      checkpoint_extra=lambda: extra)
+      checkpoint_extra=lambda: extra, early_stopping=stopping)

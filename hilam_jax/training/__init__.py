@@ -16,7 +16,7 @@ from hilam_jax.training.loop import (NonFiniteError, check_finite, check_run_con
                                      run_eval, run_training, train_loop)
 from hilam_jax.training.mesh import (data_sharding, make_mesh, per_process_batch,
                                      replicated_sharding, shard_batch, shard_batches)
-from hilam_jax.training.metrics import MetricWriter, Progress
+from hilam_jax.training.metrics import EarlyStopping, MetricWriter, Progress
 from hilam_jax.training.train_state import (TrainState, abstract_train_state, create_train_state,
                                             make_eval_step, make_optimizer, make_train_step,
                                             stack_states, unstack_state, unwrap_params)
@@ -24,7 +24,7 @@ from hilam_jax.training.workdir_lock import (LOCK_NAME, WorkdirLockedError, lock
                                              release_workdir, releases_workdir_locks)
 
 __all__ = [
-    "CheckpointMismatchError", "Checkpointer", "ChecksumMismatchError", "ConfigMismatchError", "CorruptCheckpointError",
+    "CheckpointMismatchError", "Checkpointer", "EarlyStopping", "ChecksumMismatchError", "ConfigMismatchError", "CorruptCheckpointError",
     "MetricWriter",
     "NonFiniteError", "Progress", "TrainState", "abstract_train_state", "check_finite",
     "check_run_config",

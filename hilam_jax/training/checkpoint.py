@@ -25,6 +25,7 @@ arrays not fully addressable by one process (multi-host shardings), are restored
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -524,6 +525,30 @@ class Checkpointer:
       raise FileNotFoundError(f"No checkpoint{'' if step is None else f' for step {step}'} in "
                               f"{self.directory} (steps found: {sorted(steps)}).")
     return step
+
+  def write_json(self, name: str, obj: Any) -> None:
+    """Writes `obj` as the JSON file `name` beside the step folders (process 0; orbax ignores
+    it), atomically on a local path."""
+    if jax.process_index() != 0:
+      return
+    path = epath.Path(self.directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{name}.tmp"
+    tmp.write_text(json.dumps(_json_ready(obj), indent=1))
+    tmp.replace(path)
+
+  def read_json(self, name: str) -> Any:
+    """The JSON file `name` of `write_json`, or None if there is none."""
+    path = epath.Path(self.directory) / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+  def keep_only(self, steps: Sequence[int]) -> None:
+    """Deletes every checkpoint but `steps` (after pending saves are committed)."""
+    self.wait_until_finished()
+    keep = {int(s) for s in steps}
+    for step in self.all_steps():
+      if step not in keep:
+        self._manager.delete(step)
 
   def wait_until_finished(self) -> None:
     """Blocks until asynchronous saves are committed."""

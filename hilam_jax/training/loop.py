@@ -21,9 +21,11 @@ from absl import logging
 from hilam_jax import preemption
 from hilam_jax.training import precision
 from hilam_jax.training.checkpoint import Checkpointer
-from hilam_jax.training.metrics import MetricWriter, Progress
+from hilam_jax.training.metrics import EarlyStopping, MetricWriter, Progress
 
 WATCHED_METRICS = ("loss", "grad_norm")
+# Written beside the checkpoints when an early-stopped run ends (`EarlyStopping.state_dict`).
+EARLY_STOPPED = "early_stopping.json"
 
 
 class NonFiniteError(RuntimeError):
@@ -136,7 +138,8 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
                checkpoint_every: int | None = None, eval_every: int | None = None,
                eval_fn: Callable[[Any], Mapping[str, Any]] | None = None,
                checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
-               progress_keys: tuple[str, ...] = ("loss",)) -> Any:
+               progress_keys: tuple[str, ...] = ("loss",),
+               early_stopping: EarlyStopping | None = None) -> Any:
   """Trains from `state.step` up to `num_steps` updates and returns the final state.
 
   Args:
@@ -157,6 +160,12 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
     eval_fn: state -> dict of scalars (see `run_eval`).
     checkpoint_extra: () -> JSON-able dict saved as the checkpoint's "extra" item.
     progress_keys: metrics shown on the console progress line (all go to TensorBoard).
+    early_stopping: stop `patience` steps after the best evaluation of its metric (evaluated
+      every `eval_every` steps and at `num_steps`) and return the best step's state. Needs
+      `checkpointer` (its max_to_keep must be None: the loop keeps the newest and the best
+      checkpoint and, at the end, only the best) and `eval_fn`. Its state is saved in the
+      checkpoint extra ("early_stopping") and restored from the checkpoint the state was
+      restored from, so a resumed run stops where an uninterrupted one does.
 
   Raises:
     NonFiniteError: loss or grad_norm became NaN/Inf (nothing is saved for that state).
@@ -166,9 +175,15 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
       runs; the previous one is restored afterwards.
   """
   step = int(jax.device_get(state.step))
-  if step >= num_steps:
-    logging.info("Nothing to train: state is at step %d >= num_steps %d.", step, num_steps)
-    return state
+  if early_stopping is not None:
+    if checkpointer is None or eval_fn is None or not eval_every:
+      raise ValueError("early stopping needs a checkpointer, an eval_fn and eval_every")
+    if step > 0:  # resumed: the rule's state as of the restored checkpoint, or the run's end
+      early_stopping.load_state_dict(checkpointer.read_json(EARLY_STOPPED) or
+                                     checkpointer.restore_extra().get("early_stopping"))
+  if step >= num_steps or (early_stopping is not None and early_stopping.should_stop(step)):
+    logging.info("Nothing to train: state is at step %d (num_steps %d).", step, num_steps)
+    return _keep_best(state, step, checkpointer, early_stopping)
   batches = iter(batches)
   progress = Progress(num_steps, log_every, keys=progress_keys)
   means = _MeanAccumulator()
@@ -187,8 +202,12 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
         writer.write_scalars(step_done, scalars)
 
   def save(step_now: int, force: bool) -> None:
-    extra = checkpoint_extra() if checkpoint_extra is not None else None
+    extra = dict(checkpoint_extra()) if checkpoint_extra is not None else {}
+    if early_stopping is not None:
+      extra["early_stopping"] = early_stopping.state_dict()
     checkpointer.save(step_now, state, force=force, extra=extra)
+    if early_stopping is not None:  # the newest and the best
+      checkpointer.keep_only([step_now, early_stopping.best_step or step_now])
 
   def stop(request: preemption.StopRequest) -> None:
     """Checks the pending metrics, saves the current step, waits for it, raises Preempted."""
@@ -223,7 +242,8 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
         if pending is not None:
           finish(*pending)  # previous step, while this one runs
         pending = (step, metrics)
-        do_eval = bool(eval_fn is not None and eval_every and step % eval_every == 0)
+        do_eval = bool(eval_fn is not None and eval_every and step % eval_every == 0) or (
+            early_stopping is not None and step == num_steps)
         do_ckpt = checkpointer is not None and step < num_steps and (
             step % checkpoint_every == 0 if checkpoint_every else checkpointer.should_save(step))
         if do_eval or do_ckpt or step % log_every == 0 or step == num_steps:
@@ -237,10 +257,18 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
               f"{k} {float(np.asarray(v)):.4g}" for k, v in eval_metrics.items()))
           if writer is not None:
             writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+          if early_stopping is not None and early_stopping.update(step, eval_metrics):
+            do_ckpt = True  # the best state so far: what the run keeps if nothing beats it
         if do_ckpt:
           save(step, force=True)
         if do_eval or do_ckpt:
           progress.exclude(time.perf_counter() - side_start)  # keep steps/s about training
+        if early_stopping is not None and early_stopping.should_stop(step):
+          logging.info("Early stopping at step %d: no better %s than %.4g (step %d) for %d "
+                       "steps.", step, early_stopping.metric, early_stopping.best_value,
+                       early_stopping.best_step, step - early_stopping.best_step)
+          early_stopping.stopped_at = step
+          break
       if pending is not None:
         finish(*pending)
         pending = None
@@ -251,6 +279,7 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
         checkpointer.wait_until_finished()
       if stop_requested(request):  # during the last step or its save: that step is saved
         stop(request)
+      state = _keep_best(state, step, checkpointer, early_stopping)
   except preemption.Preempted:
     raise  # saved by `stop`
   except KeyboardInterrupt:
@@ -273,6 +302,28 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, Mappin
   return state
 
 
+def _keep_best(state: Any, step: int, checkpointer: Checkpointer | None,
+               early_stopping: EarlyStopping | None) -> Any:
+  """With early stopping, at the run's end: the best step's state (restored unless it is
+  `state`) and only its checkpoint, so that the run's checkpoint is the policy it keeps.
+
+  The rule's final state (`stopped_at`) is written first as `EARLY_STOPPED` beside the
+  checkpoints: a rerun then trains no further, whichever checkpoints an interruption left."""
+  if early_stopping is None or early_stopping.best_step is None:
+    return state
+  if early_stopping.stopped_at is None:
+    early_stopping.stopped_at = step
+  checkpointer.write_json(EARLY_STOPPED, early_stopping.state_dict())
+  best = early_stopping.best_step
+  if best != int(jax.device_get(state.step)):
+    logging.info("Keeping step %d (%s %.4g) of the %d steps trained; the later checkpoints are "
+                 "deleted.", best, early_stopping.metric, early_stopping.best_value,
+                 early_stopping.stopped_at)
+    state = checkpointer.restore(state, step=best)
+  checkpointer.keep_only([best])
+  return state
+
+
 def finish_run(state: Any, eval_fn: Callable[[Any], Mapping[str, Any]],
                writer: MetricWriter, checkpointer: Checkpointer) -> dict[str, float]:
   """Final evaluation of a trained state: logged as eval/* scalars; writer and checkpointer
@@ -290,11 +341,12 @@ def run_training(*, what: str, state: Any, train_step: Callable[[Any, Any], tupl
                  batches: Iterator[Any], config: Any, workdir: str, checkpointer: Checkpointer,
                  eval_fn: Callable[[Any], Mapping[str, Any]],
                  progress_keys: tuple[str, ...] = ("loss",),
-                 checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None
-                 ) -> dict[str, float]:
+                 checkpoint_extra: Callable[[], Mapping[str, Any]] | None = None,
+                 early_stopping: EarlyStopping | None = None) -> dict[str, float]:
   """Every trainer's tail: TensorBoard writer, a log line with the model size, `train_loop` for
   `config.num_steps` (eval every `config.eval_every`, log every `config.log_every`), then
-  `finish_run`. `what` names the model in the log line. Returns the final eval metrics."""
+  `finish_run`. `what` names the model in the log line. Returns the final eval metrics (of the
+  best step's state with `early_stopping`)."""
   writer = MetricWriter(os.path.join(workdir, "tensorboard"))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("training %s (%s params) for %d steps, batch %d on %d devices", what,
@@ -303,5 +355,5 @@ def run_training(*, what: str, state: Any, train_step: Callable[[Any, Any], tupl
       state=state, train_step=train_step, batches=batches, num_steps=config.num_steps,
       checkpointer=checkpointer, writer=writer, log_every=config.log_every,
       eval_every=config.eval_every, eval_fn=eval_fn, checkpoint_extra=checkpoint_extra,
-      progress_keys=progress_keys)
+      progress_keys=progress_keys, early_stopping=early_stopping)
   return finish_run(state, eval_fn, writer, checkpointer)

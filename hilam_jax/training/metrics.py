@@ -102,20 +102,76 @@ def read_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
   return sorted(points.items())
 
 
+class EarlyStopping:
+  """Early stopping on a validation metric: the best value and its step so far, and when to stop.
+
+  A run stops at the first evaluation `patience` steps after the best one and keeps the best
+  step's state. `update` takes each evaluation in order; a NaN value is never a best. The state
+  (`state_dict` / `load_state_dict`) goes into the run's checkpoints so that a resumed run
+  stops where an uninterrupted one does.
+  """
+
+  def __init__(self, metric: str, patience: int, mode: str = "max"):
+    if not metric:
+      raise ValueError("early stopping needs a metric (an eval metric name, e.g. "
+                       "'action/accuracy')")
+    if mode not in ("max", "min"):
+      raise ValueError(f"early stopping mode {mode!r} not in ('max', 'min')")
+    if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+      raise ValueError(f"early stopping patience must be an integer >= 1, got {patience!r}")
+    self.metric, self.patience, self.mode = metric, patience, mode
+    self.best_step: int | None = None
+    self.best_value: float | None = None
+    self.stopped_at: int | None = None  # set when the run ends: it trains no further
+
+  def update(self, step: int, metrics: Mapping[str, Any]) -> bool:
+    """Takes the evaluation of `step`; returns whether it is the new best."""
+    if self.metric not in metrics:
+      raise ValueError(f"early stopping metric {self.metric!r} is not an eval metric of this "
+                       f"run: {sorted(metrics)}")
+    value = float(np.asarray(metrics[self.metric]))
+    if np.isnan(value):
+      return False
+    better = self.best_value is None or (
+        value > self.best_value if self.mode == "max" else value < self.best_value)
+    if better:
+      self.best_step, self.best_value = int(step), value
+    return better
+
+  def should_stop(self, step: int) -> bool:
+    """Whether a run at `step` (just evaluated, or resumed there) stops."""
+    if self.stopped_at is not None:
+      return True
+    return self.best_step is not None and int(step) - self.best_step >= self.patience
+
+  def state_dict(self) -> dict[str, Any]:
+    return {"metric": self.metric, "mode": self.mode, "best_step": self.best_step,
+            "best_value": self.best_value, "stopped_at": self.stopped_at}
+
+  def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+    """Restores `state_dict()` (None: nothing evaluated yet); refuses another metric's."""
+    if not state:
+      return
+    if (state["metric"], state["mode"]) != (self.metric, self.mode):
+      raise ValueError(f"the checkpoint's early stopping followed {state['metric']!r} "
+                       f"({state['mode']}), this run {self.metric!r} ({self.mode})")
+    self.best_step, self.best_value = state["best_step"], state["best_value"]
+    self.stopped_at = state.get("stopped_at")
+
+
 def early_stop_point(curve: list[tuple[int, float]], *, higher_is_better: bool,
                      patience: int) -> tuple[int, int]:
-  """(steps trained, best step kept) of early stopping on `curve` [(step, value)], in order:
-  training stops at the first evaluation `patience` steps after the best so far (or at the
-  curve's end) and keeps the best step seen until then."""
+  """(steps trained, best step kept) of early stopping (`EarlyStopping`) on `curve`
+  [(step, value)], in order: training stops at the first evaluation `patience` steps after the
+  best so far (or at the curve's end) and keeps the best step seen until then."""
   if not curve:
     raise ValueError("an empty validation curve")
-  best_step, best = curve[0]
+  rule = EarlyStopping("value", patience, "max" if higher_is_better else "min")
   for step, value in curve:
-    if (value > best) if higher_is_better else (value < best):
-      best_step, best = step, value
-    if step - best_step >= patience:
-      return step, best_step
-  return curve[-1][0], best_step
+    rule.update(step, {"value": value})
+    if rule.should_stop(step):
+      return step, rule.best_step
+  return curve[-1][0], (rule.best_step if rule.best_step is not None else curve[0][0])
 
 
 def format_duration(seconds: float) -> str:
